@@ -1,0 +1,241 @@
+"""Value types shared by every layer: tokens, device codes, provider metadata, flow events."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+import attrs
+
+from .exceptions import DeviceFlowError, ProtocolError
+
+__all__ = [
+    "DeviceCode",
+    "Dialect",
+    "FlowEvent",
+    "FlowState",
+    "ProviderMetadata",
+    "Token",
+]
+
+
+class FlowState(enum.Enum):
+    """Where a device flow stands (see the state diagram in the docs)."""
+
+    DISCOVER = "discover"
+    REQUEST_CODE = "request_code"
+    PENDING = "pending"
+    SLOW_DOWN = "slow_down"
+    GRANTED = "granted"
+    EXPIRED = "expired"
+    DENIED = "denied"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for GRANTED, EXPIRED, DENIED and FAILED: nothing follows them."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({FlowState.GRANTED, FlowState.EXPIRED, FlowState.DENIED, FlowState.FAILED})
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("expires_at must be an aware datetime (use timezone.utc)")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class Token:
+    """An OAuth 2.0 access token with what came with it (RFC 6749 5.1).
+
+    ``repr()`` and ``str()`` never show the access, refresh or id token.
+
+    >>> from datetime import datetime, timezone
+    >>> Token(access_token="secret", expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    Token(token_type='Bearer', expires_at=datetime.datetime(2030, 1, 1, 0, 0, tzinfo=datetime.timezone.utc), scope=None, has_refresh_token=False)
+    """  # noqa: E501
+
+    access_token: str = attrs.field(repr=False)
+    token_type: str = "Bearer"
+    expires_at: datetime | None = attrs.field(default=None, converter=_aware)
+    refresh_token: str | None = attrs.field(default=None, repr=False)
+    scope: str | None = None
+    id_token: str | None = attrs.field(default=None, repr=False)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Token(token_type={self.token_type!r}, expires_at={self.expires_at!r}, "
+            f"scope={self.scope!r}, has_refresh_token={self.refresh_token is not None})"
+        )
+
+    __str__ = __repr__
+
+    def expires_within(self, seconds: float, *, now: datetime | None = None) -> bool:
+        """True when the token expires within ``seconds`` from ``now`` (or is already expired).
+
+        A token without ``expires_at`` never expires by itself.
+        """
+        if self.expires_at is None:
+            return False
+        now = now or datetime.now(timezone.utc)
+        return self.expires_at - now <= timedelta(seconds=seconds)
+
+    @property
+    def authorization(self) -> str:
+        """The value of an ``Authorization`` header for this token: ``Bearer <access_token>``."""
+        return f"{self.token_type} {self.access_token}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict holding everything, secrets included (for stores)."""
+        return {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_at": self.expires_at.timestamp() if self.expires_at else None,
+            "refresh_token": self.refresh_token,
+            "scope": self.scope,
+            "id_token": self.id_token,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Token:
+        """The inverse of :meth:`to_dict`; raises ProtocolError on a malformed record."""
+        try:
+            expires = data.get("expires_at")
+            return cls(
+                access_token=_req_str(data, "access_token"),
+                token_type=_req_str(data, "token_type"),
+                expires_at=(
+                    datetime.fromtimestamp(float(expires), timezone.utc)
+                    if expires is not None
+                    else None
+                ),
+                refresh_token=_opt_str(data, "refresh_token"),
+                scope=_opt_str(data, "scope"),
+                id_token=_opt_str(data, "id_token"),
+                extra=dict(data.get("extra") or {}),
+            )
+        except DeviceFlowError:
+            raise
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+            raise ProtocolError(f"malformed stored token record ({type(exc).__name__})") from None
+
+    def to_json(self) -> bytes:
+        """The token as compact UTF-8 JSON (secrets included: encrypt before storing)."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Token:
+        """The inverse of :meth:`to_json`; raises ProtocolError on malformed data."""
+        try:
+            decoded = json.loads(data)
+        except (ValueError, RecursionError):
+            raise ProtocolError("stored token record is not valid JSON") from None
+        if not isinstance(decoded, dict):
+            raise ProtocolError("stored token record is not a JSON object")
+        return cls.from_dict(decoded)
+
+
+def _req_str(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise ProtocolError(f"stored token record: {name} is missing or not a string")
+    return value
+
+
+def _opt_str(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"stored token record: {name} is not a string")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class DeviceCode:
+    """What the device authorization endpoint issued (RFC 8628 3.2).
+
+    Show ``user_code`` and ``verification_uri`` to the person (RFC 8628 3.3: the user code MUST be
+    shown even when ``verification_uri_complete`` is opened or shown as a QR code). ``message`` is
+    the provider's ready-made instruction where it sends one (Entra ID). ``device_code`` is secret
+    and hidden from ``repr()``.
+    """
+
+    device_code: str = attrs.field(repr=False)
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None = None
+    expires_at: datetime
+    interval: float = 5.0
+    message: str | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def link(self) -> str:
+        """The link to show or open: ``verification_uri_complete`` when there is one."""
+        return self.verification_uri_complete or self.verification_uri
+
+
+@attrs.frozen(kw_only=True)
+class Dialect:
+    """How one provider bends the protocol: data, not code.
+
+    - ``response_aliases``: provider field name -> RFC name, e.g. Google's ``verification_url``
+      -> ``verification_uri``, AWS's ``accessToken`` -> ``access_token``.
+    - ``request_names``: RFC parameter name -> the provider's name (AWS: ``device_code`` ->
+      ``deviceCode``).
+    - ``error_aliases``: provider error code -> RFC error code, e.g. Entra's
+      ``authorization_declined`` -> ``access_denied``.
+    - ``request_format``: ``form`` (RFC 6749) or ``json`` (AWS SSO OIDC).
+    - ``scope_separator``: how the provider joins scopes in requests (GitHub accepts commas).
+    """
+
+    response_aliases: Mapping[str, str] = attrs.field(factory=dict)
+    request_names: Mapping[str, str] = attrs.field(factory=dict)
+    error_aliases: Mapping[str, str] = attrs.field(factory=dict)
+    request_format: Literal["form", "json"] = "form"
+    scope_separator: str = " "
+
+
+#: Aliases every provider gets: names seen in the wild for the same RFC fields and errors.
+DEFAULT_RESPONSE_ALIASES: Mapping[str, str] = {
+    "verification_url": "verification_uri",
+    "verification_url_complete": "verification_uri_complete",
+}
+DEFAULT_ERROR_ALIASES: Mapping[str, str] = {
+    "authorization_declined": "access_denied",
+    "code_expired": "expired_token",
+    "token_expired": "expired_token",
+}
+
+
+@attrs.frozen(kw_only=True)
+class ProviderMetadata:
+    """The endpoints of an authorization server (RFC 8414 2, OpenID Connect Discovery 3)."""
+
+    issuer: str | None
+    device_authorization_endpoint: str
+    token_endpoint: str
+    revocation_endpoint: str | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class FlowEvent:
+    """One step of a device flow, as yielded by ``DeviceFlowClient.authorize()``.
+
+    ``code`` is set from PENDING on; ``token`` only with GRANTED; ``error`` with EXPIRED, DENIED
+    and FAILED; ``interval`` is the polling interval in force (it grows with slow_down).
+    """
+
+    state: FlowState
+    account: str
+    code: DeviceCode | None = None
+    token: Token | None = None
+    error: DeviceFlowError | None = None
+    interval: float | None = None
