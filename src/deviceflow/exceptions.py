@@ -116,7 +116,7 @@ class InvalidGrantError(OAuthError):
 
 
 class InvalidClientError(OAuthError):
-    """Client authentication failed (RFC 6749 5.2 ``invalid_client``): check client id and secret."""
+    """Client authentication failed (RFC 6749 5.2 ``invalid_client``): check id and secret."""
 
 
 class DiscoveryError(DeviceFlowError):
@@ -124,7 +124,7 @@ class DiscoveryError(DeviceFlowError):
 
 
 class ProtocolError(DeviceFlowError):
-    """The server's answer does not follow the protocol (malformed body, missing field, bad type)."""
+    """The server's answer breaks the protocol (malformed body, missing field, wrong type)."""
 
 
 class TransportError(DeviceFlowError):

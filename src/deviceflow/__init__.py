@@ -1,0 +1,60 @@
+"""deviceflow: OAuth 2.0 Device Authorization Grant (RFC 8628) for asyncio.
+
+>>> import deviceflow
+>>> deviceflow.FlowState.GRANTED.is_terminal
+True
+"""
+
+from ._client import DeviceFlowClient, OnCode
+from ._clock import Clock, SystemClock
+from ._models import DeviceCode, Dialect, FlowEvent, FlowState, ProviderMetadata, Token
+from ._provider import Provider
+from .exceptions import (
+    AccessDeniedError,
+    ConflictError,
+    DecryptionError,
+    DeviceFlowError,
+    DiscoveryError,
+    ExpiredTokenError,
+    InsecureEndpointError,
+    InvalidClientError,
+    InvalidGrantError,
+    LockTimeoutError,
+    OAuthError,
+    ProtocolError,
+    ReauthorizationRequiredError,
+    StoreError,
+    TransportError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessDeniedError",
+    "Clock",
+    "ConflictError",
+    "DecryptionError",
+    "DeviceCode",
+    "DeviceFlowClient",
+    "DeviceFlowError",
+    "Dialect",
+    "DiscoveryError",
+    "ExpiredTokenError",
+    "FlowEvent",
+    "FlowState",
+    "InsecureEndpointError",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "LockTimeoutError",
+    "OAuthError",
+    "OnCode",
+    "ProtocolError",
+    "Provider",
+    "ProviderMetadata",
+    "ReauthorizationRequiredError",
+    "StoreError",
+    "SystemClock",
+    "Token",
+    "TransportError",
+    "__version__",
+]

@@ -1,0 +1,564 @@
+"""DeviceFlowClient: drives the machine, keeps tokens fresh, and shares work between callers.
+
+get_token() in three tiers:
+
+1. Hot path: a token cached in memory that is not yet due for refresh is returned at once, with
+   no I/O and no lock. Inside the refresh-ahead window it is still returned at once, and one
+   background refresh starts.
+2. Flight: otherwise one task per account (single-flight) does the work and every caller of that
+   account awaits it. A caller that is cancelled or times out leaves the flight running for the
+   others.
+3. In the flight: read the store; if another process already stored a fresh token, use it.
+   Otherwise take the store's lock, read again, refresh (HTTP timeout below the lock's ttl),
+   write with the version read (compare-and-set), then return. The lock saves IdP calls; the
+   version check keeps the store correct even if a lock was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import math
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import anyio
+import attrs
+
+from ._clock import Clock, SystemClock
+from ._machine import (
+    DeviceFlowMachine,
+    Done,
+    Fail,
+    Request,
+    RequestKind,
+    Send,
+    interpret_token_response,
+)
+from ._models import DeviceCode, FlowEvent, FlowState, ProviderMetadata, Token
+from ._provider import Provider, fetch_metadata
+from ._transport import AiohttpTransport, AuthMethod, ClientAuth, Transport
+from .exceptions import (
+    ConflictError,
+    DeviceFlowError,
+    InvalidGrantError,
+    ProtocolError,
+    ReauthorizationRequiredError,
+    StoreError,
+    TransportError,
+)
+from .stores._protocol import TokenStore
+
+__all__ = ["DeviceFlowClient", "OnCode"]
+
+log = logging.getLogger("deviceflow")
+
+OnCode = Callable[[DeviceCode, str], Awaitable[None] | None]
+
+_RECORD_VERSION = 1
+
+
+@attrs.frozen
+class _Cached:
+    """A token in memory with its deadlines on the monotonic clock."""
+
+    token: Token
+    version: int
+    refresh_at: float  # from here on, refresh ahead in the background
+    usable_until: float  # from here on, callers wait for a new token
+
+
+class DeviceFlowClient:
+    """Obtain and keep OAuth 2.0 tokens through the device authorization grant (RFC 8628).
+
+    ::
+
+        async with DeviceFlowClient(provider, client_id="dvls", scope="openid offline_access",
+                                    on_code=show_code) as client:
+            token = await client.get_token("tenant-42")
+
+    ``on_code(code, account)`` (sync or async) is called when a person must approve a new device
+    code; without it, get_token() raises ReauthorizationRequiredError instead of waiting.
+    ``store`` defaults to a MemoryStore (one process). ``refresh_skew`` seconds before expiry
+    (at most half the token's lifetime) a token is refreshed in the background while callers keep
+    using it. ``clock`` is the time seam (tests pass ``deviceflow.testing.VirtualClock``).
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        client_id: str,
+        client_secret: str | None = None,
+        client_auth: AuthMethod | None = None,
+        scope: str | None = None,
+        store: TokenStore | None = None,
+        on_code: OnCode | None = None,
+        session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        refresh_skew: float = 60.0,
+        http_timeout: float = 20.0,
+        lock_ttl: float = 30.0,
+        lock_wait: float = 60.0,
+        poll_margin: float = 0.1,
+    ) -> None:
+        if not client_id:
+            raise ValueError("client_id is required")
+        if provider.requires_client_secret and client_secret is None:
+            raise ValueError(f"the {provider.name} provider needs a client_secret")
+        if http_timeout >= lock_ttl:
+            raise ValueError("http_timeout must be shorter than lock_ttl (see get_token docs)")
+        if store is None:
+            from .stores import MemoryStore
+
+            store = MemoryStore()
+        self.provider = provider
+        self.client_id = client_id
+        self.scope = scope if scope is not None else provider.default_scope
+        self.store = store
+        self.on_code = on_code
+        self._clock = clock or SystemClock()
+        self._transport: Transport = transport or AiohttpTransport(
+            auth=ClientAuth.choose(client_id, client_secret, client_auth),
+            dialect=provider.dialect,
+            session=session,
+            timeout=http_timeout,
+        )
+        self._metadata = provider.metadata
+        self._metadata_lock = asyncio.Lock()
+        self._refresh_skew = refresh_skew
+        self._http_timeout = http_timeout
+        self._lock_ttl = lock_ttl
+        self._lock_wait = lock_wait
+        self._poll_margin = poll_margin
+        self._cache: dict[str, _Cached] = {}
+        self._flights: dict[str, asyncio.Task[Token]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DeviceFlowClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel background work and close what the client owns (not a session passed in)."""
+        self._closed = True
+        tasks = [*self._flights.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._transport.aclose()
+
+    # --- public API ---------------------------------------------------------------------------
+
+    async def get_token(
+        self, account: str = "default", *, timeout: float | None = None  # noqa: ASYNC109
+    ) -> Token:
+        """A valid access token for ``account``: cached, refreshed, or from a new device flow.
+
+        Concurrent callers for one account share one refresh (and one device flow), within this
+        process and, through the store's lock, across processes. Raises
+        ReauthorizationRequiredError when a person must approve a new code and no ``on_code``
+        is set; TimeoutError after ``timeout`` seconds (the shared work goes on for others).
+        """
+        cached = self._cache.get(account)
+        if cached is not None:
+            now = self._clock.monotonic()
+            if now < cached.refresh_at:
+                return cached.token
+            if now < cached.usable_until:
+                self._refresh_ahead(account)
+                return cached.token
+        if timeout is None:
+            return await self._join(account, None)
+        with anyio.fail_after(timeout):
+            return await self._join(account, None)
+
+    async def refresh(self, account: str = "default", *, stale: Token | None = None) -> Token:
+        """Force a refresh of ``account``'s token and return the new one.
+
+        With ``stale`` (the token a resource server just rejected), nothing is refreshed when
+        another caller has already replaced that token: the newer one is returned.
+        """
+        stale_access = stale.access_token if stale is not None else _ANY
+        return await self._join(account, stale_access)
+
+    async def save_token(self, account: str, token: Token) -> None:
+        """Store a token obtained elsewhere (a migration, a test) as ``account``'s token."""
+        key = self._key(account)
+        current = await self.store.get(key)
+        version = await self._write(key, account, token, current.version if current else None)
+        self._remember(account, token, version, self._clock.wall())
+
+    async def logout(self, account: str = "default") -> bool:
+        """Revoke ``account``'s grant where the provider allows it (RFC 7009) and delete it.
+
+        Returns True when the server confirmed the revocation. The local copy is deleted even
+        when revocation fails (the failure is logged).
+        """
+        key = self._key(account)
+        self._cache.pop(account, None)
+        current = await self.store.get(key)
+        revoked = False
+        if current is not None:
+            try:
+                token = self._decode(current.value)
+            except ProtocolError:
+                token = None
+            if token is not None:
+                revoked = await self._revoke(token)
+            await self.store.delete(key)
+        return revoked
+
+    async def authorize(
+        self, account: str = "default", *, store: bool = True
+    ) -> AsyncIterator[FlowEvent]:
+        """Run one device flow for ``account`` and yield a FlowEvent at every change of state.
+
+        The PENDING event carries the DeviceCode to show the person; the last event is GRANTED
+        (with the token, already saved to the store when ``store`` is true), EXPIRED, DENIED or
+        FAILED (with the typed error in ``event.error``). ``on_code`` is not called here: show
+        the code from the events.
+
+        >>> async for event in client.authorize("bot"):  # doctest: +SKIP
+        ...     if event.state is FlowState.PENDING and event.code:
+        ...         print(event.code.user_code, event.code.verification_uri)
+        """
+        machine = DeviceFlowMachine(
+            client_id=self.client_id,
+            scope=self.scope,
+            metadata=self._metadata,
+            issuer=self.provider.issuer,
+            expected_issuer=self.provider.expected_issuer,
+            check_issuer=self.provider.check_issuer,
+            dialect=self.provider.dialect,
+            device_params=self.provider.device_params,
+            poll_margin=self._poll_margin,
+        )
+        clock = self._clock
+        last: tuple[FlowState, float] | None = None
+
+        def event() -> FlowEvent:
+            return FlowEvent(
+                state=machine.state,
+                account=account,
+                code=machine.code,
+                token=machine.token,
+                error=machine.error,
+                interval=machine.interval if machine.code else None,
+            )
+
+        action = machine.start(now=clock.monotonic(), wall=clock.wall())
+        while True:
+            if (machine.state, machine.interval) != last and not machine.state.is_terminal:
+                last = (machine.state, machine.interval)
+                yield event()
+            if isinstance(action, Done):
+                if machine.metadata is not None:
+                    self._metadata = machine.metadata
+                if store:
+                    await self.save_token(account, action.token)
+                yield event()
+                return
+            if isinstance(action, Fail):
+                yield event()
+                return
+            assert isinstance(action, Send)
+            delay = action.at - clock.monotonic()
+            if delay > 0:
+                await clock.sleep(delay)
+            try:
+                response = await self._transport.send(action.request)
+            except DeviceFlowError as exc:
+                log.debug("device flow %s request failed: %s", action.request.kind.value, exc)
+                action = machine.receive_failure(exc, now=clock.monotonic(), wall=clock.wall())
+            else:
+                action = machine.receive_response(
+                    response, now=clock.monotonic(), wall=clock.wall()
+                )
+
+    # --- single-flight ------------------------------------------------------------------------
+
+    async def _join(self, account: str, stale: str | None) -> Token:
+        if self._closed:
+            raise RuntimeError("this DeviceFlowClient is closed")
+        task = self._flights.get(account)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._obtain(account, stale))
+            self._flights[account] = task
+            task.add_done_callback(lambda t: self._end_flight(account, t))
+        # shield: a caller that is cancelled or times out leaves the flight to the others.
+        return await asyncio.shield(task)
+
+    def _end_flight(self, account: str, task: asyncio.Task[Token]) -> None:
+        if self._flights.get(account) is task:
+            del self._flights[account]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters that left must not leave it unobserved
+
+    def _refresh_ahead(self, account: str) -> None:
+        if account in self._flights or self._closed:
+            return
+
+        async def run() -> None:
+            try:
+                await self._join(account, None)
+            except DeviceFlowError as exc:
+                # The cached token is still usable; callers see errors only once it is not.
+                # Try again halfway to the end of its usable life, not on every call.
+                log.warning("background refresh of account %r failed: %s", account, exc)
+                cached = self._cache.get(account)
+                if cached is not None:
+                    now = self._clock.monotonic()
+                    later = now + max(1.0, (cached.usable_until - now) / 2)
+                    self._cache[account] = attrs.evolve(cached, refresh_at=later)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- the work of one flight ---------------------------------------------------------------
+
+    async def _obtain(self, account: str, stale: str | None) -> Token:
+        key = self._key(account)
+        force = stale is not None
+        if not force:
+            current = await self.store.get(key)
+            token = self._usable_fresh(account, current)
+            if token is not None:
+                return token
+        async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
+            current = await self.store.get(key)
+            if current is not None:
+                stored = self._decode(current.value)
+                replaced = force and stale is not _ANY and stored.access_token != stale
+                if not force or replaced:
+                    token = self._usable_fresh(account, current)
+                    if token is not None:
+                        return token
+                if stored.refresh_token:
+                    try:
+                        new = await self._refresh_grant(stored)
+                    except InvalidGrantError:
+                        log.info(
+                            "refresh token of account %r was rejected; need a new grant", account
+                        )
+                        await self._forget(key, account, current.version)
+                    else:
+                        version = await self._write(key, account, new, current.version)
+                        self._remember(account, new, version, self._clock.wall())
+                        return new
+                elif not force and not self._expired(stored):
+                    return self._remember(account, stored, current.version, None)
+                else:
+                    await self._forget(key, account, current.version)
+        return await self._device_flow(account)
+
+    def _usable_fresh(self, account: str, current: Any) -> Token | None:
+        """Cache and return the stored token if it is not due for refresh, else None."""
+        if current is None:
+            return None
+        token, obtained = self._decode_record(current.value)
+        cached = self._entry(token, current.version, obtained)
+        if self._clock.monotonic() < cached.refresh_at:
+            self._cache[account] = cached
+            return token
+        return None
+
+    def _expired(self, token: Token) -> bool:
+        return token.expires_within(0, now=self._clock.wall())
+
+    async def _forget(self, key: str, account: str, version: int) -> None:
+        self._cache.pop(account, None)
+        with contextlib.suppress(ConflictError):
+            await self.store.delete(key, expected_version=version)
+
+    async def _device_flow(self, account: str) -> Token:
+        if self.on_code is None:
+            raise ReauthorizationRequiredError(
+                f"account {account!r} has no usable token and no on_code callback is set to "
+                "show a device code; run client.authorize() or `deviceflow login` first"
+            )
+        shown = False
+        async for event in self.authorize(account):
+            if event.state is FlowState.PENDING and event.code is not None and not shown:
+                shown = True
+                result = self.on_code(event.code, account)
+                if inspect.isawaitable(result):
+                    await result
+            if event.error is not None:
+                raise event.error
+            if event.token is not None and event.state is FlowState.GRANTED:
+                return event.token
+        raise ProtocolError("the device flow ended without a token")  # pragma: no cover
+
+    async def _refresh_grant(self, token: Token) -> Token:
+        """RFC 6749 6: trade the refresh token for a new access token, retrying transient errors."""
+        assert token.refresh_token is not None
+        metadata = await self._ensure_metadata()
+        request = Request(
+            kind=RequestKind.TOKEN,
+            method="POST",
+            url=metadata.token_endpoint,
+            params={
+                "grant_type": "refresh_token",
+                "refresh_token": token.refresh_token,
+                "client_id": self.client_id,
+            },
+        )
+        deadline = self._clock.monotonic() + self._http_timeout
+        delay = 0.25
+        while True:
+            try:
+                response = await self._transport.send(request)
+                return interpret_token_response(
+                    response, self.provider.dialect, self._clock.wall(), previous=token
+                )
+            except TransportError as exc:
+                if not exc.retryable or self._clock.monotonic() + delay >= deadline:
+                    raise
+                log.debug("refresh failed (%s); retrying in %.2fs", exc, delay)
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _revoke(self, token: Token) -> bool:
+        metadata = await self._ensure_metadata()
+        if metadata.revocation_endpoint is None:
+            return False
+        if token.refresh_token:
+            params = {"token": token.refresh_token, "token_type_hint": "refresh_token"}
+        else:
+            params = {"token": token.access_token, "token_type_hint": "access_token"}
+        params["client_id"] = self.client_id
+        try:
+            response = await self._transport.send(
+                Request(
+                    kind=RequestKind.REVOCATION,
+                    method="POST",
+                    url=metadata.revocation_endpoint,
+                    params=params,
+                )
+            )
+        except DeviceFlowError as exc:
+            log.warning("token revocation failed: %s", exc)
+            return False
+        if response.status != 200:
+            log.warning("token revocation answered HTTP %d", response.status)
+        return response.status == 200
+
+    async def _ensure_metadata(self) -> ProviderMetadata:
+        if self._metadata is None:
+            async with self._metadata_lock:
+                if self._metadata is None:
+                    self._metadata = await fetch_metadata(
+                        self._transport, self.provider, clock=self._clock
+                    )
+        return self._metadata
+
+    # --- store records ------------------------------------------------------------------------
+
+    def _key(self, account: str) -> str:
+        parts = (self.provider.identity, self.client_id, account)
+        return "/".join(urllib.parse.quote(p, safe="") for p in parts)
+
+    async def _write(
+        self,
+        key: str,
+        account: str,
+        token: Token,
+        expected: int | None,
+    ) -> int:
+        """Compare-and-set the record. A conflict on a freshly issued token is overwritten:
+        the new token is valid, and losing it would lose a rotated refresh token."""
+        record = self._encode(account, token)
+        ttl = self._record_ttl(token)
+        for _ in range(3):
+            try:
+                return await self.store.put(key, record, expected_version=expected, ttl=ttl)
+            except ConflictError:
+                log.warning("account %r was written concurrently; keeping the new token", account)
+                current = await self.store.get(key)
+                expected = current.version if current else None
+        return await self.store.put(key, record, expected_version=expected, ttl=ttl)
+
+    def _record_ttl(self, token: Token) -> float | None:
+        rt_lifetime = token.extra.get("refresh_token_expires_in")
+        if token.refresh_token:
+            if isinstance(rt_lifetime, (int, float)) and rt_lifetime > 0:
+                return float(rt_lifetime)
+            return None
+        if token.expires_at is None:
+            return None
+        return max(1.0, (token.expires_at - self._clock.wall()).total_seconds() + 60.0)
+
+    def _encode(self, account: str, token: Token) -> bytes:
+        record = {
+            "v": _RECORD_VERSION,
+            "issuer": self.provider.identity,
+            "client_id": self.client_id,
+            "account": account,
+            "obtained_at": self._clock.wall().timestamp(),
+            "token": token.to_dict(),
+        }
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    def _decode_record(self, value: bytes) -> tuple[Token, datetime | None]:
+        try:
+            record = json.loads(value)
+        except (ValueError, RecursionError):
+            raise StoreError("a stored token record is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("token"), dict):
+            raise StoreError("a stored token record has an unknown format")
+        try:
+            token = Token.from_dict(record["token"])
+        except ProtocolError as exc:
+            raise StoreError(str(exc)) from None
+        obtained = record.get("obtained_at")
+        when = (
+            datetime.fromtimestamp(obtained, timezone.utc)
+            if isinstance(obtained, (int, float)) and math.isfinite(obtained)
+            else None
+        )
+        return token, when
+
+    def _decode(self, value: bytes) -> Token:
+        return self._decode_record(value)[0]
+
+    def _entry(self, token: Token, version: int, obtained: datetime | None) -> _Cached:
+        if token.expires_at is None:
+            return _Cached(token, version, math.inf, math.inf)
+        now_mono = self._clock.monotonic()
+        wall = self._clock.wall()
+        remaining = (token.expires_at - wall).total_seconds()
+        lifetime = (token.expires_at - obtained).total_seconds() if obtained else remaining
+        # Refresh ahead by the skew, but never in the first half of a token's life: a 4 s token
+        # with a 60 s skew would otherwise be refreshed on every call.
+        ahead = min(self._refresh_skew, max(0.0, lifetime) / 2)
+        usable_until = now_mono + remaining - min(1.0, ahead)
+        return _Cached(token, version, now_mono + remaining - ahead, usable_until)
+
+    def _remember(
+        self, account: str, token: Token, version: int, obtained: datetime | None
+    ) -> Token:
+        self._cache[account] = self._entry(token, version, obtained)
+        return token
+
+
+_ANY = "\x00any"  # refresh(): no particular stale token named

@@ -1,0 +1,198 @@
+"""The aiohttp edge: encode, authenticate, send, read a bounded body, map errors.
+
+Nothing above this module sees an aiohttp exception: every failure leaves here as a
+:class:`~deviceflow.exceptions.TransportError` (or ProtocolError for an oversized body,
+InsecureEndpointError for a URL that is not https).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import ssl
+import urllib.parse
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import attrs
+
+from ._machine import Request, RequestKind, Response, require_secure_url
+from ._models import Dialect
+from .exceptions import ProtocolError, TransportError
+
+__all__ = ["AiohttpTransport", "ClientAuth", "Transport"]
+
+log = logging.getLogger("deviceflow")
+
+#: Answers larger than this are refused: no OAuth endpoint needs more.
+MAX_BODY = 1024 * 1024
+_CHUNK = 64 * 1024
+_VERSION = "0.1.0"
+
+AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+
+
+class Transport(Protocol):
+    """Sends protocol requests; the seam between the client and the network."""
+
+    async def send(self, request: Request) -> Response:
+        """Send ``request`` and return the response, or raise a DeviceFlowError."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (only those this transport owns)."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class ClientAuth:
+    """How the client authenticates to the token and device endpoints (RFC 6749 2.3.1)."""
+
+    client_id: str
+    client_secret: str | None = attrs.field(default=None, repr=False)
+    method: AuthMethod = "none"
+
+    @classmethod
+    def choose(
+        cls, client_id: str, client_secret: str | None, method: AuthMethod | None
+    ) -> ClientAuth:
+        """``method=None`` picks client_secret_post with a secret and none without one."""
+        if method is None:
+            method = "client_secret_post" if client_secret is not None else "none"
+        if method != "none" and client_secret is None:
+            raise ValueError(f"client authentication {method!r} needs a client_secret")
+        return cls(client_id=client_id, client_secret=client_secret, method=method)
+
+    def apply(self, params: dict[str, str], headers: dict[str, str]) -> None:
+        if self.method == "client_secret_post":
+            assert self.client_secret is not None
+            params["client_secret"] = self.client_secret
+        elif self.method == "client_secret_basic":
+            assert self.client_secret is not None
+            # RFC 6749 2.3.1: form-urlencode id and secret before joining them with ":".
+            pair = (
+                f"{urllib.parse.quote_plus(self.client_id)}:"
+                f"{urllib.parse.quote_plus(self.client_secret)}"
+            )
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        (
+            aiohttp.ClientConnectorCertificateError,
+            aiohttp.ClientSSLError,
+            ssl.SSLError,
+        ),
+    )
+
+
+class AiohttpTransport:
+    """The real transport: one aiohttp ClientSession, the caller's or its own.
+
+    - ``Accept: application/json`` on every request (GitHub answers form-encoded otherwise);
+    - bodies form-encoded, or JSON for dialects that want it, with the dialect's parameter names;
+    - client authentication added to device, token and revocation requests;
+    - redirects never followed; responses larger than ``max_body`` refused;
+    - ``connect_timeout`` for the connection, ``timeout`` for the whole exchange.
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: ClientAuth,
+        dialect: Dialect | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 20.0,
+        connect_timeout: float = 10.0,
+        max_body: int = MAX_BODY,
+        connection_limit: int = 100,
+    ) -> None:
+        self._auth = auth
+        self._dialect = dialect or Dialect()
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=connect_timeout, sock_read=timeout
+        )
+        self._max_body = max_body
+        self._limit = connection_limit
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                headers={"User-Agent": f"deviceflow/{_VERSION}"},
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    def _encode(self, request: Request) -> tuple[dict[str, str], dict[str, str]]:
+        params = dict(request.params)
+        headers = {"Accept": "application/json"}
+        if request.kind is not RequestKind.DISCOVERY:
+            self._auth.apply(params, headers)
+        names = self._dialect.request_names
+        return {names.get(k, k): v for k, v in params.items()}, headers
+
+    async def send(self, request: Request) -> Response:
+        require_secure_url(request.url, f"the {request.kind.value} endpoint")
+        params, headers = self._encode(request)
+        kwargs: dict[str, Any] = {}
+        if request.method == "POST":
+            if self._dialect.request_format == "json":
+                kwargs["json"] = params
+            else:
+                kwargs["data"] = params
+        session = self._get_session()
+        try:
+            async with session.request(
+                request.method,
+                request.url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+                **kwargs,
+            ) as resp:
+                body = await self._read(resp)
+                response_headers = {k.lower(): v for k, v in reversed(list(resp.headers.items()))}
+                return Response(status=resp.status, headers=response_headers, body=body)
+        except (ProtocolError, TransportError):
+            raise
+        except asyncio.TimeoutError:
+            raise TransportError(
+                f"{request.kind.value} request to {_origin(request.url)} timed out"
+            ) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            retryable = not _is_tls_failure(exc) and not isinstance(exc, aiohttp.InvalidURL)
+            raise TransportError(
+                f"{request.kind.value} request to {_origin(request.url)} failed: "
+                f"{type(exc).__name__}"
+                + ("" if retryable else " (TLS or URL problem; retrying will not help)"),
+                retryable=retryable,
+            ) from exc
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        length = resp.content_length
+        if length is not None and length > self._max_body:
+            raise ProtocolError(f"the response body ({length} bytes) exceeds {self._max_body}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await resp.content.read(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self._max_body:
+                raise ProtocolError(f"the response body exceeds {self._max_body} bytes")
+            chunks.append(chunk)
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
