@@ -117,7 +117,7 @@ class DeviceFlowClient:
         if http_timeout >= lock_ttl:
             raise ValueError("http_timeout must be shorter than lock_ttl (see get_token docs)")
         if store is None:
-            from .stores import MemoryStore
+            from .stores._memory import MemoryStore
 
             store = MemoryStore()
         self.provider = provider
