@@ -1,0 +1,340 @@
+"""Keys and the one envelope format both persistent stores use.
+
+Theory of operation
+-------------------
+A stored record is the token bytes plus its version and expiry, sealed with AES-256-GCM::
+
+    envelope  = header || nonce (12) || ciphertext || tag (16)
+    header    = b"DF" || format (1 byte, = 1) || key id (4 bytes)
+    plaintext = version (u64, big endian) || expires_at (f64 unix time, 0 = never) || value
+    AAD       = header || record id
+
+The nonce is 96 random bits, fresh for every write. The record id is a hash of the store's
+namespace and the record's key, so a value copied onto another key, or into another namespace,
+fails to decrypt, as does any change to the header (the key id included). The key id names the
+key that sealed the record: a :class:`KeySet` encrypts with its first key and decrypts with any
+of them, which is how keys rotate.
+
+Every failure to open an envelope (wrong key, unknown key id, a flipped bit, truncation, a record
+moved to another key) is one :class:`~deviceflow.exceptions.DecryptionError` whose message says
+"wrong key or tampered data", names the record, and never includes key material. cryptography's
+exceptions stop here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import struct
+from pathlib import Path
+from typing import Union
+
+import attrs
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .exceptions import DecryptionError, StoreError
+
+__all__ = [
+    "DEFAULT_KEY_ENV",
+    "KdfParams",
+    "KeyMaterial",
+    "KeySet",
+    "Passphrase",
+    "Record",
+    "Sealer",
+    "generate_key",
+]
+
+#: The environment variable :meth:`KeySet.from_env` reads by default.
+DEFAULT_KEY_ENV = "DEVICEFLOW_KEY"
+
+_MAGIC = b"DF"
+_FORMAT = 1
+_HEADER = struct.Struct(">2sB4s")
+_META = struct.Struct(">Qd")
+_NONCE_LEN = 12
+_TAG_LEN = 16
+_KEY_LEN = 32
+_MIN_ENVELOPE = _HEADER.size + _NONCE_LEN + _TAG_LEN + _META.size
+
+
+def generate_key() -> str:
+    """A new random key for the encrypted stores: base64 (URL-safe) of 32 random bytes.
+
+    >>> len(generate_key())
+    44
+    """
+    return base64.urlsafe_b64encode(secrets.token_bytes(_KEY_LEN)).decode("ascii")
+
+
+def _decode_key(material: str | bytes) -> bytes:
+    if isinstance(material, bytes):
+        raw = material
+    elif isinstance(material, str):
+        text = "".join(material.split()).replace("-", "+").replace("_", "/")
+        text += "=" * (-len(text) % 4)
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("a key string must be base64 (see generate_key())") from None
+    else:
+        raise TypeError(f"a key is 32 bytes or a base64 string, not {type(material).__name__}")
+    if len(raw) != _KEY_LEN:
+        raise ValueError(f"a key must be exactly {_KEY_LEN} bytes (got {len(raw)})")
+    return raw
+
+
+def _key_id(raw: bytes) -> bytes:
+    # A one-way tag of the key: it tells keys apart without revealing anything about them.
+    return hmac.new(raw, b"deviceflow key id", hashlib.sha256).digest()[:4]
+
+
+@attrs.frozen
+class Passphrase:
+    """A key derived from a passphrase with scrypt.
+
+    The salt and the scrypt parameters are kept beside the data (a ``kdf.json`` file in the
+    folder of an :class:`~deviceflow.stores.EncryptedFileStore`, a key in Redis for a
+    :class:`~deviceflow.stores.RedisStore`): lose them and the data cannot be decrypted.
+    ``work_factor`` (scrypt's ``n``) applies when the salt is first created.
+    """
+
+    secret: str = attrs.field(repr=False)
+    work_factor: int = 2**15
+
+    def derive(self, params: KdfParams) -> bytes:
+        """The 32-byte key for ``params`` (salt and scrypt costs)."""
+        kdf = Scrypt(salt=params.salt, length=_KEY_LEN, n=params.n, r=params.r, p=params.p)
+        return kdf.derive(self.secret.encode("utf-8"))
+
+
+@attrs.frozen(kw_only=True)
+class KdfParams:
+    """The salt and scrypt costs a :class:`Passphrase` is stretched with; not secret."""
+
+    salt: bytes
+    n: int
+    r: int = 8
+    p: int = 1
+
+    @classmethod
+    def new(cls, n: int) -> KdfParams:
+        """Fresh parameters with a random 16-byte salt."""
+        return cls(salt=secrets.token_bytes(16), n=n)
+
+    def to_json(self) -> bytes:
+        """The parameters as JSON, as stored beside the data."""
+        doc = {"kdf": "scrypt", "salt": base64.b64encode(self.salt).decode(), "n": self.n}
+        doc.update(r=self.r, p=self.p)
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> KdfParams:
+        """The inverse of :meth:`to_json`; StoreError when the document is damaged."""
+        try:
+            doc = json.loads(data)
+            if doc["kdf"] != "scrypt":
+                raise ValueError(doc["kdf"])
+            return cls(
+                salt=base64.b64decode(doc["salt"], validate=True),
+                n=int(doc["n"]),
+                r=int(doc["r"]),
+                p=int(doc["p"]),
+            )
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise StoreError("the stored scrypt parameters (kdf.json) are damaged") from None
+
+
+@attrs.frozen
+class _Key:
+    kid: bytes
+    aead: AESGCM = attrs.field(repr=False, eq=False)
+
+
+def _resolved(raw: bytes) -> _Key:
+    return _Key(_key_id(raw), AESGCM(raw))
+
+
+#: What ``key=`` of the encrypted stores accepts.
+KeyMaterial = Union[str, bytes, Passphrase, "KeySet"]
+
+
+class KeySet:
+    """The keys of an encrypted store: the first encrypts new writes, every one decrypts.
+
+    Rotate by putting a new key first and keeping the old ones after it, then call the store's
+    ``rotate()`` to re-encrypt what is stored; the old keys can then be dropped.
+
+    Each key is 32 raw bytes, a base64 string (as :func:`generate_key` returns), or a
+    :class:`Passphrase`.
+
+    >>> new, old = generate_key(), generate_key()
+    >>> KeySet(new, old)
+    KeySet(<2 keys>)
+    """
+
+    __slots__ = ("_keys", "_passphrases")
+
+    def __init__(self, *keys: str | bytes | Passphrase) -> None:
+        if not keys:
+            raise ValueError("a KeySet needs at least one key")
+        self._keys: tuple[bytes | Passphrase, ...] = tuple(
+            k if isinstance(k, Passphrase) else _decode_key(k) for k in keys
+        )
+
+    def __repr__(self) -> str:
+        count = len(self._keys)
+        return f"KeySet(<{count} key{'s' if count != 1 else ''}>)"
+
+    @classmethod
+    def coerce(cls, key: KeyMaterial) -> KeySet:
+        """``key`` as a KeySet (a single key becomes a set of one)."""
+        return key if isinstance(key, KeySet) else cls(key)
+
+    @classmethod
+    def from_env(cls, name: str = DEFAULT_KEY_ENV) -> KeySet:
+        """Keys from an environment variable: base64 keys separated by commas, newest first."""
+        value = os.environ.get(name)
+        if not value or not value.strip():
+            raise StoreError(f"environment variable {name} is not set (expected a base64 key)")
+        try:
+            return cls(*(part for part in value.replace(",", " ").split()))
+        except ValueError as exc:
+            raise StoreError(f"environment variable {name}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> KeySet:
+        """Keys from a file: one base64 key per line, newest first; ``#`` starts a comment.
+
+        On POSIX the file must not be readable or writable by group or others (``chmod 600``).
+        """
+        file = Path(path).expanduser()
+        try:
+            with file.open("rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if os.name == "posix" and stat.S_IMODE(mode) & 0o077:
+                    raise StoreError(
+                        f"key file {file} is accessible by group or others "
+                        f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {file}"
+                    )
+                text = handle.read().decode("utf-8")
+        except OSError as exc:
+            raise StoreError(f"cannot read key file {file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise StoreError(f"key file {file} is not text (expected base64 keys)") from None
+        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+        keys = [line for line in lines if line]
+        if not keys:
+            raise StoreError(f"key file {file} holds no key")
+        try:
+            return cls(*keys)
+        except ValueError as exc:
+            raise StoreError(f"key file {file}: {exc}") from None
+
+    @property
+    def needs_kdf(self) -> bool:
+        """True when a key is a passphrase, so the store must supply :class:`KdfParams`."""
+        return any(isinstance(k, Passphrase) for k in self._keys)
+
+    @property
+    def work_factor(self) -> int:
+        """The scrypt cost for new :class:`KdfParams` (that of the first passphrase)."""
+        return next(k.work_factor for k in self._keys if isinstance(k, Passphrase))
+
+    def resolve(self, params: KdfParams | None = None) -> tuple[_Key, ...]:
+        """The usable keys, deriving passphrases with ``params``."""
+        keys: list[_Key] = []
+        for key in self._keys:
+            if isinstance(key, Passphrase):
+                if params is None:
+                    raise ValueError("a passphrase needs the store's scrypt parameters")
+                keys.append(_resolved(key.derive(params)))
+            else:
+                keys.append(_resolved(key))
+        return tuple(keys)
+
+
+@attrs.frozen
+class Record:
+    """What an envelope holds: the value, its version and its expiry (unix time or None)."""
+
+    version: int
+    expires_at: float | None
+    value: bytes = attrs.field(repr=False)
+
+    def expired(self, now: float) -> bool:
+        """True when the record has an expiry and ``now`` is past it."""
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class Sealer:
+    """Seals and opens records of one store namespace with a resolved key set."""
+
+    __slots__ = ("_by_id", "_keys", "_namespace")
+
+    def __init__(self, keys: tuple[_Key, ...], namespace: str) -> None:
+        self._keys = keys
+        self._namespace = namespace.encode("utf-8")
+        self._by_id: dict[bytes, list[_Key]] = {}
+        for key in keys:
+            self._by_id.setdefault(key.kid, []).append(key)
+
+    def __repr__(self) -> str:
+        return f"Sealer(namespace={self._namespace.decode()!r}, keys={len(self._keys)})"
+
+    def record_id(self, key: str) -> str:
+        """A stable, opaque name for ``key`` in this namespace (32 hex digits)."""
+        digest = hashlib.sha256(b"deviceflow record\0")
+        digest.update(len(self._namespace).to_bytes(4, "big") + self._namespace)
+        digest.update(key.encode("utf-8"))
+        return digest.hexdigest()[:32]
+
+    def seal(self, record_id: str, record: Record) -> bytes:
+        """The envelope of ``record`` under the newest key, bound to ``record_id``."""
+        key = self._keys[0]
+        header = _HEADER.pack(_MAGIC, _FORMAT, key.kid)
+        meta = _META.pack(record.version, record.expires_at or 0.0)
+        nonce = secrets.token_bytes(_NONCE_LEN)
+        aad = header + record_id.encode("ascii")
+        return header + nonce + key.aead.encrypt(nonce, meta + record.value, aad)
+
+    def open(
+        self, record_id: str, envelope: bytes, *, name: str, version: int | None = None
+    ) -> Record:
+        """The record in ``envelope``; DecryptionError (naming ``name``) when it cannot be.
+
+        ``version``, when given, is the version stored beside the envelope: it must match the
+        sealed one.
+        """
+        if len(envelope) >= _MIN_ENVELOPE:
+            magic, fmt, kid = _HEADER.unpack_from(envelope)
+            if magic == _MAGIC and fmt == _FORMAT:
+                header = envelope[: _HEADER.size]
+                nonce = envelope[_HEADER.size : _HEADER.size + _NONCE_LEN]
+                body = envelope[_HEADER.size + _NONCE_LEN :]
+                aad = header + record_id.encode("ascii")
+                for key in self._by_id.get(kid, ()):
+                    try:
+                        plain = key.aead.decrypt(nonce, body, aad)
+                    except InvalidTag:
+                        continue
+                    sealed, expires = _META.unpack_from(plain)
+                    if version is None or version == sealed:
+                        return Record(sealed, expires or None, plain[_META.size :])
+                    break
+        raise DecryptionError(
+            f"cannot decrypt the stored value of {name}: wrong key or tampered data. "
+            "It was left as it is: check the key, restore the record, or delete it."
+        )
+
+    def is_current(self, envelope: bytes) -> bool:
+        """True when ``envelope`` was sealed with the newest key (nothing for rotate() to do)."""
+        return envelope[2 : _HEADER.size] == bytes([_FORMAT]) + self._keys[0].kid
