@@ -1,0 +1,439 @@
+"""EncryptedFileStore: one encrypted file per key, safe across the processes of one machine.
+
+Layout (every folder 0700, every file 0600; modes are applied where the OS has them)::
+
+    <path>/kdf.json, kdf.lock       salt and scrypt costs, only when a key is a Passphrase
+    <path>/ab/<record id>.tok       the record (an envelope, see deviceflow._crypto)
+    <path>/ab/<record id>.tmp       the next version while it is written (then renamed)
+    <path>/ab/<record id>.wlock     held for the few milliseconds of a compare-and-set
+    <path>/ab/<record id>.lock      held by lock(key, ...) for the lease
+
+``ab`` is the first two digits of the record id, so no folder grows past a few thousand entries
+and the cost of an update does not depend on how many tokens are stored.
+
+A write takes the key's ``.wlock`` (through filelock: flock on POSIX, msvcrt on Windows), reads
+and decrypts the current record, compares versions, writes the ``.tmp`` file, fsyncs it, renames
+it over the record and fsyncs the folder. A process killed at any point leaves the old or the new
+record, never half of one; the ``.tmp`` it may leave is overwritten by the next write of that key
+(only one writer at a time holds the key's ``.wlock``), so it never gets in the way. Lock files
+are never unlinked: unlinking a lock file lets two processes lock two different inodes.
+
+Meant for local disks: network file systems do not all honour flock, rename and fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import filelock
+
+from deviceflow._crypto import KdfParams, KeyMaterial, KeySet, Record, Sealer
+from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
+
+from ._leases import KeyedLocks, LocalLeases, check_lock_args, check_ttl
+from ._protocol import Lease, Versioned
+
+__all__ = ["EncryptedFileStore"]
+
+_T = TypeVar("_T")
+
+_WRITE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_TRUNC
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+)
+_POSIX = os.name == "posix"
+
+
+def _private_dir(path: Path) -> bool:
+    """Create ``path`` (mode 0700) if needed; True if it was created."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        created = False
+    else:
+        created = True
+    if _POSIX and path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return created
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is durable only once the folder is synced; Windows has no directory handles
+    # to fsync (its NTFS journal covers the rename).
+    if not _POSIX:
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # pragma: no cover - file systems that cannot sync folders
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _replace(source: Path, target: Path) -> None:
+    if os.name != "nt":
+        os.replace(source, target)
+        return
+    # Windows refuses to replace a file another process has open (a reader, an antivirus):
+    # such holds are brief, so retry for a while.
+    for _ in range(100):  # pragma: no cover - Windows only
+        try:
+            os.replace(source, target)
+        except PermissionError:
+            time.sleep(0.01)
+        else:
+            return
+    os.replace(source, target)  # pragma: no cover - Windows only
+
+
+def _write_file(path: Path, temp: Path, data: bytes) -> None:
+    fd = os.open(temp, _WRITE_FLAGS, 0o600)
+    with open(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_file(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _new_filelock(path: Path) -> filelock.BaseFileLock:
+    # thread_local=False: a lease is taken in a worker thread and let go from the event loop.
+    # preserve_lock_file=True: never unlink lock files (see the module docstring).
+    return filelock.FileLock(path, mode=0o600, thread_local=False, preserve_lock_file=True)
+
+
+class _HeldFile:
+    """One acquisition of a lock file, released exactly once by whichever thread comes first.
+
+    A cancelled waiter cannot know whether its last attempt, still running in a worker thread,
+    got the lock: release() marks the acquisition abandoned, so that attempt lets go at once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._lock = _new_filelock(path)
+        self._mutex = threading.Lock()
+        self._held = False
+        self._done = False
+
+    def try_acquire(self) -> bool:
+        """One attempt without waiting (runs in a worker thread)."""
+        try:
+            self._lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return False
+        with self._mutex:
+            if self._done:
+                self._lock.release()
+                return False
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        """Let go (if held) and refuse any later acquisition; never blocks."""
+        with self._mutex:
+            self._done = True
+            if self._held:
+                self._held = False
+                self._lock.release()
+
+
+class EncryptedFileStore:
+    """A :class:`~deviceflow.stores.TokenStore` of encrypted files in one folder.
+
+    ``key`` is a key from :func:`~deviceflow.stores.generate_key` (the base64 string, or the 32
+    raw bytes), a :class:`~deviceflow.stores.Passphrase`, or a :class:`~deviceflow.stores.KeySet`
+    for rotation. ``namespace`` is bound into every record: records written under one namespace
+    never decrypt under another. ``lock_timeout`` bounds the wait for another process's
+    compare-and-set (held for milliseconds; a dead holder frees it at once).
+
+    Locks and compare-and-set hold across the processes of one machine. Use a local disk: network
+    file systems do not all honour the locks, renames and fsyncs the store relies on.
+
+    A record that cannot be decrypted raises DecryptionError and stays on disk as it is;
+    ``delete(key)`` without ``expected_version`` is the way to discard it.
+
+    >>> from deviceflow.stores import generate_key
+    >>> store = EncryptedFileStore("~/.local/share/deviceflow", key=generate_key())
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: KeyMaterial,
+        namespace: str = "deviceflow",
+        lock_timeout: float = 30.0,
+    ) -> None:
+        self._root = Path(path).expanduser().absolute()
+        self._keys = KeySet.coerce(key)
+        self._namespace = namespace
+        self._lock_timeout = lock_timeout
+        self._sealer: Sealer | None = None
+        self._shards: set[str] = set()
+        self._writers = KeyedLocks()
+        self._leases = LocalLeases()
+
+    def __repr__(self) -> str:
+        return f"EncryptedFileStore({str(self._root)!r}, namespace={self._namespace!r})"
+
+    @property
+    def path(self) -> Path:
+        """The store's folder."""
+        return self._root
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    async def _ready(self) -> Sealer:
+        if self._sealer is None:
+            self._sealer = await self._run(self._setup)
+        return self._sealer
+
+    def _setup(self) -> Sealer:
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dir(self._root)
+        params = self._kdf_params() if self._keys.needs_kdf else None
+        return Sealer(self._keys.resolve(params), self._namespace)
+
+    def _kdf_params(self) -> KdfParams:
+        path = self._root / "kdf.json"
+        with _new_filelock(self._root / "kdf.lock"):
+            stored = _read_file(path)
+            if stored is None:
+                stored = KdfParams.new(self._keys.work_factor).to_json()
+                _write_file(path, self._root / "kdf.json.tmp", stored)
+        return KdfParams.from_json(stored)
+
+    def _folder(self, rid: str) -> Path:
+        folder = self._root / rid[:2]
+        if rid[:2] not in self._shards:
+            if _private_dir(folder):
+                _fsync_dir(self._root)
+            self._shards.add(rid[:2])
+        return folder
+
+    async def _run(self, func: Callable[..., _T], *args: object) -> _T:
+        try:
+            return await anyio.to_thread.run_sync(func, *args)
+        except (filelock.Timeout, StoreError):
+            raise
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise StoreError(f"file store {str(self._root)!r}: {reason}") from exc
+
+    # -- records -------------------------------------------------------------------------------
+
+    def _load(self, sealer: Sealer, rid: str, key: str) -> tuple[Record | None, bool]:
+        """The live record of ``key`` (None if absent or expired), and whether a file exists."""
+        data = _read_file(self._folder(rid) / f"{rid}.tok")
+        if data is None:
+            return None, False
+        record = sealer.open(rid, data, name=repr(key))
+        return (None if record.expired(time.time()) else record), True
+
+    def _write_locked(self, rid: str, action: Callable[[], _T]) -> _T:
+        lock = _new_filelock(self._folder(rid) / f"{rid}.wlock")
+        try:
+            lock.acquire(timeout=self._lock_timeout)
+        except filelock.Timeout:
+            raise LockTimeoutError(
+                f"another process held the write lock of record {rid} "
+                f"for more than {self._lock_timeout} s"
+            ) from None
+        try:
+            return action()
+        finally:
+            lock.release()
+
+    def _store(self, rid: str, data: bytes) -> None:
+        folder = self._folder(rid)
+        _write_file(folder / f"{rid}.tok", folder / f"{rid}.tmp", data)
+
+    def _get_sync(self, sealer: Sealer, rid: str, key: str) -> Versioned | None:
+        record, _ = self._load(sealer, rid, key)
+        return None if record is None else Versioned(record.value, record.version)
+
+    def _put_sync(
+        self,
+        sealer: Sealer,
+        rid: str,
+        key: str,
+        value: bytes,
+        expected: int | None,
+        ttl: float | None,
+    ) -> int:
+        def compare_and_set() -> int:
+            record, _ = self._load(sealer, rid, key)
+            current = None if record is None else record.version
+            if current != expected:
+                raise ConflictError(
+                    f"{key!r} is at version {current}, not {expected}: re-read and retry"
+                )
+            version = (current or 0) + 1
+            expires = None if ttl is None else time.time() + ttl
+            self._store(rid, sealer.seal(rid, Record(version, expires, value)))
+            return version
+
+        return self._write_locked(rid, compare_and_set)
+
+    def _delete_sync(self, sealer: Sealer, rid: str, key: str, expected: int | None) -> bool:
+        def compare_and_delete() -> bool:
+            try:
+                record, exists = self._load(sealer, rid, key)
+            except DecryptionError:
+                if expected is not None:
+                    raise
+                live = exists = True  # an unconditional delete discards an unreadable record
+            else:
+                live = record is not None
+                if record is not None and expected not in (None, record.version):
+                    raise ConflictError(
+                        f"{key!r} is at version {record.version}, not {expected}: not deleted"
+                    )
+            if exists:  # an expired record goes too
+                folder = self._folder(rid)
+                os.unlink(folder / f"{rid}.tok")
+                _fsync_dir(folder)
+            return live
+
+        return self._write_locked(rid, compare_and_delete)
+
+    # -- TokenStore ----------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Versioned | None:
+        """The value of ``key`` and its version, or None (DecryptionError if unreadable)."""
+        sealer = await self._ready()
+        return await self._run(self._get_sync, sealer, sealer.record_id(key), key)
+
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        expected_version: int | None,
+        ttl: float | None = None,
+    ) -> int:
+        """Write ``value`` if ``key`` is at ``expected_version``; return the new version."""
+        check_ttl(ttl)
+        sealer = await self._ready()
+        rid = sealer.record_id(key)
+        async with self._writers.hold(rid):
+            return await self._run(
+                self._put_sync, sealer, rid, key, bytes(value), expected_version, ttl
+            )
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Remove ``key`` (only at ``expected_version`` when given); True if it was there."""
+        sealer = await self._ready()
+        rid = sealer.record_id(key)
+        async with self._writers.hold(rid):
+            return await self._run(self._delete_sync, sealer, rid, key, expected_version)
+
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Lease]:
+        """Hold ``key``'s lock for at most ``ttl`` s; LockTimeoutError after ``wait`` s.
+
+        The lock excludes tasks of this process and other processes on this machine; a process
+        that dies holding it frees it at once.
+        """
+        check_lock_args(ttl, wait)
+        return self._lock(key, ttl, wait)
+
+    @asynccontextmanager
+    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Lease]:
+        sealer = await self._ready()
+        rid = sealer.record_id(key)
+        what = f"the lock of {key!r}"
+        deadline = time.monotonic() + wait
+        # While waiting for the file lock, the local lease must outlive the wait.
+        token = await self._leases.acquire(rid, ttl=wait + ttl, deadline=deadline, what=what)
+        try:
+            held = await self._lock_file(rid, deadline, what)
+            self._leases.renew(rid, token, ttl)
+            # The lease ends after ttl even if the holder is still inside the block.
+            expiry = asyncio.get_running_loop().call_later(ttl, held.release)
+            try:
+                yield Lease(key=key, token=token, ttl=ttl)
+            finally:
+                expiry.cancel()
+                held.release()  # a non-blocking unlock, safe on the event loop
+        finally:
+            self._leases.release(rid, token)
+
+    async def _lock_file(self, rid: str, deadline: float, what: str) -> _HeldFile:
+        held = await self._run(lambda: _HeldFile(self._folder(rid) / f"{rid}.lock"))
+        delay = 0.002
+        try:
+            while not await self._run(held.try_acquire):
+                now = time.monotonic()
+                if now >= deadline:
+                    raise LockTimeoutError(f"{what} is held by someone else; gave up waiting")
+                await anyio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.05)
+        except BaseException:
+            held.release()
+            raise
+        return held
+
+    async def rotate(self) -> int:
+        """Re-encrypt every record not sealed with the newest key; return how many were.
+
+        Records that cannot be decrypted are left as they are and reported together in one
+        DecryptionError once the others are done.
+        """
+        sealer = await self._ready()
+        rotated, failed = 0, []
+        for rid in await self._run(self._record_ids):
+            async with self._writers.hold(rid):
+                try:
+                    rotated += await self._run(self._rotate_sync, sealer, rid)
+                except DecryptionError:
+                    failed.append(rid)
+        if failed:
+            raise DecryptionError(
+                f"{len(failed)} record(s) could not be re-encrypted: wrong key or tampered data. "
+                f"They were left as they are: {', '.join(sorted(failed)[:5])}"
+            )
+        return rotated
+
+    def _record_ids(self) -> list[str]:
+        ids: list[str] = []
+        for shard in os.scandir(self._root):
+            if shard.is_dir(follow_symlinks=False) and len(shard.name) == 2:
+                names = (entry.name for entry in os.scandir(shard.path))
+                ids.extend(name[:-4] for name in names if name.endswith(".tok"))
+        return ids
+
+    def _rotate_sync(self, sealer: Sealer, rid: str) -> bool:
+        def reseal() -> bool:
+            data = _read_file(self._folder(rid) / f"{rid}.tok")
+            if data is None or sealer.is_current(data):
+                return False
+            self._store(rid, sealer.seal(rid, sealer.open(rid, data, name=f"record {rid}")))
+            return True
+
+        return self._write_locked(rid, reseal)
+
+    async def aclose(self) -> None:
+        """Nothing to release: every operation closes its files."""

@@ -1,0 +1,106 @@
+"""MemoryStore: tokens in a dict, for one process only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import attrs
+
+from deviceflow.exceptions import ConflictError
+
+from ._leases import LocalLeases, check_lock_args, check_ttl
+from ._protocol import Lease, Versioned
+
+__all__ = ["MemoryStore"]
+
+
+@attrs.frozen
+class _Entry:
+    value: bytes = attrs.field(repr=False)
+    version: int
+    expires: float | None  # time.monotonic()
+
+    def alive(self, now: float) -> bool:
+        return self.expires is None or now < self.expires
+
+
+@attrs.define
+class MemoryStore:
+    """A :class:`~deviceflow.stores.TokenStore` that keeps values in memory.
+
+    Its locks are asyncio locks, so they exclude tasks of **one process only**: replicas or
+    several worker processes need :class:`~deviceflow.stores.EncryptedFileStore` (one machine)
+    or :class:`~deviceflow.stores.RedisStore` (many). Values are lost when the process ends and
+    are not encrypted. Good for tests, scripts and single-process services.
+
+    >>> store = MemoryStore()
+    """
+
+    _entries: dict[str, _Entry] = attrs.field(factory=dict, init=False, repr=False)
+    _leases: LocalLeases = attrs.field(factory=LocalLeases, init=False, repr=False)
+
+    def _current(self, key: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None and not entry.alive(time.monotonic()):
+            del self._entries[key]
+            return None
+        return entry
+
+    async def get(self, key: str) -> Versioned | None:
+        """The value of ``key`` and its version, or None."""
+        entry = self._current(key)
+        return None if entry is None else Versioned(entry.value, entry.version)
+
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        expected_version: int | None,
+        ttl: float | None = None,
+    ) -> int:
+        """Write ``value`` if ``key`` is at ``expected_version``; return the new version."""
+        check_ttl(ttl)
+        entry = self._current(key)
+        current = None if entry is None else entry.version
+        if current != expected_version:
+            raise ConflictError(
+                f"{key!r} is at version {current}, not {expected_version}: re-read and retry"
+            )
+        version = (current or 0) + 1
+        expires = None if ttl is None else time.monotonic() + ttl
+        self._entries[key] = _Entry(bytes(value), version, expires)
+        return version
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Remove ``key`` (only at ``expected_version`` when given); True if it was there."""
+        entry = self._current(key)
+        if entry is None:
+            return False
+        if expected_version is not None and entry.version != expected_version:
+            raise ConflictError(
+                f"{key!r} is at version {entry.version}, not {expected_version}: not deleted"
+            )
+        del self._entries[key]
+        return True
+
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Lease]:
+        """Hold ``key``'s lock for at most ``ttl`` s; LockTimeoutError after ``wait`` s."""
+        check_lock_args(ttl, wait)
+        return self._lock(key, ttl, wait)
+
+    @asynccontextmanager
+    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Lease]:
+        what = f"the lock of {key!r}"
+        token = await self._leases.acquire(
+            key, ttl=ttl, deadline=time.monotonic() + wait, what=what
+        )
+        try:
+            yield Lease(key=key, token=token, ttl=ttl)
+        finally:
+            self._leases.release(key, token)
+
+    async def aclose(self) -> None:
+        """Nothing to release; the values stay until the store is dropped."""

@@ -1,0 +1,382 @@
+"""RedisStore: encrypted records in Redis, shared by every replica (needs the ``redis`` extra).
+
+Keys, for a record id ``<rid>`` (a hash of the namespace and the store key)::
+
+    <prefix>{<rid>}         hash: v = version, d = envelope (see deviceflow._crypto)
+    <prefix>{<rid>}:lock    the lock: a random token per acquisition, always with a ttl
+    <prefix>kdf             salt and scrypt costs, only when a key is a Passphrase
+
+The ``{<rid>}`` hash tag puts a record and its lock in one cluster slot. Compare-and-set is a Lua
+script, so the version check and the write are one step on the server. The version is also sealed
+inside the envelope: a version field edited by hand does not decrypt.
+
+Every redis-py error, and any call that takes longer than ``timeout``, becomes a StoreError here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Union
+
+import anyio
+import anyio.to_thread
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from deviceflow._crypto import KdfParams, KeyMaterial, KeySet, Record, Sealer
+from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
+
+from ._leases import check_lock_args, check_ttl
+from ._protocol import Lease, Versioned
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("deviceflow.stores")
+
+RedisClient = Union["Redis", "RedisCluster"]
+
+# KEYS[1] record; ARGV: expected version ('' = must be absent), new version, envelope,
+# ttl in ms ('' = none). Returns {1, new version} or {0, stored version or ''}.
+_PUT = """
+local stored = redis.call('HGET', KEYS[1], 'v')
+if (ARGV[1] == '' and stored) or (ARGV[1] ~= '' and stored ~= ARGV[1]) then
+  return {0, stored or ''}
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+if ARGV[4] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return {1, ARGV[2]}
+"""
+
+# KEYS[1] record; ARGV[1] expected version ('' = any). Returns {1|0|-1 (conflict), stored}.
+_DELETE = """
+local stored = redis.call('HGET', KEYS[1], 'v')
+if not stored then return {0, ''} end
+if ARGV[1] ~= '' and stored ~= ARGV[1] then return {-1, stored} end
+redis.call('DEL', KEYS[1])
+return {1, stored}
+"""
+
+# KEYS[1] record; ARGV: version, envelope read, new envelope. Keeps version and ttl.
+_RESEAL = """
+if redis.call('HGET', KEYS[1], 'v') == ARGV[1] and redis.call('HGET', KEYS[1], 'd') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'd', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lock; ARGV[1] this acquisition's token. Deletes the lock only if it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _policies(reply: object) -> set[str]:
+    """Every maxmemory-policy value in a CONFIG GET reply (a cluster answers per node)."""
+    found: set[str] = set()
+    if isinstance(reply, dict):
+        for name, value in reply.items():
+            if isinstance(value, dict):
+                found |= _policies(value)
+            elif name in ("maxmemory-policy", b"maxmemory-policy"):
+                found.add(value.decode() if isinstance(value, bytes) else str(value))
+    return found
+
+
+class RedisStore:
+    """A :class:`~deviceflow.stores.TokenStore` in Redis, shared by processes and machines.
+
+    ``client`` is a ``redis.asyncio.Redis``, a ``redis.asyncio.RedisCluster``, a client from
+    ``redis.asyncio.Sentinel.master_for()``, or a ``redis://`` URL (``cluster=True`` for a
+    cluster URL). A client passed in stays the caller's to close; one made from a URL is closed
+    by :meth:`aclose`. Clients must keep ``decode_responses=False``.
+
+    ``key`` is as for :class:`~deviceflow.stores.EncryptedFileStore`; values are sealed in the
+    same envelope. ``prefix`` starts every Redis key. ``timeout`` bounds every operation (and the
+    sockets of a client made from a URL): a Redis that is down or stuck gives a StoreError after
+    at most that long, never a hang.
+
+    Redis must not evict keys: on first use the store logs a warning if ``maxmemory-policy`` is
+    not ``noeviction`` (where CONFIG is forbidden, as on many managed services, it cannot check).
+    Give ``put(ttl=...)`` the refresh token's lifetime so that dead grants expire.
+
+    >>> from deviceflow.stores import generate_key
+    >>> store = RedisStore("redis://localhost:6379/0", key=generate_key())
+    """
+
+    def __init__(
+        self,
+        client: str | RedisClient,
+        *,
+        key: KeyMaterial,
+        prefix: str = "deviceflow:",
+        namespace: str = "deviceflow",
+        timeout: float = 5.0,
+        cluster: bool = False,
+    ) -> None:
+        self._owned = isinstance(client, str)
+        if isinstance(client, str):
+            factory = RedisCluster.from_url if cluster else Redis.from_url
+            client = factory(client, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._client: RedisClient = client
+        self._keys = KeySet.coerce(key)
+        self._prefix = prefix
+        self._namespace = namespace
+        self._timeout = timeout
+        self._sealer: Sealer | None = None
+        self._put_script = client.register_script(_PUT)
+        self._delete_script = client.register_script(_DELETE)
+        self._reseal_script = client.register_script(_RESEAL)
+        self._release_script = client.register_script(_RELEASE)
+
+    def __repr__(self) -> str:
+        kind = type(self._client).__name__
+        return f"RedisStore(<{kind}>, prefix={self._prefix!r}, namespace={self._namespace!r})"
+
+    @asynccontextmanager
+    async def _edge(self, what: str) -> AsyncIterator[None]:
+        try:
+            with anyio.fail_after(self._timeout):
+                yield
+        except TimeoutError:
+            raise StoreError(
+                f"Redis did not answer ({what}) within {self._timeout} s: is it up?"
+            ) from None
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreError(f"Redis failed ({what}): {type(exc).__name__}: {exc}") from exc
+
+    def _record_key(self, rid: str) -> str:
+        return f"{self._prefix}{{{rid}}}"
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    async def _ready(self) -> Sealer:
+        if self._sealer is None:
+            await self._check_eviction()
+            params = await self._kdf_params() if self._keys.needs_kdf else None
+            keys = await anyio.to_thread.run_sync(self._keys.resolve, params)
+            self._sealer = Sealer(keys, self._namespace)
+        return self._sealer
+
+    async def _check_eviction(self) -> None:
+        async with self._edge("CONFIG GET maxmemory-policy"):
+            try:
+                if isinstance(self._client, RedisCluster):
+                    reply = await self._client.config_get(
+                        "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+                    )
+                else:
+                    reply = await self._client.config_get("maxmemory-policy")
+            except ResponseError as exc:  # CONFIG forbidden or renamed (managed Redis)
+                logger.info(
+                    "could not check Redis maxmemory-policy (%s); make sure it is noeviction",
+                    type(exc).__name__,
+                )
+                return
+        evicting = sorted(p for p in _policies(reply) if p != "noeviction")
+        if evicting:
+            logger.warning(
+                "Redis maxmemory-policy is %s: under memory pressure Redis may evict stored "
+                "tokens, and users would have to sign in again. Set maxmemory-policy noeviction.",
+                ", ".join(evicting),
+            )
+
+    async def _kdf_params(self) -> KdfParams:
+        name = f"{self._prefix}kdf"
+        async with self._edge("read scrypt parameters"):
+            await self._client.set(name, KdfParams.new(self._keys.work_factor).to_json(), nx=True)
+            stored = await self._client.get(name)
+        if not isinstance(stored, bytes):
+            raise StoreError(f"Redis key {name} vanished or is not bytes")
+        return KdfParams.from_json(stored)
+
+    # -- records -------------------------------------------------------------------------------
+
+    def _decode(self, sealer: Sealer, rid: str, key: str, reply: Sequence[Any]) -> Versioned | None:
+        version, data = reply
+        if version is None or data is None:
+            return None
+        if not isinstance(data, bytes):
+            raise StoreError("RedisStore needs a Redis client with decode_responses=False")
+        record = sealer.open(rid, data, name=repr(key), version=int(version))
+        return Versioned(record.value, record.version)
+
+    async def get(self, key: str) -> Versioned | None:
+        """The value of ``key`` and its version, or None (DecryptionError if unreadable)."""
+        sealer = await self._ready()
+        rid = sealer.record_id(key)
+        async with self._edge("get"):
+            reply = await self._client.hmget(self._record_key(rid), ["v", "d"])
+        return self._decode(sealer, rid, key, reply)
+
+    async def get_many(self, keys: Sequence[str]) -> list[Versioned | None]:
+        """The values of ``keys`` in one pipelined round trip (per cluster node)."""
+        sealer = await self._ready()
+        rids = [sealer.record_id(key) for key in keys]
+        async with self._edge("get_many"):
+            pipe = self._client.pipeline(transaction=False)
+            for rid in rids:
+                pipe.hmget(self._record_key(rid), ["v", "d"])
+            replies = await pipe.execute()
+        return [
+            self._decode(sealer, rid, key, reply)
+            for rid, key, reply in zip(rids, keys, replies, strict=True)
+        ]
+
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        expected_version: int | None,
+        ttl: float | None = None,
+    ) -> int:
+        """Write ``value`` if ``key`` is at ``expected_version``; return the new version.
+
+        ``ttl`` (seconds) becomes the Redis key's expiry; None keeps the record for good.
+        """
+        check_ttl(ttl)
+        sealer = await self._ready()
+        rid = sealer.record_id(key)
+        version = (expected_version or 0) + 1
+        envelope = sealer.seal(rid, Record(version, None, bytes(value)))
+        ttl_ms = "" if ttl is None else max(1, math.ceil(ttl * 1000))
+        expected = "" if expected_version is None else expected_version
+        async with self._edge("put"):
+            ok, stored = await self._put_script(
+                keys=[self._record_key(rid)], args=[expected, version, envelope, ttl_ms]
+            )
+        if not ok:
+            current = int(stored) if stored else None
+            raise ConflictError(
+                f"{key!r} is at version {current}, not {expected_version}: re-read and retry"
+            )
+        return version
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Remove ``key`` (only at ``expected_version`` when given); True if it was there."""
+        sealer = await self._ready()
+        rid = sealer.record_id(key)
+        expected = "" if expected_version is None else expected_version
+        async with self._edge("delete"):
+            outcome, stored = await self._delete_script(
+                keys=[self._record_key(rid)], args=[expected]
+            )
+        if outcome == -1:
+            raise ConflictError(
+                f"{key!r} is at version {int(stored)}, not {expected_version}: not deleted"
+            )
+        return bool(outcome)
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Lease]:
+        """Hold ``key``'s lock for at most ``ttl`` s; LockTimeoutError after ``wait`` s.
+
+        The lock excludes every process using this Redis. A holder that dies keeps it until the
+        ttl runs out, so keep ttl a little above the longest work done under the lock.
+        """
+        check_lock_args(ttl, wait)
+        return self._lock(key, ttl, wait)
+
+    @asynccontextmanager
+    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Lease]:
+        sealer = await self._ready()
+        name = self._record_key(sealer.record_id(key)) + ":lock"
+        token = secrets.token_urlsafe(16)
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        deadline = time.monotonic() + wait
+        delay = 0.002
+        in_doubt = False
+        try:
+            while True:
+                in_doubt = True  # a SET cut short may still have reached Redis
+                async with self._edge("lock"):
+                    acquired = await self._client.set(name, token, nx=True, px=ttl_ms)
+                in_doubt = False
+                if acquired:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    raise LockTimeoutError(
+                        f"the lock of {key!r} is held by someone else; gave up waiting"
+                    )
+                jitter = random.uniform(0.5, 1.5)  # noqa: S311 - spreads retries, not a secret
+                await anyio.sleep(min(delay * jitter, deadline - now))
+                delay = min(delay * 2, 0.1)
+        except BaseException:
+            if in_doubt:
+                await self._release(name, token)
+            raise
+        try:
+            yield Lease(key=key, token=token, ttl=ttl)
+        finally:
+            await self._release(name, token)
+
+    async def _release(self, name: str, token: str) -> None:
+        # Never raises: a lock that cannot be released now expires with its ttl.
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._edge("unlock"):
+                    await self._release_script(keys=[name], args=[token])
+            except StoreError as exc:
+                logger.warning("could not release a Redis lock; it expires with its ttl: %s", exc)
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def rotate(self) -> int:
+        """Re-encrypt every record not sealed with the newest key; return how many were.
+
+        Records that cannot be decrypted are left as they are and reported together in one
+        DecryptionError once the others are done.
+        """
+        sealer = await self._ready()
+        start = len(self._prefix) + 1
+        pattern = _glob_escape(self._prefix) + "{*}"
+        names = self._client.scan_iter(match=pattern, count=1000)
+        rotated, failed = 0, []
+        while True:
+            async with self._edge("rotate"):
+                try:
+                    name = await anext(names)
+                except StopAsyncIteration:
+                    break
+                version, data = await self._client.hmget(name, ["v", "d"])
+            if not isinstance(data, bytes) or version is None or sealer.is_current(data):
+                continue
+            rid = name.decode()[start:-1]
+            try:
+                record = sealer.open(rid, data, name=f"record {rid}", version=int(version))
+            except DecryptionError:
+                failed.append(rid)
+                continue
+            async with self._edge("rotate"):
+                rotated += await self._reseal_script(
+                    keys=[name], args=[version, data, sealer.seal(rid, record)]
+                )
+        if failed:
+            raise DecryptionError(
+                f"{len(failed)} record(s) could not be re-encrypted: wrong key or tampered data. "
+                f"They were left as they are: {', '.join(sorted(failed)[:5])}"
+            )
+        return rotated
+
+    async def aclose(self) -> None:
+        """Close the client if the store made it from a URL."""
+        if self._owned:
+            await self._client.aclose()
