@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
@@ -66,7 +67,7 @@ def token_polls(server: AuthorizationServer) -> list[float]:
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [round(b - a, 3) for a, b in zip(times, times[1:])]
+    return [round(b - a, 3) for a, b in itertools.pairwise(times)]
 
 
 async def test_approve_flow_yields_events_and_a_token(
@@ -408,7 +409,7 @@ async def test_discovered_provider_and_client_secret_basic(virtual_clock: Virtua
                 provider,
                 client_id="conf id",
                 client_secret="s3cr:et&",
-                client_auth=method,  # type: ignore[arg-type]
+                client_auth=method,
                 clock=virtual_clock,
                 on_code=lambda c, a: None,
             ) as client:

@@ -1,0 +1,153 @@
+"""get_token() at scale, and the aiohttp BearerAuth middleware."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import aiohttp
+import pytest
+
+from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow.aiohttp import BearerAuth
+from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
+
+
+@pytest.fixture
+async def server(virtual_clock: VirtualClock) -> AsyncIterator[AuthorizationServer]:
+    async with AuthorizationServer(clock=virtual_clock, access_token_lifetime=300) as srv:
+        yield srv
+
+
+async def seed(
+    client: DeviceFlowClient, server: AuthorizationServer, clock: VirtualClock, account: str
+) -> Token:
+    """Store a token for ``account`` issued directly by the server."""
+    issued = server.issue_tokens(client.client_id, scope="openid")
+    token = Token(
+        access_token=issued["access_token"],
+        refresh_token=issued["refresh_token"],
+        expires_at=clock.wall() + timedelta(seconds=int(issued["expires_in"])),
+    )
+    await client.save_token(account, token)
+    return token
+
+
+async def revoke(server: AuthorizationServer, token: str, client_id: str = "svc") -> None:
+    """Revoke one token through the server's RFC 7009 endpoint."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            server.revocation_endpoint, data={"token": token, "client_id": client_id}
+        ) as response,
+    ):
+        assert 200 == response.status
+
+
+async def test_10000_callers_over_1000_expired_accounts_make_1000_refreshes(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """10,000 concurrent get_token calls on 1,000 expired accounts: exactly 1,000 refreshes."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        accounts = [f"tenant-{i}" for i in range(1000)]
+        for account in accounts:
+            await seed(client, server, virtual_clock, account)
+        virtual_clock.advance(400)
+        tokens = await asyncio.gather(*(client.get_token(a) for a in accounts * 10))
+    assert 1000 == server.stats.refreshes
+    assert 0 == server.stats.invalid_grants
+    assert 1000 == len({t.access_token for t in tokens})
+    assert all(server.is_valid_access_token(t.access_token) for t in tokens)
+
+
+async def test_one_account_failing_leaves_the_others_alone(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A revoked grant on one account fails that account only; errors reach all its waiters."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        good = await seed(client, server, virtual_clock, "good")
+        bad = await seed(client, server, virtual_clock, "bad")
+        del good
+        await revoke(server, bad.refresh_token or "")
+        virtual_clock.advance(400)
+        results = await asyncio.gather(
+            *(client.get_token(a) for a in ["good", "bad"] * 5), return_exceptions=True
+        )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    tokens = [r for r in results if isinstance(r, Token)]
+    assert 5 == len(errors)
+    assert 5 == len(tokens)
+    assert all(type(e).__name__ == "ReauthorizationRequiredError" for e in errors)
+
+
+async def test_bearer_auth_adds_header_and_retries_once_on_invalid_token(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """BearerAuth sends the token; on 401 invalid_token it refreshes once and retries once."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        first = await seed(client, server, virtual_clock, "api")
+        auth = BearerAuth(client, "api", hosts={"127.0.0.1"})
+        async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+            async with session.get(server.resource_url) as response:
+                assert 200 == response.status
+            await revoke(server, first.access_token)
+            async with session.get(server.resource_url) as response:
+                assert 200 == response.status
+        assert 1 == server.stats.refreshes
+        assert first.access_token != (await client.get_token("api")).access_token
+
+
+async def test_bearer_auth_concurrent_rejections_share_one_refresh(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """Ten requests rejected with the same stale token cause one refresh, not ten."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        first = await seed(client, server, virtual_clock, "api")
+        await revoke(server, first.access_token)
+        auth = BearerAuth(client, "api")
+        async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+
+            async def call() -> int:
+                async with session.get(server.resource_url) as response:
+                    return response.status
+
+            statuses = await asyncio.gather(*(call() for _ in range(10)))
+    assert [200] * 10 == statuses
+    assert 1 == server.stats.refreshes
+
+
+async def test_bearer_auth_skips_other_hosts(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """With ``hosts``, requests to any other host never carry the token."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        await seed(client, server, virtual_clock, "api")
+        auth = BearerAuth(client, "api", hosts={"api.example.com"})
+        async with (
+            aiohttp.ClientSession(middlewares=(auth,)) as session,
+            session.get(server.resource_url) as response,
+        ):
+            assert 401 == response.status
+    assert "Authorization" not in server.requests[-1].headers
+
+
+async def test_bearer_auth_does_not_retry_other_401s(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A 401 without error="invalid_token" is returned as is, with no refresh."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        await seed(client, server, virtual_clock, "api")
+        server.faults.add(Fault(endpoint="resource", status=401, times=1))
+        async with (
+            aiohttp.ClientSession(middlewares=(BearerAuth(client, "api"),)) as session,
+            session.get(server.resource_url) as response,
+        ):
+            assert 401 == response.status
+    assert 0 == server.stats.refreshes
