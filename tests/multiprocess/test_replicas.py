@@ -1,0 +1,138 @@
+"""Eight processes share one store and one rotating grant: one refresh per window, no loss.
+
+The built-in server rotates refresh tokens and revokes the whole grant when a used one comes
+back (RFC 9700 4.14.2), so a single duplicate refresh anywhere would show up as invalid_grant
+and as rejected tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow.stores import EncryptedFileStore, TokenStore, generate_key
+from deviceflow.testing import AuthorizationServer
+
+WORKER = Path(__file__).with_name("worker.py")
+PROCESSES = 8
+LIFETIME = 3  # seconds: the access token's life; refreshed when half of it is left
+DURATION = 6.5  # seconds each process loops: several lifetimes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[AuthorizationServer]:
+    async with AuthorizationServer(
+        access_token_lifetime=LIFETIME, rotate_refresh_tokens=True
+    ) as srv:
+        yield srv
+
+
+async def seed(server: AuthorizationServer, store: TokenStore) -> None:
+    """Store the grant all replicas share, as a login would have."""
+    issued = server.issue_tokens("svc", scope="openid offline_access")
+    async with DeviceFlowClient(
+        Provider(issuer=server.issuer), client_id="svc", store=store
+    ) as client:
+        await client.save_token(
+            "shared",
+            Token(
+                access_token=issued["access_token"],
+                refresh_token=issued["refresh_token"],
+                expires_at=server.clock.wall() + timedelta(seconds=LIFETIME),
+            ),
+        )
+
+
+async def run_replicas(server: AuthorizationServer, store_spec: str, key: str) -> list[Any]:
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WORKER),
+            "--issuer",
+            server.issuer,
+            "--resource",
+            server.resource_url,
+            "--store",
+            store_spec,
+            "--key",
+            key,
+            "--duration",
+            str(DURATION),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(PROCESSES)
+    ]
+    reports = []
+    for proc in procs:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=DURATION + 60)
+        assert 0 == proc.returncode, err.decode()
+        reports.append(json.loads(out))
+    return reports
+
+
+def check(server: AuthorizationServer, reports: list[Any]) -> None:
+    refreshes = [
+        r.at
+        for r in server.requests
+        if r.endpoint == "token" and r.form.get("grant_type") == "refresh_token"
+    ]
+    gaps = [b - a for a, b in zip(refreshes, refreshes[1:], strict=False)]
+    assert [] == [r["errors"] for r in reports if r["errors"]]
+    assert [] == [r["rejected"] for r in reports if r["rejected"]]
+    assert all(r["accepted"] > 50 for r in reports)
+    assert 0 == server.stats.invalid_grants
+    assert 0 == server.stats.grants_revoked
+    # Several windows passed, and no window saw two refreshes: refreshes are at least most of
+    # a half-lifetime apart (the refresh point is half the token's life).
+    assert len(refreshes) >= 3
+    assert all(gap > LIFETIME / 2 * 0.8 for gap in gaps), gaps
+
+
+async def test_file_store_replicas_refresh_once_per_window(
+    server: AuthorizationServer, tmp_path: Path
+) -> None:
+    """8 processes on one EncryptedFileStore folder: one refresh per window, zero invalid_grant."""
+    key = generate_key()
+    folder = tmp_path / "tokens"
+    await seed(server, EncryptedFileStore(folder, key=key))
+    reports = await run_replicas(server, f"file:{folder}", key)
+    check(server, reports)
+
+
+async def test_redis_replicas_refresh_once_per_window(
+    server: AuthorizationServer, redis_server: Any
+) -> None:
+    """8 processes on one Redis: one refresh per window, zero invalid_grant."""
+    from deviceflow.stores import RedisStore
+
+    key = generate_key()
+    store = RedisStore(redis_server.url, key=key)
+    await seed(server, store)
+    await store.aclose()
+    reports = await run_replicas(server, f"redis:{redis_server.url}", key)
+    check(server, reports)
+
+
+async def test_redis_cluster_replicas_refresh_once_per_window(
+    server: AuthorizationServer, redis_cluster: Any
+) -> None:
+    """8 processes on a 3-master Redis Cluster: one refresh per window, zero invalid_grant."""
+    from deviceflow.stores import RedisStore
+
+    key = generate_key()
+    store = RedisStore(redis_cluster.url, key=key, cluster=True)
+    await seed(server, store)
+    await store.aclose()
+    reports = await run_replicas(server, f"cluster:{redis_cluster.url}", key)
+    check(server, reports)
