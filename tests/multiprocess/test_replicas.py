@@ -8,6 +8,7 @@ and as rejected tokens.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -87,7 +88,7 @@ def check(server: AuthorizationServer, reports: list[Any]) -> None:
         for r in server.requests
         if r.endpoint == "token" and r.form.get("grant_type") == "refresh_token"
     ]
-    gaps = [b - a for a, b in zip(refreshes, refreshes[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(refreshes)]
     assert [] == [r["errors"] for r in reports if r["errors"]]
     assert [] == [r["rejected"] for r in reports if r["rejected"]]
     assert all(r["accepted"] > 50 for r in reports)
