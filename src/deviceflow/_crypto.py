@@ -7,11 +7,12 @@ A stored record is the token bytes plus its version and expiry, sealed with AES-
     envelope  = header || nonce (12) || ciphertext || tag (16)
     header    = b"DF" || format (1 byte, = 1) || key id (4 bytes)
     plaintext = version (u64, big endian) || expires_at (f64 unix time, 0 = never) || value
-    AAD       = header || record id
+    AAD       = header || len(namespace) (u32) || namespace || record id
 
 The nonce is 96 random bits, fresh for every write. The record id is a hash of the store's
-namespace and the record's key, so a value copied onto another key, or into another namespace,
-fails to decrypt, as does any change to the header (the key id included). The key id names the
+namespace and the record's key; with the namespace itself it binds each envelope to one key of one
+namespace, so a value copied onto another key, or into another namespace, fails to decrypt, as
+does any change to the header (the key id included). The key id names the
 key that sealed the record: a :class:`KeySet` encrypts with its first key and decrypts with any
 of them, which is how keys rotate.
 
@@ -278,11 +279,12 @@ class Record:
 class Sealer:
     """Seals and opens records of one store namespace with a resolved key set."""
 
-    __slots__ = ("_by_id", "_keys", "_namespace")
+    __slots__ = ("_bound_namespace", "_by_id", "_keys", "_namespace")
 
     def __init__(self, keys: tuple[_Key, ...], namespace: str) -> None:
         self._keys = keys
         self._namespace = namespace.encode("utf-8")
+        self._bound_namespace = len(self._namespace).to_bytes(4, "big") + self._namespace
         self._by_id: dict[bytes, list[_Key]] = {}
         for key in keys:
             self._by_id.setdefault(key.kid, []).append(key)
@@ -290,10 +292,13 @@ class Sealer:
     def __repr__(self) -> str:
         return f"Sealer(namespace={self._namespace.decode()!r}, keys={len(self._keys)})"
 
+    def _aad(self, header: bytes, record_id: str) -> bytes:
+        return header + self._bound_namespace + record_id.encode("ascii")
+
     def record_id(self, key: str) -> str:
         """A stable, opaque name for ``key`` in this namespace (32 hex digits)."""
         digest = hashlib.sha256(b"deviceflow record\0")
-        digest.update(len(self._namespace).to_bytes(4, "big") + self._namespace)
+        digest.update(self._bound_namespace)
         digest.update(key.encode("utf-8"))
         return digest.hexdigest()[:32]
 
@@ -303,8 +308,8 @@ class Sealer:
         header = _HEADER.pack(_MAGIC, _FORMAT, key.kid)
         meta = _META.pack(record.version, record.expires_at or 0.0)
         nonce = secrets.token_bytes(_NONCE_LEN)
-        aad = header + record_id.encode("ascii")
-        return header + nonce + key.aead.encrypt(nonce, meta + record.value, aad)
+        sealed = key.aead.encrypt(nonce, meta + record.value, self._aad(header, record_id))
+        return header + nonce + sealed
 
     def open(
         self, record_id: str, envelope: bytes, *, name: str, version: int | None = None
@@ -320,7 +325,7 @@ class Sealer:
                 header = envelope[: _HEADER.size]
                 nonce = envelope[_HEADER.size : _HEADER.size + _NONCE_LEN]
                 body = envelope[_HEADER.size + _NONCE_LEN :]
-                aad = header + record_id.encode("ascii")
+                aad = self._aad(header, record_id)
                 for key in self._by_id.get(kid, ()):
                     try:
                         plain = key.aead.decrypt(nonce, body, aad)
