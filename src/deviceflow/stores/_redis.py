@@ -26,7 +26,7 @@ from typing import Any, Union
 
 import anyio
 import anyio.to_thread
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from deviceflow._crypto import KdfParams, KeyMaterial, KeySet, Record, Sealer
@@ -86,6 +86,11 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+def _version(field: bytes) -> int:
+    """The version field of a record; -1 (matches nothing) when it is not a number."""
+    return int(field) if field.isdigit() else -1
+
+
 def _policies(reply: object) -> set[str]:
     """Every maxmemory-policy value in a CONFIG GET reply (a cluster answers per node)."""
     found: set[str] = set()
@@ -104,7 +109,9 @@ class RedisStore:
     ``client`` is a ``redis.asyncio.Redis``, a ``redis.asyncio.RedisCluster``, a client from
     ``redis.asyncio.Sentinel.master_for()``, or a ``redis://`` URL (``cluster=True`` for a
     cluster URL). A client passed in stays the caller's to close; one made from a URL is closed
-    by :meth:`aclose`. Clients must keep ``decode_responses=False``.
+    by :meth:`aclose`. Clients must keep ``decode_responses=False``; a client for many
+    concurrent callers wants a ``BlockingConnectionPool`` (what a URL gets), as redis-py's
+    default pool fails once 100 connections are busy.
 
     ``key`` is as for :class:`~deviceflow.stores.EncryptedFileStore`; values are sealed in the
     same envelope. ``prefix`` starts every Redis key. ``timeout`` bounds every operation (and the
@@ -131,14 +138,23 @@ class RedisStore:
     ) -> None:
         self._owned = isinstance(client, str)
         if isinstance(client, str):
-            factory = RedisCluster.from_url if cluster else Redis.from_url
-            client = factory(client, socket_timeout=timeout, socket_connect_timeout=timeout)
+            sockets = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            if cluster:
+                client = RedisCluster.from_url(client, **sockets)
+            else:
+                # A blocking pool makes a burst of callers queue for a connection (up to
+                # `timeout`) instead of failing once 100 are in use.
+                pool = BlockingConnectionPool.from_url(client, timeout=timeout, **sockets)
+                client = Redis.from_pool(pool)
+        if client.get_encoder().decode_responses:
+            raise ValueError("RedisStore needs a Redis client with decode_responses=False")
         self._client: RedisClient = client
         self._keys = KeySet.coerce(key)
         self._prefix = prefix
         self._namespace = namespace
         self._timeout = timeout
         self._sealer: Sealer | None = None
+        self._setup_lock = anyio.Lock()
         self._put_script = client.register_script(_PUT)
         self._delete_script = client.register_script(_DELETE)
         self._reseal_script = client.register_script(_RESEAL)
@@ -167,10 +183,12 @@ class RedisStore:
 
     async def _ready(self) -> Sealer:
         if self._sealer is None:
-            await self._check_eviction()
-            params = await self._kdf_params() if self._keys.needs_kdf else None
-            keys = await anyio.to_thread.run_sync(self._keys.resolve, params)
-            self._sealer = Sealer(keys, self._namespace)
+            async with self._setup_lock:  # the first callers wait for one set-up
+                if self._sealer is None:
+                    await self._check_eviction()
+                    params = await self._kdf_params() if self._keys.needs_kdf else None
+                    keys = await anyio.to_thread.run_sync(self._keys.resolve, params)
+                    self._sealer = Sealer(keys, self._namespace)
         return self._sealer
 
     async def _check_eviction(self) -> None:
@@ -211,9 +229,7 @@ class RedisStore:
         version, data = reply
         if version is None or data is None:
             return None
-        if not isinstance(data, bytes):
-            raise StoreError("RedisStore needs a Redis client with decode_responses=False")
-        record = sealer.open(rid, data, name=repr(key), version=int(version))
+        record = sealer.open(rid, data, name=repr(key), version=_version(version))
         return Versioned(record.value, record.version)
 
     async def get(self, key: str) -> Versioned | None:
@@ -261,8 +277,8 @@ class RedisStore:
             ok, stored = await self._put_script(
                 keys=[self._record_key(rid)], args=[expected, version, envelope, ttl_ms]
             )
-        if not ok:
-            current = int(stored) if stored else None
+        if not int(ok):
+            current = stored.decode() if stored else None
             raise ConflictError(
                 f"{key!r} is at version {current}, not {expected_version}: re-read and retry"
             )
@@ -277,11 +293,11 @@ class RedisStore:
             outcome, stored = await self._delete_script(
                 keys=[self._record_key(rid)], args=[expected]
             )
-        if outcome == -1:
+        if int(outcome) == -1:
             raise ConflictError(
-                f"{key!r} is at version {int(stored)}, not {expected_version}: not deleted"
+                f"{key!r} is at version {stored.decode()}, not {expected_version}: not deleted"
             )
-        return bool(outcome)
+        return bool(int(outcome))
 
     # -- locks ---------------------------------------------------------------------------------
 
@@ -357,18 +373,20 @@ class RedisStore:
                 except StopAsyncIteration:
                     break
                 version, data = await self._client.hmget(name, ["v", "d"])
-            if not isinstance(data, bytes) or version is None or sealer.is_current(data):
+            if not (isinstance(data, bytes) and isinstance(version, bytes)):
+                continue  # gone since the scan
+            if sealer.is_current(data):
                 continue
             rid = name.decode()[start:-1]
             try:
-                record = sealer.open(rid, data, name=f"record {rid}", version=int(version))
+                record = sealer.open(rid, data, name=f"record {rid}", version=_version(version))
             except DecryptionError:
                 failed.append(rid)
                 continue
+            resealed = sealer.seal(rid, record)
             async with self._edge("rotate"):
-                rotated += await self._reseal_script(
-                    keys=[name], args=[version, data, sealer.seal(rid, record)]
-                )
+                done = await self._reseal_script(keys=[name], args=[version, data, resealed])
+            rotated += int(done)
         if failed:
             raise DecryptionError(
                 f"{len(failed)} record(s) could not be re-encrypted: wrong key or tampered data. "
