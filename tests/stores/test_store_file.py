@@ -1,0 +1,272 @@
+"""EncryptedFileStore beyond the contract: files, modes, tampering, passphrases, rotation."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from deviceflow.exceptions import ConflictError, DecryptionError, StoreError
+from deviceflow.stores import EncryptedFileStore, KeySet, Passphrase, Versioned, generate_key
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+
+
+def files(root: Path) -> dict[str, Path]:
+    """Every file under ``root`` by its path relative to root."""
+    return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+
+
+def snapshot(path: Path) -> tuple[bytes, int, int]:
+    """A file's bytes, mtime and inode: enough to tell that nobody touched it."""
+    info = path.stat()
+    return path.read_bytes(), info.st_mtime_ns, info.st_ino
+
+
+def record_file(root: Path) -> Path:
+    """The one record file under ``root``."""
+    (record,) = root.rglob("*.tok")
+    return record
+
+
+async def put_new(store: EncryptedFileStore, key: str, value: bytes) -> Path:
+    """Create ``key`` and return the record file the write added."""
+    before = set(store.path.rglob("*.tok"))
+    await store.put(key, value, expected_version=None)
+    (added,) = set(store.path.rglob("*.tok")) - before
+    return added
+
+
+async def test_one_file_per_key_named_by_hash(tmp_path: Path) -> None:
+    """Each key has one record file, named by a hash, never by the key."""
+    store = EncryptedFileStore(tmp_path / "s", key=generate_key())
+    for i in range(5):
+        await store.put(f"tenant-name-{i}", b"token", expected_version=None)
+    names = files(tmp_path / "s")
+    assert 5 == sum(name.endswith(".tok") for name in names)
+    assert not any("tenant" in name for name in names)
+
+
+async def test_values_are_encrypted_on_disk(tmp_path: Path) -> None:
+    """The token bytes do not appear in any file."""
+    store = EncryptedFileStore(tmp_path / "s", key=generate_key())
+    await store.put("k", b"visible-token-text", expected_version=None)
+    async with store.lock("k", ttl=5, wait=0):
+        pass
+    for path in files(tmp_path / "s").values():
+        assert b"visible-token-text" not in path.read_bytes()
+
+
+@posix_only
+async def test_modes_are_private(tmp_path: Path) -> None:
+    """Folders are 0700 and files 0600, whatever the umask."""
+    old_umask = os.umask(0)
+    try:
+        store = EncryptedFileStore(
+            tmp_path / "a" / "s", key=KeySet(Passphrase("pw", work_factor=2**10))
+        )
+        await store.put("k", b"v", expected_version=None)
+        async with store.lock("k", ttl=5, wait=0):
+            pass
+    finally:
+        os.umask(old_umask)
+    root = tmp_path / "a" / "s"
+    dirs = [root, *(p for p in root.rglob("*") if p.is_dir())]
+    assert {0o700} == {stat.S_IMODE(d.stat().st_mode) for d in dirs}
+    found = files(root)
+    assert {".tok", ".wlock", ".lock", ".json"} == {Path(name).suffix for name in found}
+    assert {0o600} == {stat.S_IMODE(p.stat().st_mode) for p in found.values()}
+
+
+@posix_only
+async def test_existing_open_folder_is_made_private(tmp_path: Path) -> None:
+    """A store folder that exists with group/other access is tightened to 0700."""
+    root = tmp_path / "s"
+    root.mkdir()
+    root.chmod(0o755)
+    await EncryptedFileStore(root, key=generate_key()).put("k", b"v", expected_version=None)
+    assert 0o700 == stat.S_IMODE(root.stat().st_mode)
+
+
+def damage_flip(path: Path) -> None:
+    """Flip one bit in the middle of the file."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def damage_truncate(path: Path) -> None:
+    """Cut the file in half."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def damage_empty(path: Path) -> None:
+    """Leave an empty file (what a crash during a non-atomic write leaves)."""
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", [damage_flip, damage_truncate, damage_empty])
+async def test_damaged_file_raises_and_stays(tmp_path: Path, damage: object) -> None:
+    """A damaged record raises DecryptionError on get, put and delete-at-version; it stays as is."""
+    store = EncryptedFileStore(tmp_path / "s", key=generate_key())
+    await store.put("tenant-b", b"token", expected_version=None)
+    path = record_file(tmp_path)
+    damage(path)  # type: ignore[operator]
+    before = snapshot(path)
+    for attempt in (
+        store.get("tenant-b"),
+        store.put("tenant-b", b"new", expected_version=1),
+        store.put("tenant-b", b"new", expected_version=None),
+        store.delete("tenant-b", expected_version=1),
+    ):
+        with pytest.raises(DecryptionError, match="wrong key or tampered data") as caught:
+            await attempt
+        assert "'tenant-b'" in str(caught.value)
+    assert before == snapshot(path)
+
+
+async def test_wrong_key_raises_and_leaves_file(tmp_path: Path) -> None:
+    """Opening a folder with the wrong key raises DecryptionError and changes nothing."""
+    right, wrong = generate_key(), generate_key()
+    await EncryptedFileStore(tmp_path / "s", key=right).put("k", b"token", expected_version=None)
+    store = EncryptedFileStore(tmp_path / "s", key=wrong)
+    path = record_file(tmp_path)
+    before = snapshot(path)
+    with pytest.raises(DecryptionError) as caught:
+        await store.get("k")
+    with pytest.raises(DecryptionError):
+        await store.put("k", b"overwrite", expected_version=1)
+    assert before == snapshot(path)
+    assert right not in str(caught.value)
+    assert wrong not in str(caught.value)
+    assert Versioned(b"token", 1) == await EncryptedFileStore(tmp_path / "s", key=right).get("k")
+
+
+async def test_file_copied_over_another_tenant_fails(tmp_path: Path) -> None:
+    """Tenant A's file copied over tenant B's does not decrypt as B's (and stays as copied)."""
+    store = EncryptedFileStore(tmp_path / "s", key=generate_key())
+    a_path = await put_new(store, "tenant-a", b"token of A")
+    b_path = await put_new(store, "tenant-b", b"token of B")
+    b_path.write_bytes(a_path.read_bytes())
+    before = snapshot(b_path)
+    with pytest.raises(DecryptionError, match="tenant-b"):
+        await store.get("tenant-b")
+    assert before == snapshot(b_path)
+    assert Versioned(b"token of A", 1) == await store.get("tenant-a")
+
+
+async def test_unconditional_delete_discards_unreadable_record(tmp_path: Path) -> None:
+    """delete(key) without a version is how a user discards a record that cannot be read."""
+    store = EncryptedFileStore(tmp_path / "s", key=generate_key())
+    await store.put("k", b"token", expected_version=None)
+    damage_flip(record_file(tmp_path))
+    assert True is await store.delete("k")
+    assert 1 == await store.put("k", b"fresh", expected_version=None)
+
+
+async def test_expired_record_is_absent_and_replaceable(tmp_path: Path) -> None:
+    """An expired record reads as None, deletes as absent, and can be created again."""
+    store = EncryptedFileStore(tmp_path / "s", key=generate_key())
+    await store.put("k", b"a", expected_version=None, ttl=0.05)
+    await anyio.sleep(0.1)
+    assert None is await store.get("k")
+    assert False is await store.delete("k")
+    assert 1 == await store.put("k", b"b", expected_version=None)
+
+
+async def test_stray_temp_file_does_not_block_writes(tmp_path: Path) -> None:
+    """A .tmp left by a killed writer (any content) is overwritten by the next write."""
+    store = EncryptedFileStore(tmp_path / "s", key=generate_key())
+    await store.put("k", b"a", expected_version=None)
+    record = record_file(tmp_path)
+    temp = record.with_suffix(".tmp")
+    temp.write_bytes(b"half a record")
+    temp.chmod(0o600)
+    assert 2 == await store.put("k", b"b", expected_version=1)
+    assert Versioned(b"b", 2) == await store.get("k")
+    assert not temp.exists()
+
+
+async def test_two_stores_on_one_folder_share_versions(tmp_path: Path) -> None:
+    """Two store objects on one folder see each other's writes and conflicts."""
+    key = generate_key()
+    one = EncryptedFileStore(tmp_path / "s", key=key)
+    two = EncryptedFileStore(tmp_path / "s", key=key)
+    await one.put("k", b"a", expected_version=None)
+    await two.put("k", b"b", expected_version=1)
+    with pytest.raises(ConflictError):
+        await one.put("k", b"stale", expected_version=1)
+    assert Versioned(b"b", 2) == await one.get("k")
+
+
+async def test_namespaces_do_not_mix(tmp_path: Path) -> None:
+    """Two namespaces in one folder keep separate records."""
+    key = generate_key()
+    one = EncryptedFileStore(tmp_path / "s", key=key, namespace="app-one")
+    two = EncryptedFileStore(tmp_path / "s", key=key, namespace="app-two")
+    await one.put("k", b"one", expected_version=None)
+    assert None is await two.get("k")
+
+
+async def test_passphrase_salt_lives_beside_the_data(tmp_path: Path) -> None:
+    """A passphrase store writes kdf.json once; the same passphrase reads, another does not."""
+    key = Passphrase("correct horse battery staple", work_factor=2**10)
+    await EncryptedFileStore(tmp_path / "s", key=key).put("k", b"v", expected_version=None)
+    params = (tmp_path / "s" / "kdf.json").read_bytes()
+    assert b"correct horse" not in params
+    assert Versioned(b"v", 1) == await EncryptedFileStore(tmp_path / "s", key=key).get("k")
+    assert params == (tmp_path / "s" / "kdf.json").read_bytes()
+    wrong = EncryptedFileStore(tmp_path / "s", key=Passphrase("wrong", work_factor=2**10))
+    with pytest.raises(DecryptionError):
+        await wrong.get("k")
+
+
+async def test_rotate_reencrypts_with_newest_key(tmp_path: Path) -> None:
+    """rotate() moves every record to the newest key, keeping values and versions."""
+    old, new = generate_key(), generate_key()
+    before = EncryptedFileStore(tmp_path / "s", key=old)
+    for i in range(5):
+        await before.put(f"k{i}", b"v%d" % i, expected_version=None)
+    await before.put("k0", b"v0b", expected_version=1)
+    rotating = EncryptedFileStore(tmp_path / "s", key=KeySet(new, old))
+    await rotating.put("k4", b"v4b", expected_version=1)  # already under the new key
+    assert 4 == await rotating.rotate()
+    assert 0 == await rotating.rotate()
+    after = EncryptedFileStore(tmp_path / "s", key=new)
+    got = [await after.get(f"k{i}") for i in range(5)]
+    expected = [Versioned(b"v0b", 2), *(Versioned(b"v%d" % i, 1) for i in range(1, 4))]
+    assert [*expected, Versioned(b"v4b", 2)] == got
+
+
+async def test_rotate_reports_unreadable_records_and_does_the_rest(tmp_path: Path) -> None:
+    """An unreadable record is left alone and reported after the others are rotated."""
+    old, new = generate_key(), generate_key()
+    before = EncryptedFileStore(tmp_path / "s", key=old)
+    await before.put("good", b"v", expected_version=None)
+    bad = await put_new(before, "bad", b"v")
+    damage_flip(bad)
+    snap = snapshot(bad)
+    with pytest.raises(DecryptionError, match="1 record"):
+        await EncryptedFileStore(tmp_path / "s", key=KeySet(new, old)).rotate()
+    assert snap == snapshot(bad)
+    assert Versioned(b"v", 1) == await EncryptedFileStore(tmp_path / "s", key=new).get("good")
+
+
+async def test_path_that_is_a_file_is_a_store_error(tmp_path: Path) -> None:
+    """An unusable folder gives a StoreError, not an OSError."""
+    (tmp_path / "file").write_bytes(b"")
+    store = EncryptedFileStore(tmp_path / "file", key=generate_key())
+    with pytest.raises(StoreError, match="file store"):
+        await store.get("k")
+
+
+def test_repr_shows_path_not_key(tmp_path: Path) -> None:
+    """repr names the folder and namespace, never the key."""
+    key = generate_key()
+    text = repr(EncryptedFileStore(tmp_path, key=key, namespace="ns"))
+    assert str(tmp_path) in text
+    assert key not in text
