@@ -200,6 +200,7 @@ class AuthorizationServer:
         self._csrf_key = secrets.token_bytes(32)
         self._runner: web.AppRunner | None = None
         self._base: str | None = None
+        self._bound_port: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -209,21 +210,35 @@ class AuthorizationServer:
             raise RuntimeError("the server is already started")
         app = web.Application(client_max_size=MAX_BODY, client_max_fields=MAX_FIELDS)
         self._add_routes(app)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        # A handler whose client went away (say, after a delay fault) is cancelled, and close
+        # does not wait long for handlers still running: this is a test server.
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=0.1,
+            handler_cancellation=True,
+        )
         await runner.setup()
+        # "localhost" may resolve to both ::1 and 127.0.0.1, which would get two different free
+        # ports; bind one address so the issuer names exactly one server.
+        bind = "127.0.0.1" if self._host == "localhost" else self._host
         try:
-            site = web.TCPSite(runner, self._host, self._port)
+            site = web.TCPSite(runner, bind, self._port)
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        port = runner.addresses[0][1]
+        self._bound_port = int(runner.addresses[0][1])
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self._base = f"http://{host}:{port}"
+        self._base = f"http://{host}:{self._bound_port}"
 
     async def aclose(self) -> None:
-        """Stop serving and close every connection (idempotent)."""
+        """Stop serving and close every connection (idempotent).
+
+        The addresses, the request log and the counters stay readable afterwards.
+        """
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -264,9 +279,9 @@ class AuthorizationServer:
     @property
     def port(self) -> int:
         """The TCP port the server listens on."""
-        if self._runner is None:
+        if self._bound_port is None:
             raise RuntimeError("the server is not started; use 'async with' or await start()")
-        return int(self._runner.addresses[0][1])
+        return self._bound_port
 
     @property
     def device_authorization_endpoint(self) -> str:
@@ -456,10 +471,12 @@ class AuthorizationServer:
     def issue_tokens(self, client_id: str, *, scope: str | None = None) -> dict[str, Any]:
         """Create a grant without a device flow and return its token answer (RFC 6749 5.1).
 
-        Handy to seed a token store; the answer uses RFC field names whatever the profile.
+        Handy to seed a token store; the answer uses RFC field names and a space-separated
+        ``scope`` whatever the profile.
         """
+        scopes = tuple(scope.split()) if scope is not None else ()
         issued = self._state.issue_grant(
-            client_id=client_id, scope=self._parse_scope(scope), now=self._clock.monotonic()
+            client_id=client_id, scope=scopes or None, now=self._clock.monotonic()
         )
         return self._token_payload(issued, profile_numbers=False)
 
@@ -673,9 +690,7 @@ class AuthorizationServer:
             response = web.json_response(renamed, status=status)
         else:
             response = web.Response(
-                text=urlencode(
-                    {key: _form_value(value) for key, value in renamed.items()}, doseq=True
-                ),
+                text=urlencode(renamed, doseq=True),
                 status=status,
                 content_type="application/x-www-form-urlencoded",
             )
@@ -935,8 +950,10 @@ def _form_pairs(body: bytes) -> list[tuple[str, str]]:
             errors="strict",
             max_num_fields=MAX_FIELDS,
         )
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
         raise OAuthFailure("invalid_request", "the body is not valid form-encoded UTF-8") from None
+    except ValueError:  # more than max_num_fields
+        raise OAuthFailure("invalid_request", "too many parameters") from None
 
 
 def _json_pairs(body: bytes) -> list[tuple[str, str]]:
@@ -970,12 +987,6 @@ def _basic_credentials(credentials: str) -> tuple[str, str]:
             "invalid_client", "malformed Basic credentials", basic_auth_attempted=True
         )
     return unquote_plus(user), unquote_plus(password)
-
-
-def _form_value(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
 
 
 def _bearer_challenge(description: str | None) -> web.Response:

@@ -15,7 +15,6 @@ reads no clock and does no I/O.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 from typing import Literal
 
 import attrs
@@ -254,8 +253,8 @@ class AuthorizationState:
         last, code.last_poll = code.last_poll, now
         if code.status == "redeemed":
             # The client polled after success: punish it as some servers do.
-            if code.grant is not None:
-                self._revoke_grant(code.grant)
+            assert code.grant is not None  # set when the code was redeemed
+            self._revoke_grant(code.grant)
             raise self._invalid_grant("device_code was already redeemed; its grant is revoked")
         if code.expired_at(now):
             if self.expired_token_once and code.expired_answered:
@@ -397,10 +396,6 @@ class AuthorizationState:
     def _invalid_grant(self, description: str) -> OAuthFailure:
         self.stats.invalid_grants += 1
         return OAuthFailure("invalid_grant", description)
-
-    def codes(self) -> Sequence[DeviceAuthorization]:
-        """Every device code issued, oldest first."""
-        return list(self._codes.values())
 
 
 def enforced_interval(advertised: int | str | None) -> int:
