@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
+from typing import NoReturn
 from urllib.parse import urlencode
 
 import pytest
@@ -141,15 +143,21 @@ async def test_decided_or_unknown_codes_are_not_offered(
     assert 'aria-invalid="true"' in shown.text
 
 
-def chromium_path() -> str:
-    """Debian's chromium, or skip (fail under CI) when there is none."""
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    reason = "no chromium binary (install the Debian package 'chromium')"
+def unavailable(reason: str) -> NoReturn:
+    """Skip the browser test, except under CI where it must run."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI must run the browser test")
     pytest.skip(reason)
+
+
+def chromium_path() -> str:
+    """Debian's chromium, or skip (fail under CI) when there is none."""
+    if importlib.util.find_spec("playwright") is None:
+        unavailable("the playwright package is not installed")
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    unavailable("no chromium binary (install the Debian package 'chromium')")
 
 
 @pytest.mark.browser
