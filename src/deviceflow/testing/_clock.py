@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["VirtualClock"]
 
@@ -30,9 +31,11 @@ class VirtualClock:
         self._mono0 = self._mono
 
     def monotonic(self) -> float:
+        """The virtual monotonic time in seconds (starts at 1000.0)."""
         return self._mono
 
     def wall(self) -> datetime:
+        """The virtual wall time: ``start`` (default 2030-01-01 UTC) plus the time advanced."""
         return self._wall0 + timedelta(seconds=self._mono - self._mono0)
 
     def advance(self, seconds: float) -> None:
@@ -40,6 +43,7 @@ class VirtualClock:
         self._mono += max(0.0, seconds)
 
     async def sleep(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` at once, then yield to the event loop."""
         target = self._mono + max(0.0, seconds)
         self._mono = max(self._mono, target)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
