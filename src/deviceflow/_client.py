@@ -169,7 +169,10 @@ class DeviceFlowClient:
     # --- public API ---------------------------------------------------------------------------
 
     async def get_token(
-        self, account: str = "default", *, timeout: float | None = None  # noqa: ASYNC109
+        self,
+        account: str = "default",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Token:
         """A valid access token for ``account``: cached, refreshed, or from a new device flow.
 
@@ -423,11 +426,14 @@ class DeviceFlowClient:
                 "client_id": self.client_id,
             },
         )
+        # The whole refresh, retries included, ends within http_timeout, which is below the
+        # lock's ttl: the lock cannot expire while a refresh token is in flight.
         deadline = self._clock.monotonic() + self._http_timeout
         delay = 0.25
         while True:
             try:
-                response = await self._transport.send(request)
+                remaining = deadline - self._clock.monotonic()
+                response = await self._transport.send(request, timeout=remaining)
                 return interpret_token_response(
                     response, self.provider.dialect, self._clock.wall(), previous=token
                 )

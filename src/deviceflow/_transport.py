@@ -36,8 +36,11 @@ AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
 class Transport(Protocol):
     """Sends protocol requests; the seam between the client and the network."""
 
-    async def send(self, request: Request) -> Response:
-        """Send ``request`` and return the response, or raise a DeviceFlowError."""
+    async def send(self, request: Request, *, timeout: float | None = None) -> Response:
+        """Send ``request`` and return the response, or raise a DeviceFlowError.
+
+        ``timeout`` (seconds) shortens the transport's own limit for this one exchange.
+        """
         ...
 
     async def aclose(self) -> None:
@@ -140,7 +143,7 @@ class AiohttpTransport:
         names = self._dialect.request_names
         return {names.get(k, k): v for k, v in params.items()}, headers
 
-    async def send(self, request: Request) -> Response:
+    async def send(self, request: Request, *, timeout: float | None = None) -> Response:
         require_secure_url(request.url, f"the {request.kind.value} endpoint")
         params, headers = self._encode(request)
         kwargs: dict[str, Any] = {}
@@ -156,7 +159,7 @@ class AiohttpTransport:
                 request.url,
                 headers=headers,
                 allow_redirects=False,
-                timeout=self._timeout,
+                timeout=self._timeout if timeout is None else self._shorter(timeout),
                 **kwargs,
             ) as resp:
                 body = await self._read(resp)
@@ -176,6 +179,18 @@ class AiohttpTransport:
                 + ("" if retryable else " (TLS or URL problem; retrying will not help)"),
                 retryable=retryable,
             ) from exc
+
+    def _shorter(self, seconds: float) -> aiohttp.ClientTimeout:
+        seconds = max(0.001, seconds)
+        total = self._timeout.total
+        if total is not None and total <= seconds:
+            return self._timeout
+        connect = self._timeout.sock_connect
+        return aiohttp.ClientTimeout(
+            total=seconds,
+            sock_connect=min(connect, seconds) if connect is not None else seconds,
+            sock_read=seconds,
+        )
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         length = resp.content_length
