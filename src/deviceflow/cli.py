@@ -1,4 +1,4 @@
-"""The ``deviceflow`` command.
+"""The ``deviceflow`` command: login, token, status, logout, keygen and demo.
 
 Exit codes (distinct, documented in docs/cli.md):
 
@@ -9,10 +9,14 @@ Exit codes (distinct, documented in docs/cli.md):
 3     the authorization was denied
 4     the device code expired before approval
 5     network or server failure
-6     configuration error (provider, client, discovery)
+6     configuration error (provider, client, discovery, profile, not signed in)
 7     token store error (wrong key, unreadable store)
 130   interrupted (Ctrl-C)
 ====  =====================================================================
+
+Errors are one line on stderr, with a hint where there is one; ``--debug`` adds the traceback
+and debug logging. Options, environment variables and the profile file are described in
+``deviceflow._cli._settings`` and docs/cli.md; the commands live in ``deviceflow._cli``.
 """
 
 from __future__ import annotations
@@ -22,102 +26,59 @@ import asyncio
 import logging
 import os
 import sys
-import webbrowser
-from collections.abc import Sequence
-from typing import TextIO
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TextIO
 
 from . import __version__
-from ._client import DeviceFlowClient
-from ._machine import require_secure_url
-from ._models import DeviceCode, Token
-from ._provider import Provider
-from .exceptions import (
-    AccessDeniedError,
-    DeviceFlowError,
-    DiscoveryError,
-    ExpiredTokenError,
-    InsecureEndpointError,
-    InvalidClientError,
-    ReauthorizationRequiredError,
-    StoreError,
-    TransportError,
+from ._cli import _commands
+from ._cli._errors import (
+    EXIT_CODES,
+    EXIT_CONFIG,
+    EXIT_DENIED,
+    EXIT_ERROR,
+    EXIT_EXPIRED,
+    EXIT_INTERRUPTED,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_STORE,
+    EXIT_USAGE,
+    CliError,
+    exit_code_for,
+    one_line,
 )
+from ._cli._settings import add_options, load_settings
+from ._cli._terminal import (
+    Console,
+    can_open_browser,
+    describe_token,
+    open_link,
+    redact,
+)
+from ._client import DeviceFlowClient
+from ._models import DeviceCode
+from ._provider import Provider
+from .exceptions import DeviceFlowError
 
-__all__ = ["EXIT_CODES", "main"]
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_DENIED = 3
-EXIT_EXPIRED = 4
-EXIT_NETWORK = 5
-EXIT_CONFIG = 6
-EXIT_STORE = 7
-EXIT_INTERRUPTED = 130
-
-EXIT_CODES = {
-    "ok": EXIT_OK,
-    "error": EXIT_ERROR,
-    "usage": EXIT_USAGE,
-    "denied": EXIT_DENIED,
-    "expired": EXIT_EXPIRED,
-    "network": EXIT_NETWORK,
-    "config": EXIT_CONFIG,
-    "store": EXIT_STORE,
-    "interrupted": EXIT_INTERRUPTED,
-}
-
-
-def exit_code_for(error: BaseException) -> int:
-    """The documented exit code for an error."""
-    if isinstance(error, AccessDeniedError):
-        return EXIT_DENIED
-    if isinstance(error, ExpiredTokenError):
-        return EXIT_EXPIRED
-    if isinstance(error, TransportError):
-        return EXIT_NETWORK
-    if isinstance(
-        error,
-        (DiscoveryError, InsecureEndpointError, InvalidClientError, ReauthorizationRequiredError),
-    ):
-        return EXIT_CONFIG
-    if isinstance(error, StoreError):
-        return EXIT_STORE
-    return EXIT_ERROR
-
-
-def redact(secret: str | None) -> str:
-    """Enough of a secret to recognise it, never enough to use it."""
-    if not secret:
-        return "(none)"
-    return f"{secret[:4]}…({len(secret)} chars)"
-
-
-def can_open_browser() -> bool:
-    """True when a browser can plausibly be opened (a display, or a desktop OS)."""
-    if sys.platform in ("win32", "darwin"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def open_link(url: str) -> bool:
-    """Open ``url`` in a browser, but only an https (or loopback http) link."""
-    try:
-        require_secure_url(url, "verification link")
-    except DeviceFlowError:
-        return False
-    try:
-        return webbrowser.open(url)
-    except webbrowser.Error:
-        return False
-
-
-def describe_token(token: Token) -> str:
-    expiry = token.expires_at.isoformat(timespec="seconds") if token.expires_at else "never"
-    return (
-        f"access token {redact(token.access_token)}, type {token.token_type}, "
-        f"expires {expiry}, refresh token {redact(token.refresh_token)}"
-    )
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_CONFIG",
+    "EXIT_DENIED",
+    "EXIT_ERROR",
+    "EXIT_EXPIRED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NETWORK",
+    "EXIT_OK",
+    "EXIT_STORE",
+    "EXIT_USAGE",
+    "build_parser",
+    "can_open_browser",
+    "describe_token",
+    "exit_code_for",
+    "main",
+    "open_link",
+    "redact",
+]
 
 
 # --- demo --------------------------------------------------------------------------------------
@@ -169,16 +130,98 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
 # --- entry point -------------------------------------------------------------------------------
 
+_Handler = Callable[[argparse.Namespace, Console], Coroutine[Any, Any, int]]
+
+
+async def _run_login(args: argparse.Namespace, console: Console) -> int:
+    return await _commands.login(load_settings("login", args), console)
+
+
+async def _run_token(args: argparse.Namespace, console: Console) -> int:
+    return await _commands.token(load_settings("token", args), console)
+
+
+async def _run_status(args: argparse.Namespace, console: Console) -> int:
+    return await _commands.status(load_settings("status", args), console)
+
+
+async def _run_logout(args: argparse.Namespace, console: Console) -> int:
+    return await _commands.logout(load_settings("logout", args), console)
+
+
+async def _run_keygen(args: argparse.Namespace, console: Console) -> int:
+    return _commands.keygen(args.output, console)
+
+
+async def _run_demo(args: argparse.Namespace, console: Console) -> int:
+    return await _demo(args, console.out)
+
+
+_COMMANDS: dict[str, tuple[_Handler, str, str]] = {
+    "login": (
+        _run_login,
+        "sign in with a device code and store the token",
+        "Run the device flow: show the user code, the link and a QR code, open the browser, "
+        "wait for approval, and store the token (encrypted) under --account.",
+    ),
+    "token": (
+        _run_token,
+        "print a valid access token (refreshed if needed)",
+        "Print the account's access token and nothing else on stdout, refreshing it first if "
+        'needed: curl -H "Authorization: Bearer $(deviceflow token)" ... Never starts a device '
+        "flow: run login first.",
+    ),
+    "status": (
+        _run_status,
+        "list the signed-in accounts (no secrets)",
+        "List the accounts signed in with this store: issuer, client, scope, expiry, and "
+        "whether a refresh token is stored. Never shows a secret.",
+    ),
+    "logout": (
+        _run_logout,
+        "revoke the grant (where supported) and delete the token",
+        "Revoke the account's grant where the provider supports it (RFC 7009) and delete the "
+        "stored token.",
+    ),
+    "keygen": (
+        _run_keygen,
+        "print or write a new store key",
+        "Print a new random store key (base64 of 32 bytes), or write it to a new file with "
+        "mode 0600.",
+    ),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``deviceflow`` command."""
     parser = argparse.ArgumentParser(
         prog="deviceflow",
         description="OAuth 2.0 device authorization grant (RFC 8628) from the command line.",
+        epilog="Every option also reads DEVICEFLOW_<OPTION> and the profile file; see "
+        "docs/cli.md. Exit codes: 0 ok, 1 error, 2 usage, 3 denied, 4 expired, 5 network, "
+        "6 configuration, 7 store, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"deviceflow {__version__}")
-    parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="log details and show tracebacks [env DEVICEFLOW_DEBUG]",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    for name, (handler, summary, description) in _COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=description)
+        add_options(command, name)
+        if name == "keygen":
+            command.add_argument(
+                "--output",
+                "-o",
+                metavar="PATH",
+                help="write the key to this new file (mode 0600) instead of printing it",
+            )
+        _add_debug(command)
+        command.set_defaults(handler=handler)
 
     demo = sub.add_parser(
         "demo",
@@ -196,28 +239,50 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval", type=float, default=1.0, help="polling interval the server asks for"
     )
-    demo.set_defaults(handler=_demo)
+    _add_debug(demo)
+    demo.set_defaults(handler=_run_demo)
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: "deviceflow --debug login" keeps the value the main parser set.
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
+def _debug_requested(args: argparse.Namespace) -> bool:
+    if args.debug:
+        return True
+    return os.environ.get("DEVICEFLOW_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = _debug_requested(args)
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
+        level=logging.DEBUG if debug else logging.WARNING,
         format="deviceflow: %(levelname)s %(message)s",
     )
+    console = Console(sys.stdout, sys.stderr)
+    handler: _Handler = args.handler
     try:
-        return asyncio.run(args.handler(args, sys.stdout))
+        return asyncio.run(handler(args, console))
     except KeyboardInterrupt:
-        print("deviceflow: interrupted; nothing was stored", file=sys.stderr)
+        print("\ndeviceflow: interrupted; nothing was stored", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except DeviceFlowError as exc:
-        if args.debug:
-            raise
-        print(f"deviceflow: error: {exc}", file=sys.stderr)
+    except (DeviceFlowError, CliError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"deviceflow: error: {one_line(exc)}", file=sys.stderr, flush=True)
         return exit_code_for(exc)
+    except BrokenPipeError:
+        # The reader went away (`deviceflow token | head -c0`): say nothing more on stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

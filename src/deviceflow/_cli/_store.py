@@ -1,0 +1,278 @@
+"""The CLI's token store: which store, which key, and the index of signed-in accounts.
+
+The TokenStore protocol has no listing (a Redis or file store holding 100,000 tenants should not
+be enumerated), so ``login`` records each account it signs in in one small record of the store,
+``deviceflow-cli-index``, and ``logout`` takes it out again; both update it with
+compare-and-set, so two CLIs running at once lose no entry. The index holds names only (issuer,
+client id, account, provider preset and its arguments), never a secret; ``status`` reads each
+account's token record beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import attrs
+
+from deviceflow._models import Token
+from deviceflow.exceptions import ConflictError, ProtocolError, StoreError
+from deviceflow.stores import EncryptedFileStore, KeySet, TokenStore, generate_key
+
+from ._errors import CliError
+from ._settings import Settings, default_config_dir, default_data_dir
+
+__all__ = [
+    "INDEX_KEY",
+    "AccountEntry",
+    "AccountIndex",
+    "StoredToken",
+    "open_store",
+    "read_token",
+    "record_key",
+    "write_key_file",
+]
+
+#: The store key of the CLI's account index (token keys always contain "/", this one does not).
+INDEX_KEY = "deviceflow-cli-index"
+_INDEX_VERSION = 1
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def record_key(identity: str, client_id: str, account: str) -> str:
+    """The store key DeviceFlowClient keeps ``account``'s token under."""
+    return "/".join(quote(part, safe="") for part in (identity, client_id, account))
+
+
+# --- the key ---------------------------------------------------------------------------------
+
+
+def write_key_file(path: Path, key: str) -> bool:
+    """Create ``path`` (mode 0600, folder 0700) holding ``key``; False if it already exists.
+
+    The key is written to a temporary file first and linked into place, so a process that reads
+    the file never sees it half written, and two processes creating it at once agree on one key.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"# deviceflow store key, created {stamp}.\n"
+        "# Keep it secret and keep a copy: without it the stored tokens cannot be read.\n"
+        f"{key}\n"
+    )
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(text.encode("ascii"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def _store_keys(settings: Settings, notes: TextIO) -> KeySet:
+    """``--key-file`` on the command line, else ``DEVICEFLOW_KEY``, else a key file."""
+    given = settings.value("key-file")
+    if given and settings.on_command_line("key-file"):
+        return KeySet.from_file(given)
+    if settings.env.get("DEVICEFLOW_KEY", "").strip():
+        return KeySet.from_env("DEVICEFLOW_KEY")
+    if given:
+        return KeySet.from_file(given)
+    path = default_config_dir() / "store.key"
+    if not path.exists():
+        try:
+            created = write_key_file(path, generate_key())
+        except OSError as exc:
+            raise StoreError(f"cannot create the store key file {path}: {exc}") from None
+        if created:
+            print(
+                f"deviceflow: created a new store key in {path} (mode 0600). Keep it safe: "
+                "the stored tokens cannot be read without it. Set DEVICEFLOW_KEY to use "
+                "another key.",
+                file=notes,
+                flush=True,
+            )
+    return KeySet.from_file(path)
+
+
+def open_store(settings: Settings, notes: TextIO) -> TokenStore:
+    """The store ``--store`` names (a folder or a Redis URL), with its key.
+
+    Notes for the person (a key file was created) go to ``notes``.
+    """
+    location = settings.value("store")
+    keys = _store_keys(settings, notes)
+    if location and location.startswith(_REDIS_SCHEMES):
+        from deviceflow import stores
+
+        try:
+            redis_store = stores.RedisStore
+        except ModuleNotFoundError:
+            raise CliError(
+                f"{settings.origin('store')} is a Redis URL, but the redis package is missing",
+                hint="install it: pip install 'deviceflow[redis]'",
+            ) from None
+        try:
+            return redis_store(location, key=keys)
+        except ValueError as exc:
+            raise CliError(f"{settings.origin('store')}: {exc}") from None
+    path = Path(location).expanduser() if location else default_data_dir() / "tokens"
+    return EncryptedFileStore(path, key=keys)
+
+
+# --- the index -------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AccountEntry:
+    """One signed-in account, as the index remembers it (names only, no secret)."""
+
+    key: str
+    issuer: str
+    client_id: str
+    account: str
+    scope: str | None = None
+    provider: str | None = None  # a preset name, or None for --issuer
+    arguments: Mapping[str, str] = attrs.field(factory=dict)  # the preset's options
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as JSON-ready data."""
+        return {
+            "key": self.key,
+            "issuer": self.issuer,
+            "client_id": self.client_id,
+            "account": self.account,
+            "scope": self.scope,
+            "provider": self.provider,
+            "arguments": dict(self.arguments),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AccountEntry:
+        """The inverse of :meth:`to_dict`; StoreError when it is damaged."""
+        try:
+            entry = cls(
+                key=_text(data["key"]),
+                issuer=_text(data["issuer"]),
+                client_id=_text(data["client_id"]),
+                account=_text(data["account"]),
+                scope=_optional_text(data.get("scope")),
+                provider=_optional_text(data.get("provider")),
+                arguments={_text(k): _text(v) for k, v in (data.get("arguments") or {}).items()},
+            )
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise StoreError("the CLI's account index is damaged") from None
+        return entry
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+class AccountIndex:
+    """The accounts the CLI has signed in to a store (see the module docstring)."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
+
+    async def entries(self) -> list[AccountEntry]:
+        """Every entry, in the order they were added."""
+        current = await self._store.get(INDEX_KEY)
+        return self._decode(current.value) if current else []
+
+    async def add(self, entry: AccountEntry) -> None:
+        """Add ``entry``, replacing the one with the same key."""
+        await self._update(lambda old: [e for e in old if e.key != entry.key] + [entry])
+
+    async def remove(self, key: str) -> None:
+        """Remove the entry with ``key``, if there is one."""
+        await self._update(lambda old: [e for e in old if e.key != key])
+
+    async def _update(
+        self, change: Callable[[list[AccountEntry]], list[AccountEntry]], attempts: int = 20
+    ) -> None:
+        for _ in range(attempts):
+            current = await self._store.get(INDEX_KEY)
+            old = self._decode(current.value) if current else []
+            new = change(old)
+            if new == old:
+                return
+            try:
+                await self._store.put(
+                    INDEX_KEY,
+                    self._encode(new),
+                    expected_version=current.version if current else None,
+                )
+            except ConflictError:
+                continue  # another CLI changed it: apply the change to theirs
+            return
+        raise StoreError("the CLI's account index kept changing during the update; try again")
+
+    @staticmethod
+    def _encode(entries: Sequence[AccountEntry]) -> bytes:
+        document = {"v": _INDEX_VERSION, "accounts": [e.to_dict() for e in entries]}
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    @staticmethod
+    def _decode(value: bytes) -> list[AccountEntry]:
+        try:
+            document = json.loads(value)
+        except (ValueError, RecursionError):
+            raise StoreError("the CLI's account index is not valid JSON") from None
+        if not isinstance(document, dict) or document.get("v") != _INDEX_VERSION:
+            raise StoreError("the CLI's account index has an unknown format")
+        accounts = document.get("accounts")
+        if not isinstance(accounts, list):
+            raise StoreError("the CLI's account index is damaged")
+        return [AccountEntry.from_dict(item) for item in accounts]
+
+
+# --- token records ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StoredToken:
+    """An account's stored token and when it was obtained (for ``status``)."""
+
+    token: Token
+    obtained_at: datetime | None
+
+
+async def read_token(store: TokenStore, key: str) -> StoredToken | None:
+    """The token record under ``key`` (the client's JSON record), or None when there is none."""
+    current = await store.get(key)
+    if current is None:
+        return None
+    try:
+        record = json.loads(current.value)
+        token = Token.from_dict(record["token"])
+    except (ValueError, RecursionError, KeyError, TypeError, ProtocolError):
+        raise StoreError(f"the token record of {key!r} is damaged") from None
+    obtained = record.get("obtained_at")
+    when = (
+        datetime.fromtimestamp(obtained, timezone.utc)
+        if isinstance(obtained, (int, float)) and math.isfinite(obtained)
+        else None
+    )
+    return StoredToken(token=token, obtained_at=when)
