@@ -1,0 +1,130 @@
+"""status, logout, keygen and the store key, run as real processes against the test server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import stat
+from pathlib import Path
+
+from cli_harness import BOB_SCOPE, Cli, ServerThread, login_approved
+
+from deviceflow.stores import EncryptedFileStore, generate_key
+
+
+def _stored_secrets(cli: Cli) -> list[str]:
+    """Every string value of every token record in the CLI's store (read with its key)."""
+
+    async def read() -> list[str]:
+        store = EncryptedFileStore(cli.store, key=cli.key)
+        found = []
+        index = await store.get("deviceflow-cli-index")
+        assert index is not None
+        for entry in json.loads(index.value)["accounts"]:
+            record = await store.get(entry["key"])
+            assert record is not None
+            token = json.loads(record.value)["token"]
+            found += [token["access_token"], token["refresh_token"]]
+        await store.aclose()
+        return found
+
+    return asyncio.run(read())
+
+
+def test_status_lists_accounts_without_secrets(signed_in: tuple[Cli, ServerThread]) -> None:
+    """status shows each account's issuer, client, scope, expiry and refresh token, no secret."""
+    cli, server = signed_in
+    table, as_json = cli.run_many(["status"], ["status", "--json"])
+
+    assert (0, "", 0) == (table.returncode, table.stderr, as_json.returncode)
+    header, *rows = table.stdout.splitlines()
+    assert ["ACCOUNT", "ISSUER", "CLIENT", "ID", "SCOPE", "EXPIRES", "REFRESH", "TOKEN"] == (
+        header.split()
+    )
+    bob = next(row for row in rows if row.startswith("bob "))
+    assert [server.issuer, "other-app", *BOB_SCOPE.split()] == bob.split()[1:6]
+    assert re.search(r" UTC \(in 5\d min\)  yes$", bob)
+    listed = sorted(
+        (a["account"], a["client_id"], a["signed_in"], a["has_refresh_token"])
+        for a in json.loads(as_json.stdout)
+    )
+    assert [("bob", "other-app", True, True), ("ci", "cli-test", True, True)] == listed
+    secrets = _stored_secrets(cli)
+    assert 4 == len(secrets)
+    assert [] == [s for s in secrets if s in table.stdout + as_json.stdout]
+
+
+def test_logout_revokes_deletes_and_unlists(cli: Cli, server: ServerThread) -> None:
+    """logout revokes the grant at the server, deletes the token, and status no longer lists it."""
+    assert 0 == login_approved(cli, server, *cli.server_args()).returncode
+    access_token = _stored_secrets(cli)[0]
+
+    result = cli.run("logout")
+    status, token = cli.run_many(["status"], ["token", *cli.server_args()])
+
+    assert (0, 1) == (result.returncode, len(server.requests("revoke")))
+    assert "the server revoked the grant" in result.stderr
+    assert not server.is_valid(access_token)
+    assert 1 == len([name for name in cli.snapshot() if name.endswith(".tok")])  # the index
+    assert (0, "No account is signed in with this store.\n") == (status.returncode, status.stdout)
+    assert 6 == token.returncode
+    assert "deviceflow login" in token.stderr
+
+
+def test_wrong_key_exits_7_and_leaves_the_files_alone(
+    signed_in: tuple[Cli, ServerThread],
+) -> None:
+    """With another key every command stops with exit 7 and a hint, and nothing is changed."""
+    cli, server = signed_in
+    before = cli.snapshot()
+    devices = len(server.requests("device"))
+
+    commands = {
+        "token": ["token", "--account", "ci"],
+        "login": ["login", "--account", "ci"],
+        "logout": ["logout"],
+        "status": ["status"],
+    }
+    wrong: dict[str, str | None] = {"DEVICEFLOW_KEY": generate_key()}
+    results = dict(zip(commands, cli.run_many(*commands.values(), env=wrong), strict=True))
+
+    assert dict.fromkeys(commands, 7) == {name: r.returncode for name, r in results.items()}
+    for result in results.values():
+        assert 1 == len(result.stderr.splitlines())
+        assert "wrong key" in result.stderr
+        assert "set DEVICEFLOW_KEY or --key-file to that key" in result.stderr
+    assert before == cli.snapshot()
+    assert devices == len(server.requests("device"))  # login stopped before asking for a code
+
+
+def test_key_file_is_created_on_first_use_with_a_note(cli: Cli, server: ServerThread) -> None:
+    """Without DEVICEFLOW_KEY a 0600 key file is created once, with a note, and then reused."""
+    no_key: dict[str, str | None] = {"DEVICEFLOW_KEY": None}
+    key_file = Path(cli.environment()["XDG_CONFIG_HOME"]) / "deviceflow" / "store.key"
+
+    first = login_approved(cli, server, *cli.server_args(), env=no_key)
+    second = cli.run("token", env=no_key)
+
+    assert (0, True) == (first.returncode, key_file.exists())
+    assert f"created a new store key in {key_file}" in first.stderr
+    assert 0o600 == stat.S_IMODE(key_file.stat().st_mode)
+    assert (0, "") == (second.returncode, second.stderr)
+
+
+def test_keygen_prints_or_writes_a_private_key_file(cli: Cli) -> None:
+    """keygen prints a key; -o writes a 0600 file the store accepts, and never overwrites it."""
+    path = cli.home / "keys" / "store.key"
+    printed, written = cli.run_many(["keygen"], ["keygen", "--output", str(path)])
+    content = path.read_text()
+    again, status = cli.run_many(
+        ["keygen", "--output", str(path)],
+        ["status", "--key-file", str(path)],
+    )
+
+    assert (0, 44, "") == (printed.returncode, len(printed.stdout.strip()), printed.stderr)
+    assert (0, "", 0o600) == (written.returncode, written.stdout, stat.S_IMODE(path.stat().st_mode))
+    assert "wrote a new store key" in written.stderr
+    assert (1, content) == (again.returncode, path.read_text())
+    assert "already exists" in again.stderr
+    assert (0, "") == (status.returncode, status.stderr)
