@@ -26,12 +26,12 @@ DIAGRAM_MARKER = "<!-- state-diagram -->"
 TABLE_MARKER = "<!-- transition-table -->"
 CLI_ENV_MARKER = "<!-- cli-environment -->"
 
-NODE_W = 150
-NODE_H = 44
-STEP = 290  # between the centres of two live states
-TERMINAL_GAP = 200  # least distance between the centres of two terminal states
+NODE_W = 136
+NODE_H = 42
+MIN_GAP = 80  # least space between two live states
+TERMINAL_GAP = 176  # least distance between the centres of two terminal states
 LINE = 15  # height of one line of label text
-CHAR_W = 6.6  # rough width of one character at the label font size
+CHAR_W = 6.9  # rough width of one character at the label font size (13px)
 MARGIN = 24
 LOOP_H = 42
 
@@ -125,10 +125,21 @@ def render_svg(table: Mapping[FlowState, Mapping[Event, FlowState]] = TRANSITION
 
     left = MARGIN + 110 + NODE_W / 2  # room for the start marker
     y_live = MARGIN + loop_lines * LINE + LOOP_H + NODE_H / 2 + 8
-    y_term = y_live + 250
-    pos: dict[FlowState, tuple[float, float]] = {
-        state: (left + index * STEP, y_live) for index, state in enumerate(live)
-    }
+    y_term = y_live + 210
+    pos: dict[FlowState, tuple[float, float]] = {}
+    x = left
+    for index, state in enumerate(live):
+        if index:
+            # Wide enough for the labels of the arrows between this state and the last one.
+            before = live[index - 1]
+            labels = [
+                event.value
+                for pair in ((before, state), (state, before))
+                for event in arrows.get(pair, [])
+            ]
+            widest = max((len(label) * CHAR_W for label in labels), default=0.0)
+            x += NODE_W + max(MIN_GAP, widest + 24)
+        pos[state] = (x, y_live)
     wanted = []
     for state in terminals:
         sources = [pos[s][0] for (s, t) in arrows if t is state and s in pos]
@@ -263,9 +274,9 @@ def render_svg(table: Mapping[FlowState, Mapping[Event, FlowState]] = TRANSITION
         ".df-terminal rect{stroke:var(--md-default-fg-color--light,#666)}"
         ".df-terminal .df-inner{stroke-width:1}"
         ".df-granted rect{stroke:#2e7d32}"
-        ".df-name{font-size:14px;font-weight:700;fill:var(--md-default-fg-color,#222);"
+        ".df-name{font-size:15px;font-weight:700;fill:var(--md-default-fg-color,#222);"
         "font-family:var(--md-code-font-family,monospace)}"
-        ".df-label{font-size:12px;fill:var(--md-default-fg-color--light,#555)}"
+        ".df-label{font-size:13px;fill:var(--md-default-fg-color--light,#555)}"
         ".df-caption{font-style:italic}"
         ".df-edge{fill:none;stroke:var(--md-default-fg-color--light,#777);stroke-width:1.4}"
         ".df-arrowhead,.df-start{fill:var(--md-default-fg-color--light,#777)}"
