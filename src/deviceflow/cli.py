@@ -125,6 +125,8 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
             say(f"5. Refreshed: {describe_token(refreshed)}")
             say(f"   the refresh token was rotated: {rotated}")
             say(f"Done. The server saw {len(server.requests)} requests.")
+    say("Next: `deviceflow login --issuer URL --client-id ID` signs in to a real provider,")
+    say("and `deviceflow token` prints its token for scripts (see docs/cli.md).")
     return EXIT_OK
 
 

@@ -106,6 +106,7 @@ async def resolve_target(settings: Settings, known: Sequence[AccountEntry]) -> T
             )
         arguments = {opt: v for opt in preset.options if (v := settings.value(opt))}
         provider = await build_provider(preset, arguments)
+        client_id = client_id or preset.default_client_id
         scope = settings.value("scope")
         return _target(settings, provider, client_id, scope, account, preset.name, arguments)
     if issuer:
@@ -269,7 +270,8 @@ def _report_login(console: Console, target: Target, token: Token) -> None:
         mark = console.style("✓" if console.unicode else "OK", 1, 32)
         console.say(f"  {mark} Signed in. Account {console.style(target.account, 1)} is stored.")
         console.say(f"    The access token expires {expiry}; {refresh}.")
-        console.say(f"    Print it with: deviceflow token --account {target.account}")
+        hint = "" if target.account == "default" else f" --account {target.account}"
+        console.say(f"    Print it with: deviceflow token{hint}")
     else:
         console.say(
             f"deviceflow: signed in account {target.account!r} at {target.issuer}; "

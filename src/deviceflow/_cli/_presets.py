@@ -26,6 +26,8 @@ class Preset:
     name: str
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
+    #: The client id when none is given (AWS: the client registers itself under this name).
+    default_client_id: str | None = None
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -44,7 +46,12 @@ PRESETS: Mapping[str, Preset] = {
         Preset(name="auth0", required=("domain",), optional=("audience",)),
         Preset(name="okta", required=("issuer",)),
         Preset(name="keycloak", required=("base-url", "realm")),
-        Preset(name="aws_sso", required=("region", "start-url"), optional=("base-url",)),
+        Preset(
+            name="aws_sso",
+            required=("region", "start-url"),
+            optional=("base-url",),
+            default_client_id="deviceflow-cli",
+        ),
     )
 }
 
