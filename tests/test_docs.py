@@ -13,6 +13,8 @@ changes nothing in the pages):
 - Pages run in an empty temporary directory, with ``HOME`` pointing into it, so examples may
   write files and use ``~``. ``docs_test`` in the namespace offers ``defer(callback)`` (run at the
   end, even when a block fails) and ``tmp_path``.
+- A page's ``__name__`` is ``"docs_example"``, so a script's ``if __name__ == "__main__":`` part
+  (reading ``sys.argv``, say) does not run; call the functions it defines from a later block.
 - ``pytest.skip()`` in a block skips the page (e.g. ``pytest.importorskip`` for a module that has
   not landed yet).
 
@@ -155,7 +157,7 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     helper = DocsTest(tmp_path)
-    namespace: dict[str, Any] = {"__name__": "__main__", "docs_test": helper}
+    namespace: dict[str, Any] = {"__name__": "docs_example", "docs_test": helper}
     with page_loop() as loop:
         try:
             for block in blocks(page):
