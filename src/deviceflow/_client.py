@@ -350,10 +350,11 @@ class DeviceFlowClient:
         async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
             current = await self.store.get(key)
             if current is not None:
-                stored = self._decode(current.value)
+                record = self._decode_record(current.value)  # decoded once, used twice
+                stored = record[0]
                 replaced = force and stale is not _ANY and stored.access_token != stale
                 if not force or replaced:
-                    token = self._usable_fresh(account, current)
+                    token = self._usable_fresh(account, current, record)
                     if token is not None:
                         return token
                 if stored.refresh_token:
@@ -374,11 +375,19 @@ class DeviceFlowClient:
                     await self._forget(key, account, current.version)
         return await self._device_flow(account)
 
-    def _usable_fresh(self, account: str, current: Any) -> Token | None:
-        """Cache and return the stored token if it is not due for refresh, else None."""
+    def _usable_fresh(
+        self,
+        account: str,
+        current: Any,
+        record: tuple[Token, datetime | None] | None = None,
+    ) -> Token | None:
+        """Cache and return the stored token if it is not due for refresh, else None.
+
+        ``record`` is ``current.value`` already decoded, when the caller has it.
+        """
         if current is None:
             return None
-        token, obtained = self._decode_record(current.value)
+        token, obtained = record if record is not None else self._decode_record(current.value)
         cached = self._entry(token, current.version, obtained)
         if self._clock.monotonic() < cached.refresh_at:
             self._cache[account] = cached

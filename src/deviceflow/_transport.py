@@ -29,6 +29,7 @@ log = logging.getLogger("deviceflow")
 MAX_BODY = 1024 * 1024
 _CHUNK = 64 * 1024
 _VERSION = "0.1.0"
+_MAX_SECURE_URLS = 64
 
 AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
 
@@ -122,6 +123,10 @@ class AiohttpTransport:
         )
         self._max_body = max_body
         self._limit = connection_limit
+        # URLs that passed require_secure_url (a pure check): every poll and refresh goes to
+        # the same few endpoints, and parsing the URL again each time costs more than the rest
+        # of the request's own preparation.
+        self._secure_urls: set[str] = set()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or (self._owns_session and self._session.closed):
@@ -144,14 +149,20 @@ class AiohttpTransport:
         return {names.get(k, k): v for k, v in params.items()}, headers
 
     async def send(self, request: Request, *, timeout: float | None = None) -> Response:
-        require_secure_url(request.url, f"the {request.kind.value} endpoint")
+        if request.url not in self._secure_urls:
+            require_secure_url(request.url, f"the {request.kind.value} endpoint")
+            if len(self._secure_urls) < _MAX_SECURE_URLS:
+                self._secure_urls.add(request.url)
         params, headers = self._encode(request)
         kwargs: dict[str, Any] = {}
         if request.method == "POST":
             if self._dialect.request_format == "json":
                 kwargs["json"] = params
             else:
-                kwargs["data"] = params
+                # The bytes aiohttp's FormData would send for this dict, without building a
+                # FormData (and its multipart writer) for every request.
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+                kwargs["data"] = urllib.parse.urlencode(params).encode()
         session = self._get_session()
         try:
             async with session.request(
