@@ -814,9 +814,10 @@ class DeviceFlowMachine:
         self._failures += 1
         polling = next_state in (FlowState.PENDING, FlowState.SLOW_DOWN)
         if polling:
-            # RFC 8628 3.5: back off exponentially, never polling faster than the interval.
+            # RFC 8628 3.5: on a connection failure the client MUST slow down before retrying;
+            # doubling the interval on each one is RECOMMENDED. Never below the interval.
             base = self.interval
-            backoff = min(self._max_backoff, base * 2 ** (self._failures - 1))
+            backoff = min(self._max_backoff, base * 2**self._failures)
             delay = max(base, backoff)
         elif classified.delay == 0.0 and classified.error is None:
             delay = 0.0  # the next discovery URL, not a failure
