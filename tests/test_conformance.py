@@ -252,11 +252,6 @@ async def test_any_other_error_stops_polling(virtual_clock: VirtualClock, code: 
     assert 1 == len(server.polls())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deviation: the first retry after a transport failure waits one interval, so the "
-    "polling rate is only reduced from the second failure on (see docs/conformance.md)",
-)
 def test_a_connection_failure_reduces_the_polling_rate_at_once() -> None:
     """RFC 8628 3.5: after a connection timeout the next poll waits longer than the interval."""
     machine, first = polling_machine()
