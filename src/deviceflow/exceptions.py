@@ -3,7 +3,8 @@
 Every error is a :class:`DeviceFlowError`, so ``except deviceflow.DeviceFlowError`` catches
 everything the library can raise on purpose. Errors caused by the authorization server keep what
 the server said (``error``, ``error_description``, ``error_uri`` and the HTTP status) as
-attributes. No message ever contains a token, a device code, a client secret or a store key.
+attributes. No message ever contains a token, a device code, a client secret or an encryption
+key; store errors may name the store key (issuer, client id and account), which is not secret.
 """
 
 from __future__ import annotations
