@@ -39,10 +39,19 @@ from ._machine import (
     Fail,
     Request,
     RequestKind,
+    Response,
     Send,
+    interpret_registration_response,
     interpret_token_response,
 )
-from ._models import DeviceCode, FlowEvent, FlowState, ProviderMetadata, Token
+from ._models import (
+    DeviceCode,
+    FlowEvent,
+    FlowState,
+    ProviderMetadata,
+    RegisteredClient,
+    Token,
+)
 from ._provider import Provider, fetch_metadata
 from ._transport import AiohttpTransport, AuthMethod, ClientAuth, Transport
 from .exceptions import (
@@ -63,6 +72,10 @@ log = logging.getLogger("deviceflow")
 OnCode = Callable[[DeviceCode, str], Awaitable[None] | None]
 
 _RECORD_VERSION = 1
+#: Register the client again this long before its registration expires, so that no device flow
+#: (device codes live some minutes) outlives the registration it started with. Refresh tokens are
+#: bound to the registration: after a new one, the next get_token() starts a device flow.
+_REGISTRATION_SKEW = 900.0
 
 
 @attrs.frozen
@@ -114,6 +127,13 @@ class DeviceFlowClient:
             raise ValueError("client_id is required")
         if provider.requires_client_secret and client_secret is None:
             raise ValueError(f"the {provider.name} provider needs a client_secret")
+        if provider.registration is not None and (
+            client_secret is not None or client_auth not in (None, "none")
+        ):
+            raise ValueError(
+                f"the {provider.name} provider registers its own client and authenticates with "
+                "the credentials it gets; do not pass client_secret or client_auth"
+            )
         if http_timeout >= lock_ttl:
             raise ValueError("http_timeout must be shorter than lock_ttl (see get_token docs)")
         if store is None:
@@ -134,6 +154,8 @@ class DeviceFlowClient:
         )
         self._metadata = provider.metadata
         self._metadata_lock = asyncio.Lock()
+        self._registered: RegisteredClient | None = None
+        self._registration_lock = asyncio.Lock()
         self._refresh_skew = refresh_skew
         self._http_timeout = http_timeout
         self._lock_ttl = lock_ttl
@@ -244,9 +266,11 @@ class DeviceFlowClient:
         ...     if event.state is FlowState.PENDING and event.code:
         ...         print(event.code.user_code, event.code.verification_uri)
         """
+        registration = self.provider.registration
         machine = DeviceFlowMachine(
             client_id=self.client_id,
-            scope=self.scope,
+            # A provider that takes the scopes at registration takes none here (AWS).
+            scope=None if registration is not None and registration.scope_param else self.scope,
             metadata=self._metadata,
             issuer=self.provider.issuer,
             expected_issuer=self.provider.expected_issuer,
@@ -288,7 +312,7 @@ class DeviceFlowClient:
             if delay > 0:
                 await clock.sleep(delay)
             try:
-                response = await self._transport.send(action.request)
+                response = await self._send(action.request)
             except DeviceFlowError as exc:
                 log.debug("device flow %s request failed: %s", action.request.kind.value, exc)
                 action = machine.receive_failure(exc, now=clock.monotonic(), wall=clock.wall())
@@ -442,7 +466,7 @@ class DeviceFlowClient:
         while True:
             try:
                 remaining = deadline - self._clock.monotonic()
-                response = await self._transport.send(request, timeout=remaining)
+                response = await self._send(request, timeout=remaining)
                 return interpret_token_response(
                     response, self.provider.dialect, self._clock.wall(), previous=token
                 )
@@ -463,7 +487,7 @@ class DeviceFlowClient:
             params = {"token": token.access_token, "token_type_hint": "access_token"}
         params["client_id"] = self.client_id
         try:
-            response = await self._transport.send(
+            response = await self._send(
                 Request(
                     kind=RequestKind.REVOCATION,
                     method="POST",
@@ -478,6 +502,93 @@ class DeviceFlowClient:
             log.warning("token revocation answered HTTP %d", response.status)
         return response.status == 200
 
+    async def _send(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Response:
+        """Send through the transport, as the registered client when the provider needs one."""
+        if self.provider.registration is not None and request.kind is not RequestKind.DISCOVERY:
+            client = await self._registered_client()
+            params = {**request.params, "client_id": client.client_id}
+            if client.client_secret is not None:
+                params["client_secret"] = client.client_secret  # RFC 6749 2.3.1, in the body
+            request = attrs.evolve(request, params=params)
+        if timeout is None:
+            return await self._transport.send(request)
+        return await self._transport.send(request, timeout=timeout)
+
+    async def _registered_client(self) -> RegisteredClient:
+        """This client's registration with the provider (AWS RegisterClient).
+
+        Registered once and kept in the store, under the store's lock, so that every process
+        sharing the store uses one registration (refresh tokens are bound to it); registered
+        again when it is about to expire.
+        """
+        spec = self.provider.registration
+        assert spec is not None
+        client = self._registered
+        if client is not None and not client.expires_within(
+            _REGISTRATION_SKEW, now=self._clock.wall()
+        ):
+            return client
+        async with self._registration_lock:
+            client = self._registered
+            if client is not None and not client.expires_within(
+                _REGISTRATION_SKEW, now=self._clock.wall()
+            ):
+                return client
+            key = self._key_prefix() + "//registration"
+            async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
+                current = await self.store.get(key)
+                client = None
+                if current is not None:
+                    try:
+                        client = RegisteredClient.from_json(current.value)
+                    except ProtocolError:
+                        log.warning("the stored client registration is unreadable; registering")
+                if client is None or client.expires_within(
+                    _REGISTRATION_SKEW, now=self._clock.wall()
+                ):
+                    client = await self._register()
+                    ttl = None
+                    if client.expires_at is not None:
+                        ttl = (client.expires_at - self._clock.wall()).total_seconds()
+                    await self.store.put(
+                        key,
+                        client.to_json(),
+                        expected_version=current.version if current else None,
+                        ttl=max(1.0, ttl) if ttl is not None else None,
+                    )
+            self._registered = client
+            return client
+
+    async def _register(self) -> RegisteredClient:
+        spec = self.provider.registration
+        assert spec is not None
+        params = {**spec.params, spec.name_param: self.client_id}
+        if spec.scope_param and self.scope:
+            params[spec.scope_param] = self.scope
+        request = Request(
+            kind=RequestKind.REGISTRATION, method="POST", url=spec.endpoint, params=params
+        )
+        log.info("registering client %r with the %s provider", self.client_id, self.provider.name)
+        deadline = self._clock.monotonic() + self._http_timeout
+        delay = 0.25
+        while True:
+            try:
+                remaining = deadline - self._clock.monotonic()
+                response = await self._transport.send(request, timeout=remaining)
+                return interpret_registration_response(
+                    response, self.provider.dialect, self._clock.wall()
+                )
+            except TransportError as exc:
+                if not exc.retryable or self._clock.monotonic() + delay >= deadline:
+                    raise
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _ensure_metadata(self) -> ProviderMetadata:
         if self._metadata is None:
             async with self._metadata_lock:
@@ -490,7 +601,10 @@ class DeviceFlowClient:
     # --- store records ------------------------------------------------------------------------
 
     def _key(self, account: str) -> str:
-        parts = (self.provider.identity, self.client_id, account)
+        return self._key_prefix() + "/" + urllib.parse.quote(account, safe="")
+
+    def _key_prefix(self) -> str:
+        parts = (self.provider.identity, self.client_id)
         return "/".join(urllib.parse.quote(p, safe="") for p in parts)
 
     async def _write(

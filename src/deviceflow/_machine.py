@@ -48,6 +48,7 @@ from ._models import (
     Dialect,
     FlowState,
     ProviderMetadata,
+    RegisteredClient,
     Token,
 )
 from .exceptions import (
@@ -91,6 +92,7 @@ class RequestKind(enum.Enum):
     DEVICE_AUTHORIZATION = "device_authorization"
     TOKEN = "token"
     REVOCATION = "revocation"
+    REGISTRATION = "registration"
 
 
 @attrs.frozen(kw_only=True)
@@ -236,6 +238,22 @@ def discovery_urls(issuer: str) -> list[str]:
 # --- Parsing ------------------------------------------------------------------------------------
 
 
+class _DuplicateName(ValueError):
+    """A JSON object or form body names a field twice (its message is the name, shortened)."""
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A name sent twice is ambiguous: RFC 8259 4 leaves the meaning to each parser, and a proxy
+    # or a second parser that keeps the first value would read another answer than ours (say,
+    # another issuer or verification_uri). Refuse it rather than pick one.
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise _DuplicateName(repr(name[:64]))
+        fields[name] = value
+    return fields
+
+
 def parse_body(response: Response, dialect: Dialect | None = None) -> dict[str, Any]:
     """Parse a JSON or form-encoded body into a dict with RFC field names.
 
@@ -250,7 +268,11 @@ def parse_body(response: Response, dialect: Dialect | None = None) -> dict[str, 
         fields = {}
     elif ctype.endswith("json") or body[:1] in (b"{", b"["):
         try:
-            decoded = json.loads(body.decode("utf-8"))
+            decoded = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_names)
+        except _DuplicateName as exc:
+            raise ProtocolError(
+                f"HTTP {response.status}: the body names {exc} more than once"
+            ) from None
         except (ValueError, RecursionError):
             raise ProtocolError(f"HTTP {response.status}: body is not valid JSON") from None
         if not isinstance(decoded, dict):
@@ -265,9 +287,12 @@ def parse_body(response: Response, dialect: Dialect | None = None) -> dict[str, 
             )
         except ValueError:
             raise ProtocolError(f"HTTP {response.status}: body is not valid form data") from None
-        fields = {}
-        for name, value in pairs:
-            fields.setdefault(name, value)
+        try:
+            fields = _unique_names(pairs)
+        except _DuplicateName as exc:
+            raise ProtocolError(
+                f"HTTP {response.status}: the body names {exc} more than once"
+            ) from None
     else:
         raise ProtocolError(
             f"HTTP {response.status}: expected a JSON or form-encoded body, got "
@@ -537,6 +562,43 @@ def interpret_token_response(
     if not 200 <= response.status < 300:
         raise ProtocolError(f"the token endpoint answered HTTP {response.status} without an error")
     return parse_token(fields, wall, previous=previous)
+
+
+def interpret_registration_response(
+    response: Response, dialect: Dialect | None, wall: datetime
+) -> RegisteredClient:
+    """A client registration answer (RFC 7591 3.2, AWS RegisterClient): credentials or an error.
+
+    Retryable answers raise TransportError with ``retryable=True``, as for refreshes.
+    """
+    what = "the registration endpoint"
+    try:
+        fields = parse_body(response, dialect)
+    except ProtocolError:
+        if is_retryable_status(response.status):
+            raise TransportError(f"{what} answered HTTP {response.status}") from None
+        raise
+    error = oauth_error(fields, dialect, response.status)
+    if error is not None:
+        if error.error in _RETRYABLE_ERRORS:
+            raise TransportError(f"{what} is unavailable ({error})")
+        raise error
+    if is_retryable_status(response.status):
+        raise TransportError(f"{what} answered HTTP {response.status}")
+    if not 200 <= response.status < 300:
+        raise ProtocolError(f"{what} answered HTTP {response.status} without an error")
+    client_id = _str_field(fields, "client_id", required=True)
+    assert client_id is not None
+    secret = _str_field(fields, "client_secret", required=False)
+    # RFC 7591 3.2.1: seconds since the epoch; 0 means the secret does not expire.
+    expires = parse_seconds(fields.get("client_secret_expires_at"))
+    expires_at = None
+    if expires:
+        try:
+            expires_at = datetime.fromtimestamp(expires, wall.tzinfo)
+        except (OverflowError, OSError, ValueError):
+            raise ProtocolError(f"{what} sent an unusable client_secret_expires_at") from None
+    return RegisteredClient(client_id=client_id, client_secret=secret, expires_at=expires_at)
 
 
 # --- The machine --------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ import attrs
 from .exceptions import DeviceFlowError, ProtocolError
 
 __all__ = [
+    "ClientRegistration",
     "DeviceCode",
     "Dialect",
     "FlowEvent",
     "FlowState",
     "ProviderMetadata",
+    "RegisteredClient",
     "Token",
 ]
 
@@ -192,7 +194,9 @@ class Dialect:
     - ``error_aliases``: provider error code -> RFC error code, e.g. Entra's
       ``authorization_declined`` -> ``access_denied``.
     - ``request_format``: ``form`` (RFC 6749) or ``json`` (AWS SSO OIDC).
-    - ``scope_separator``: how the provider joins scopes in requests (GitHub accepts commas).
+    - ``scope_separator``: how the provider joins scopes in requests (RFC 6749 3.3: a space).
+    - ``list_params``: parameters, under the provider's names, that a JSON body carries as
+      arrays of their space-separated values (AWS RegisterClient's ``scopes``).
     """
 
     response_aliases: Mapping[str, str] = attrs.field(factory=dict)
@@ -200,6 +204,14 @@ class Dialect:
     error_aliases: Mapping[str, str] = attrs.field(factory=dict)
     request_format: Literal["form", "json"] = "form"
     scope_separator: str = " "
+    list_params: frozenset[str] = frozenset()
+
+    def json_body(self, params: Mapping[str, str]) -> dict[str, str | list[str]]:
+        """A JSON request body from ``params`` (provider names): ``list_params`` become arrays."""
+        return {
+            name: value.split() if name in self.list_params else value
+            for name, value in params.items()
+        }
 
 
 #: Aliases every provider gets: names seen in the wild for the same RFC fields and errors.
@@ -212,6 +224,79 @@ DEFAULT_ERROR_ALIASES: Mapping[str, str] = {
     "code_expired": "expired_token",
     "token_expired": "expired_token",
 }
+
+
+@attrs.frozen(kw_only=True)
+class ClientRegistration:
+    """A client registration the provider requires before the device flow (data, not code).
+
+    AWS IAM Identity Center's OIDC API has no clients registered in advance: a client calls
+    RegisterClient first and authenticates to StartDeviceAuthorization and CreateToken with the
+    ``clientId`` and ``clientSecret`` it got (client_secret_post, in the JSON body).
+    ``DeviceFlowClient`` registers once, keeps the registration in its store (shared by every
+    process using that store) and registers again shortly before the secret expires.
+
+    - ``endpoint``: the registration endpoint's URL.
+    - ``params``: fixed parameters sent with it, e.g. AWS's ``{"clientType": "public"}``.
+    - ``name_param``: the parameter carrying the client's name: the ``client_id`` given to
+      ``DeviceFlowClient`` (which, for such providers, names the client rather than being one).
+    - ``scope_param``: the parameter carrying the client's scopes, or None. When set, the scopes
+      are registered here and the device authorization request carries none (AWS ``scopes``).
+
+    The answer is read with the RFC 7591 3.2.1 names ``client_id``, ``client_secret`` and
+    ``client_secret_expires_at`` (seconds since the epoch; 0 for never), after the dialect's
+    ``response_aliases``.
+    """
+
+    endpoint: str
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    name_param: str = "client_name"
+    scope_param: str | None = "scope"
+
+
+@attrs.frozen(kw_only=True)
+class RegisteredClient:
+    """The credentials a :class:`ClientRegistration` produced; the secret is hidden from repr."""
+
+    client_id: str
+    client_secret: str | None = attrs.field(default=None, repr=False)
+    expires_at: datetime | None = attrs.field(default=None, converter=_aware)
+
+    def expires_within(self, seconds: float, *, now: datetime) -> bool:
+        """True when the registration ends within ``seconds`` of ``now`` (never without one)."""
+        return self.expires_at is not None and self.expires_at - now <= timedelta(seconds=seconds)
+
+    def to_json(self) -> bytes:
+        """The registration as compact JSON (secret included: stores encrypt it)."""
+        record = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "expires_at": self.expires_at.timestamp() if self.expires_at else None,
+        }
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RegisteredClient:
+        """The inverse of :meth:`to_json`; raises ProtocolError on a malformed record."""
+        try:
+            record = json.loads(data)
+            client_id, secret = record["client_id"], record.get("client_secret")
+            if not isinstance(client_id, str) or not isinstance(secret, (str, type(None))):
+                raise TypeError("client_id or client_secret is not a string")
+            expires = record.get("expires_at")
+            return cls(
+                client_id=client_id,
+                client_secret=secret,
+                expires_at=(
+                    datetime.fromtimestamp(float(expires), timezone.utc)
+                    if expires is not None
+                    else None
+                ),
+            )
+        except (TypeError, ValueError, KeyError, OverflowError, OSError, RecursionError) as exc:
+            raise ProtocolError(
+                f"malformed stored client registration ({type(exc).__name__})"
+            ) from None
 
 
 @attrs.frozen(kw_only=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ from ._machine import (
     parse_metadata,
     require_secure_url,
 )
-from ._models import Dialect, ProviderMetadata
+from ._models import ClientRegistration, Dialect, ProviderMetadata
 from .exceptions import DiscoveryError, ProtocolError, TransportError
 
 if TYPE_CHECKING:
@@ -30,6 +32,78 @@ __all__ = ["Provider", "fetch_metadata"]
 def _check_url(value: str | None, name: str) -> None:
     if value is not None:
         require_secure_url(value, name)
+
+
+def _https(value: str, what: str) -> str:
+    """An absolute URL from a URL or a bare host name (``example.com`` -> https).
+
+    ValueError for an empty value; InsecureEndpointError for plain http to a host that is not
+    loopback (tests point presets at ``http://127.0.0.1:PORT``).
+    """
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{what} is empty")
+    if "://" not in value:
+        value = "https://" + value
+    require_secure_url(value, what)
+    return value
+
+
+def _segment(value: str, what: str) -> str:
+    """One path segment (an Entra tenant, a Keycloak realm), percent-encoded."""
+    value = value.strip()
+    if not value or value in (".", ".."):
+        raise ValueError(f"{what} is empty")
+    return urllib.parse.quote(value, safe="")
+
+
+# --- Provider presets: data, one place per provider ------------------------------------------
+
+#: Entra ID: bad_verification_code means the device_code is unknown (RFC 6749 5.2 invalid_grant);
+#: authorization_declined is a denial (a default alias of every dialect).
+ENTRA = Dialect(error_aliases={"bad_verification_code": "invalid_grant"})
+#: The tenant that personal Microsoft accounts belong to; its documents name it, not "consumers".
+ENTRA_CONSUMERS_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
+_ENTRA_ALIASES = frozenset({"common", "organizations"})
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+#: GitHub's own error codes for RFC ones; errors come with HTTP 200, which parsing ignores.
+GITHUB = Dialect(
+    error_aliases={
+        "incorrect_client_credentials": "invalid_client",
+        "incorrect_device_code": "invalid_grant",
+        "bad_refresh_token": "invalid_grant",
+        "device_flow_disabled": "unauthorized_client",
+    }
+)
+
+#: AWS SSO OIDC: JSON bodies with camelCase names; error codes are the RFC's.
+AWS_SSO = Dialect(
+    request_format="json",
+    request_names={
+        "client_id": "clientId",
+        "client_secret": "clientSecret",
+        "device_code": "deviceCode",
+        "grant_type": "grantType",
+        "refresh_token": "refreshToken",
+    },
+    response_aliases={
+        "clientId": "client_id",
+        "clientSecret": "client_secret",
+        "clientSecretExpiresAt": "client_secret_expires_at",
+        "deviceCode": "device_code",
+        "userCode": "user_code",
+        "verificationUri": "verification_uri",
+        "verificationUriComplete": "verification_uri_complete",
+        "expiresIn": "expires_in",
+        "accessToken": "access_token",
+        "refreshToken": "refresh_token",
+        "tokenType": "token_type",
+        "idToken": "id_token",
+    },
+    list_params=frozenset({"scopes"}),
+)
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 
 
 @attrs.frozen(kw_only=True)
@@ -46,6 +120,12 @@ class Provider:
     A provider that has an ``issuer`` but no endpoints is discovered the first time a client
     needs it. ``expected_issuer`` is the issuer the discovery document must name (by default
     ``issuer`` itself, OpenID Connect Discovery 4.3); ``check_issuer=False`` turns that check off.
+    ``registration`` describes a client registration the provider needs first (AWS SSO OIDC).
+
+    Presets build the Provider of a known authorization server: :meth:`devolutions`,
+    :meth:`entra`, :meth:`google`, :meth:`github`, :meth:`auth0`, :meth:`okta`,
+    :meth:`keycloak` and :meth:`aws_sso`. Each takes its host as an argument (with the public
+    default where there is one), so it also reaches a private deployment or a test server.
     """
 
     name: str = "custom"
@@ -59,6 +139,7 @@ class Provider:
     default_scope: str | None = None
     device_params: Mapping[str, str] = attrs.field(factory=dict)
     requires_client_secret: bool = False
+    registration: ClientRegistration | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -73,6 +154,8 @@ class Provider:
         _check_url(self.device_authorization_endpoint, "device_authorization_endpoint")
         _check_url(self.token_endpoint, "token_endpoint")
         _check_url(self.revocation_endpoint, "revocation_endpoint")
+        if self.registration is not None:
+            _check_url(self.registration.endpoint, "registration endpoint")
 
     @property
     def metadata(self) -> ProviderMetadata | None:
@@ -134,6 +217,202 @@ class Provider:
         finally:
             await transport.aclose()
         return provider.with_metadata(metadata)
+
+    # --- presets ---------------------------------------------------------------------------
+
+    @classmethod
+    def devolutions(cls, base_url: str) -> Provider:
+        """Devolutions Server, discovered at ``{base_url}/.well-known/openid-configuration``.
+
+        ``base_url`` is the server's address as users open it, with its instance path if it
+        has one (``https://dvls.example.com/dvls``); the discovery document must name it as its
+        issuer. Use the client id your Devolutions Server gives its device-flow clients; the
+        scope defaults to ``openid offline_access`` (offline_access brings a refresh token).
+
+        >>> Provider.devolutions("https://dvls.example.com/dvls").issuer
+        'https://dvls.example.com/dvls'
+        """
+        return cls(
+            name="devolutions",
+            issuer=_https(base_url, "base_url"),
+            default_scope="openid offline_access",
+        )
+
+    @classmethod
+    def entra(
+        cls, tenant: str = "organizations", *, authority: str = "https://login.microsoftonline.com"
+    ) -> Provider:
+        """Microsoft Entra ID (v2.0 endpoints) for ``tenant``, on ``authority``'s cloud.
+
+        Register the app under App registrations, then under Authentication set "Allow public
+        client flows" to Yes; ``client_id`` is its "Application (client) ID". The scope
+        defaults to ``openid profile offline_access`` (offline_access brings a refresh token);
+        add the API's scopes, e.g. ``User.Read``. ``tenant`` is ``organizations`` (work and
+        school accounts), ``common``, ``consumers``, a tenant id or a domain name; ``authority``
+        selects a national cloud (``https://login.microsoftonline.us``, ...).
+
+        The discovery document must name its issuer exactly, except that the multi-tenant
+        ``common`` and ``organizations`` documents name ``{authority}/{tenantid}/v2.0`` with that
+        literal placeholder, and ``consumers`` names the personal-accounts tenant's id. A tenant
+        given by domain name has a document naming its tenant id, which cannot be known here, so
+        its documented endpoints are used without discovery. Show ``DeviceCode.message``:
+        Entra sends ready-made instructions and no ``verification_uri_complete``.
+
+        >>> Provider.entra("common").expected_issuer
+        'https://login.microsoftonline.com/{tenantid}/v2.0'
+        """
+        root = _https(authority, "authority").rstrip("/")
+        tenant = _segment(tenant, "tenant")
+        alias = tenant.lower()
+        if alias in _ENTRA_ALIASES or alias == "consumers" or _GUID.fullmatch(alias):
+            tenant = alias  # as Entra's documents spell them
+        provider = cls(
+            name="entra",
+            issuer=f"{root}/{tenant}/v2.0",
+            dialect=ENTRA,
+            default_scope="openid profile offline_access",
+        )
+        if alias in _ENTRA_ALIASES:
+            return attrs.evolve(provider, expected_issuer=f"{root}/{{tenantid}}/v2.0")
+        if alias == "consumers":
+            return attrs.evolve(provider, expected_issuer=f"{root}/{ENTRA_CONSUMERS_TENANT}/v2.0")
+        if _GUID.fullmatch(alias):
+            return provider
+        return attrs.evolve(
+            provider,
+            issuer=None,
+            device_authorization_endpoint=f"{root}/{tenant}/oauth2/v2.0/devicecode",
+            token_endpoint=f"{root}/{tenant}/oauth2/v2.0/token",
+        )
+
+    @classmethod
+    def google(cls, *, base_url: str = "https://oauth2.googleapis.com") -> Provider:
+        """Google ("OAuth 2.0 for TV and Limited-Input Device Applications").
+
+        In the Google Cloud console, create an OAuth client ID of the application type "TVs and
+        Limited Input devices"; pass its client id and client secret (the token endpoint
+        requires the secret, so DeviceFlowClient refuses to start without one). Only some
+        scopes are allowed in this flow (``openid email profile``, Drive's ``drive.file``,
+        YouTube's, ...); the default is ``openid email profile``. Google answers
+        ``verification_url`` (read as verification_uri), pending with HTTP 428, and slow_down
+        and denials with HTTP 403. ``base_url`` only changes for tests.
+        """
+        root = _https(base_url, "base_url").rstrip("/")
+        return cls(
+            name="google",
+            device_authorization_endpoint=f"{root}/device/code",
+            token_endpoint=f"{root}/token",
+            revocation_endpoint=f"{root}/revoke",
+            default_scope="openid email profile",
+            requires_client_secret=True,
+        )
+
+    @classmethod
+    def github(cls, *, base_url: str = "https://github.com") -> Provider:
+        """GitHub, or GitHub Enterprise Server at ``base_url``; there is no discovery.
+
+        Register an OAuth app or a GitHub App and tick "Enable Device Flow" in its settings;
+        ``client_id`` is its Client ID, and no secret is needed. Scopes (OAuth apps only, e.g.
+        ``repo read:org``) are sent space-separated and come back comma-separated in
+        ``Token.scope``. GitHub App user tokens expire after 8 hours and their refresh tokens
+        rotate. GitHub's own error codes map to the RFC's (``incorrect_device_code`` and
+        ``bad_refresh_token`` to invalid_grant, ``incorrect_client_credentials`` to
+        invalid_client, ``device_flow_disabled`` to unauthorized_client).
+        """
+        root = _https(base_url, "base_url").rstrip("/")
+        return cls(
+            name="github",
+            device_authorization_endpoint=f"{root}/login/device/code",
+            token_endpoint=f"{root}/login/oauth/access_token",
+            dialect=GITHUB,
+        )
+
+    @classmethod
+    def auth0(cls, domain: str, *, audience: str | None = None) -> Provider:
+        """Auth0 tenant ``domain`` (``example.us.auth0.com`` or a custom domain).
+
+        Register a Native application with the "Device Code" grant type (Advanced Settings >
+        Grant Types) and the OIDC Conformant toggle on; ``client_id`` is its Client ID.
+        ``audience`` (the API's identifier) selects the API the token is for. Refresh tokens
+        come only with "Allow Offline Access" on in that API's settings, the "Refresh Token"
+        grant type on the application and ``offline_access`` in the scope (the default is
+        ``openid profile offline_access``). Auth0 answers pending and denials with HTTP 403,
+        slow_down with 429, and expired_token once, then invalid_grant.
+        """
+        root = _https(domain, "domain").rstrip("/")
+        return cls(
+            name="auth0",
+            device_authorization_endpoint=f"{root}/oauth/device/code",
+            token_endpoint=f"{root}/oauth/token",
+            revocation_endpoint=f"{root}/oauth/revoke",
+            default_scope="openid profile offline_access",
+            device_params={"audience": audience} if audience else {},
+        )
+
+    @classmethod
+    def okta(cls, issuer: str) -> Provider:
+        """Okta: the org authorization server (``https://{domain}``) or a custom one
+        (``https://{domain}/oauth2/{id}``, e.g. ``/oauth2/default``), discovered.
+
+        Create an OIDC Native Application with the "Device Authorization" (and "Refresh Token")
+        grant types, and on a custom authorization server allow "Device Authorization" in the
+        access policy rule. Pass ``issuer`` exactly as the authorization server's metadata
+        names it: with a custom domain the issuer is the Okta URL or the custom URL depending
+        on the server's "Issuer" setting, and a mismatch is refused. The scope defaults to
+        ``openid profile offline_access``.
+        """
+        return cls(
+            name="okta",
+            issuer=_https(issuer, "issuer"),
+            default_scope="openid profile offline_access",
+        )
+
+    @classmethod
+    def keycloak(cls, base_url: str, realm: str) -> Provider:
+        """Keycloak realm ``realm`` at ``base_url`` (issuer ``{base_url}/realms/{realm}``).
+
+        The client needs "OAuth 2.0 Device Authorization Grant" ticked in its capability
+        config; a public client ("Client authentication" off) needs no secret. Keycloak before
+        version 17 serves below ``/auth``: include it in ``base_url``. Whether refresh tokens
+        rotate is the realm's "Revoke Refresh Token" setting. The scope defaults to ``openid``.
+        """
+        root = _https(base_url, "base_url").rstrip("/")
+        return cls(
+            name="keycloak",
+            issuer=f"{root}/realms/{_segment(realm, 'realm')}",
+            default_scope="openid",
+        )
+
+    @classmethod
+    def aws_sso(cls, region: str, start_url: str, *, base_url: str | None = None) -> Provider:
+        """AWS IAM Identity Center (SSO OIDC) in ``region``, for the portal at ``start_url``.
+
+        Nothing is registered in a console: the client registers itself (RegisterClient) on
+        first use, names itself with the ``client_id`` given to DeviceFlowClient (e.g. your
+        tool's name), keeps the registration in its store and renews it before it expires.
+        The scope (default ``sso:account:access``, which brings refresh tokens) is registered
+        then. Requests are JSON with camelCase names. ``base_url`` overrides
+        ``https://oidc.{region}.amazonaws.com`` (other partitions, tests).
+        """
+        region = region.strip()
+        if not _AWS_REGION.fullmatch(region):
+            raise ValueError(f"{region!r} is not an AWS region name such as 'us-east-1'")
+        require_secure_url(start_url, "start_url")
+        root = _https(base_url or f"https://oidc.{region}.amazonaws.com", "base_url").rstrip("/")
+        return cls(
+            name="aws_sso",
+            device_authorization_endpoint=f"{root}/device_authorization",
+            token_endpoint=f"{root}/token",
+            dialect=AWS_SSO,
+            default_scope="sso:account:access",
+            device_params={"startUrl": start_url},
+            registration=ClientRegistration(
+                endpoint=f"{root}/client/register",
+                params={"clientType": "public"},
+                name_param="clientName",
+                scope_param="scopes",
+            ),
+        )
 
 
 async def fetch_metadata(

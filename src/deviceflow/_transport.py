@@ -157,7 +157,7 @@ class AiohttpTransport:
         kwargs: dict[str, Any] = {}
         if request.method == "POST":
             if self._dialect.request_format == "json":
-                kwargs["json"] = params
+                kwargs["json"] = self._dialect.json_body(params)
             else:
                 # The bytes aiohttp's FormData would send for this dict, without building a
                 # FormData (and its multipart writer) for every request.
