@@ -11,9 +11,20 @@ import attrs
 __all__ = ["ENDPOINTS", "Endpoint", "Fault", "FaultList"]
 
 #: Names of the server's endpoints, as used by :class:`Fault` and ``RecordedRequest.endpoint``.
-Endpoint = Literal["discovery", "device", "token", "revoke", "resource", "verification", "unknown"]
+Endpoint = Literal[
+    "discovery", "registration", "device", "token", "revoke", "resource", "verification", "unknown"
+]
 ENDPOINTS: frozenset[str] = frozenset(
-    {"discovery", "device", "token", "revoke", "resource", "verification", "unknown"}
+    {
+        "discovery",
+        "registration",
+        "device",
+        "token",
+        "revoke",
+        "resource",
+        "verification",
+        "unknown",
+    }
 )
 
 
@@ -47,8 +58,9 @@ class Fault:
     With ``status=None`` and no ``drop`` the request is then handled normally, so
     ``Fault(endpoint="token", status=None, delay=2.0)`` is a slow server.
 
-    ``endpoint`` is one of ``"discovery"``, ``"device"``, ``"token"``, ``"revoke"``,
-    ``"resource"``, ``"verification"``, ``"unknown"`` (any other path) or ``"*"`` (all).
+    ``endpoint`` is one of ``"discovery"``, ``"registration"``, ``"device"``, ``"token"``,
+    ``"revoke"``, ``"resource"``, ``"verification"``, ``"unknown"`` (any other path) or ``"*"``
+    (all).
     ``times=None`` keeps the fault until it is removed with ``server.faults.clear()``.
 
     Examples::

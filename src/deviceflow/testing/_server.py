@@ -63,13 +63,22 @@ class _Unset(enum.Enum):
 _Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 
 
+@attrs.frozen(kw_only=True)
+class _Registration:
+    """A client registered at the profile's registration endpoint (RFC 7591, AWS)."""
+
+    secret: str = attrs.field(repr=False)
+    scope: Scope | None
+    expires_at: float  # monotonic
+
+
 @attrs.define(kw_only=True)
 class RecordedRequest:
     """One request the server received, in ``server.requests``.
 
     - ``at``: the server clock's monotonic time when the request arrived.
-    - ``endpoint``: ``"discovery"``, ``"device"``, ``"token"``, ``"revoke"``, ``"resource"``,
-      ``"verification"`` or ``"unknown"``.
+    - ``endpoint``: ``"discovery"``, ``"registration"``, ``"device"``, ``"token"``,
+      ``"revoke"``, ``"resource"``, ``"verification"`` or ``"unknown"``.
     - ``form``: the body's parameters (form-encoded, or JSON for a ``request_format="json"``
       profile) under their RFC names; empty for a body that could not be parsed.
     - ``query``: the query string's parameters.
@@ -178,6 +187,7 @@ class AuthorizationServer:
         self._issuer_path = issuer_path
         self._interval_as_string = interval_as_string
         self._clients = dict(clients) if clients is not None else None
+        self._registered: dict[str, _Registration] = {}
         self._scopes_supported = list(scopes_supported) if scopes_supported is not None else None
         self._metadata_overrides = dict(metadata_overrides or {})
         self._state = AuthorizationState(expired_token_once=profile.expired_token_once)
@@ -284,6 +294,12 @@ class AuthorizationServer:
         return self._bound_port
 
     @property
+    def registration_endpoint(self) -> str | None:
+        """URL of the client registration endpoint, when the profile has one (AWS)."""
+        path = self._profile.registration_path
+        return None if path is None else self.issuer + path
+
+    @property
     def device_authorization_endpoint(self) -> str:
         """URL of the device authorization endpoint (RFC 8628 3.1)."""
         return self.issuer + self._profile.device_authorization_path
@@ -325,8 +341,13 @@ class AuthorizationServer:
         if self._state.issue_refresh_tokens:
             grant_types.append(REFRESH_TOKEN_GRANT)
         auth_methods = ["none", "client_secret_post", "client_secret_basic"]
+        template = self._profile.metadata_issuer
         document: dict[str, Any] = {
-            "issuer": self.issuer,
+            "issuer": (
+                self.issuer
+                if template is None
+                else template.format(base=self._started_base(), issuer=self.issuer)
+            ),
             "device_authorization_endpoint": self.device_authorization_endpoint,
             "token_endpoint": self.token_endpoint,
             "revocation_endpoint": self.revocation_endpoint,
@@ -337,6 +358,8 @@ class AuthorizationServer:
         }
         if self._scopes_supported is not None:
             document["scopes_supported"] = list(self._scopes_supported)
+        if self.registration_endpoint is not None:
+            document["registration_endpoint"] = self.registration_endpoint
         for key, value in self._metadata_overrides.items():
             if value is None:
                 document.pop(key, None)
@@ -411,6 +434,13 @@ class AuthorizationServer:
         """Make a code expire now: the client's next poll gets ``expired_token``."""
         code = self._find(user_code)
         code.expires_at = min(code.expires_at, self._clock.monotonic())
+
+    def slow_down(self, user_code: str) -> None:
+        """Answer the code's next poll with ``slow_down``, as a busy server would.
+
+        The code's interval grows by 5 s (RFC 8628 3.5), so later polls must keep to it.
+        """
+        self._find(user_code).slow_down_next = True
 
     def pending_codes(self) -> list[str]:
         """User codes waiting for the user's decision, oldest first."""
@@ -495,6 +525,10 @@ class AuthorizationServer:
                     self._discovery,
                 ),
             ]
+        if profile.registration_path is not None:
+            routes.append(
+                ("POST", prefix + profile.registration_path, "registration", self._register)
+            )
         routes += [
             ("POST", prefix + profile.device_authorization_path, "device", self._device),
             ("POST", prefix + profile.token_path, "token", self._token),
@@ -597,8 +631,15 @@ class AuthorizationServer:
                 )
             pairs = _form_pairs(body)
         params: dict[str, str] = {}
-        rename = {v: k for k, v in self._profile.request_field_names.items()} if api else {}
+        names = self._profile.request_field_names if api else {}
+        rename = {v: k for k, v in names.items()}
         for key, value in pairs:
+            if key in names and key not in rename:
+                # The provider has its own name for this parameter (AWS: clientId): the RFC's
+                # is unknown to it.
+                raise OAuthFailure(
+                    "invalid_request", f"unknown parameter {key!r}; use {names[key]!r}"
+                )
             name = rename.get(key, key)
             if name in params:
                 # RFC 6749 3.1: parameters MUST NOT be included more than once.
@@ -627,9 +668,22 @@ class AuthorizationServer:
             raise OAuthFailure("invalid_request", "client_id is missing")
         else:
             client_id, secret = form_id, form_secret
-        if self._clients is None:
+        registration = self._registered.get(client_id)
+        if registration is not None:
+            if secret is None or not hmac.compare_digest(
+                secret.encode(), registration.secret.encode()
+            ):
+                raise OAuthFailure(
+                    "invalid_client",
+                    "client authentication failed",
+                    basic_auth_attempted=basic is not None,
+                )
+            if self._clock.monotonic() >= registration.expires_at:
+                raise OAuthFailure("invalid_client", "the client registration has expired")
             return client_id
-        if client_id not in self._clients:
+        if self._clients is None and self._profile.registration_path is None:
+            return client_id
+        if self._clients is None or client_id not in self._clients:
             raise OAuthFailure(
                 "invalid_client", "unknown client", basic_auth_attempted=basic is not None
             )
@@ -644,10 +698,17 @@ class AuthorizationServer:
             )
         return client_id
 
+    @staticmethod
+    def _secret_presented(request: web.Request, params: Mapping[str, str]) -> bool:
+        header = request.headers.get("Authorization", "").strip().lower()
+        return params.get("client_secret") is not None or header.startswith("basic ")
+
     def _parse_scope(self, value: str | None) -> Scope | None:
         if value is None:
             return None
-        scope = tuple(part for part in value.split(self._profile.scope_separator) if part)
+        profile = self._profile
+        separator = profile.request_scope_separator or profile.scope_separator
+        scope = tuple(part for part in value.split(separator) if part)
         if not scope:
             return None
         for token in scope:
@@ -704,8 +765,13 @@ class AuthorizationServer:
         self, request: web.Request, failure: OAuthFailure, *, status: int | None = None
     ) -> web.Response:
         profile = self._profile
+        code = failure.error
+        if failure.grant_type == REFRESH_TOKEN_GRANT and code in profile.refresh_error_aliases:
+            code = profile.refresh_error_aliases[code]
+        else:
+            code = profile.error_aliases.get(code, code)
         payload: dict[str, Any] = {
-            "error": profile.error_aliases.get(failure.error, failure.error),
+            "error": code,
             "error_description": failure.description,
         }
         if failure.interval is not None and profile.slow_down_includes_interval:
@@ -769,6 +835,9 @@ class AuthorizationServer:
         # RFC 8628 3.1 and 3.2.
         client_id = self._authenticate(request, params)
         scope = self._parse_scope(params.get("scope"))
+        registration = self._registered.get(client_id)
+        if scope is None and registration is not None:
+            scope = registration.scope  # AWS: the scopes were given at registration
         code = self._state.issue_code(client_id=client_id, scope=scope, now=self._clock.monotonic())
         self._queue().put_nowait(code.user_code)
         profile = self._profile
@@ -794,8 +863,33 @@ class AuthorizationServer:
             )
         return self._answer(request, payload)
 
+    async def _register(self, request: web.Request, params: dict[str, str]) -> web.Response:
+        # RFC 7591 3 (AWS SSO OIDC RegisterClient): a public client registers itself and gets
+        # credentials to authenticate with, client_secret_post, until they expire.
+        if not params.get("client_name"):
+            raise OAuthFailure("invalid_client_metadata", "client_name is missing")
+        if params.get("client_type", "public") != "public":
+            raise OAuthFailure("invalid_client_metadata", "only public clients are supported")
+        scope = self._parse_scope(params.get("scope"))
+        lifetime = self._profile.registration_lifetime
+        client_id, secret = "reg_" + secrets.token_urlsafe(16), secrets.token_urlsafe(32)
+        self._registered[client_id] = _Registration(
+            secret=secret, scope=scope, expires_at=self._clock.monotonic() + lifetime
+        )
+        issued_at = int(self._clock.wall().timestamp())
+        payload = {
+            "client_id": client_id,
+            "client_secret": secret,
+            "client_id_issued_at": issued_at,
+            "client_secret_expires_at": issued_at + lifetime,
+        }
+        return self._answer(request, payload)
+
     async def _token(self, request: web.Request, params: dict[str, str]) -> web.Response:
         client_id = self._authenticate(request, params)
+        if self._profile.client_secret_required and not self._secret_presented(request, params):
+            # Google's answer to a token request without the client secret.
+            raise OAuthFailure("invalid_request", "client_secret is missing.")
         grant_type = params.get("grant_type")
         now = self._clock.monotonic()
         if grant_type is None:
@@ -811,12 +905,16 @@ class AuthorizationServer:
             refresh_token = params.get("refresh_token")
             if refresh_token is None:
                 raise OAuthFailure("invalid_request", "refresh_token is missing")
-            issued = self._state.refresh(
-                refresh_token=refresh_token,
-                client_id=client_id,
-                scope=self._parse_scope(params.get("scope")),
-                now=now,
-            )
+            try:
+                issued = self._state.refresh(
+                    refresh_token=refresh_token,
+                    client_id=client_id,
+                    scope=self._parse_scope(params.get("scope")),
+                    now=now,
+                )
+            except OAuthFailure as failure:
+                failure.grant_type = REFRESH_TOKEN_GRANT
+                raise
         else:
             raise OAuthFailure("unsupported_grant_type", "grant_type is not supported")
         return self._answer(request, self._token_payload(issued))

@@ -62,6 +62,7 @@ class OAuthFailure(Exception):
         self.description = description
         self.interval = interval  # for slow_down answers that carry the new interval
         self.basic_auth_attempted = basic_auth_attempted
+        self.grant_type: str | None = None  # set for refresh_token answers (profile aliases)
 
 
 def normalize_user_code(user_code: str) -> str:
@@ -152,6 +153,7 @@ class DeviceAuthorization:
     polls: int = 0
     last_poll: float | None = None
     expired_answered: bool = False
+    slow_down_next: bool = False
     grant: Grant | None = None
 
     def expired_at(self, now: float) -> bool:
@@ -263,18 +265,15 @@ class AuthorizationState:
             raise OAuthFailure("expired_token", "the device code has expired")
         if code.status == "denied":
             raise OAuthFailure("access_denied", "the user denied the request")
-        if (
-            self.enforce_interval
-            and last is not None
-            and now - last + POLL_TOLERANCE < code.interval
-        ):
+        too_soon = last is not None and now - last + POLL_TOLERANCE < code.interval
+        if code.slow_down_next or (self.enforce_interval and too_soon):
+            code.slow_down_next = False
             # RFC 8628 3.5: too fast; the interval grows by 5 s for this and all later polls.
             code.interval += SLOW_DOWN_STEP
             self.stats.slow_downs += 1
+            waited = "" if last is None else f"polled {now - last:.3f} s after the last poll; "
             raise OAuthFailure(
-                "slow_down",
-                f"polled {now - last:.3f} s after the last poll; wait {code.interval} s",
-                interval=code.interval,
+                "slow_down", f"{waited}wait {code.interval} s", interval=code.interval
             )
         if code.status == "pending":
             if self.auto_approve_after is not None and code.polls >= self.auto_approve_after:
