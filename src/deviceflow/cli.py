@@ -273,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(handler(args, console))
     except KeyboardInterrupt:
-        print("\ndeviceflow: interrupted; nothing was stored", file=sys.stderr, flush=True)
+        # A flow interrupted while polling has stored nothing: the token is written on success.
+        note = "; nothing was stored" if args.command == "login" else ""
+        print(f"\ndeviceflow: interrupted{note}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except (DeviceFlowError, CliError) as exc:
         if debug:
@@ -284,6 +286,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`deviceflow token | head -c0`): say nothing more on stdout.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except Exception as exc:  # a bug, or an error no layer translated: still one line
+        if debug:
+            traceback.print_exc()
+        text = " ".join(str(exc).split())
+        print(
+            f"deviceflow: error: unexpected {type(exc).__name__}: {text}. Hint: run again with "
+            "--debug for the details, and report it if it looks like a bug.",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_ERROR
 
 
