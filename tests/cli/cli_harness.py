@@ -131,6 +131,7 @@ class Cli:
             PYTHONWARNINGS="error",
         )
         self.env = env
+        self.logins: list[subprocess.CompletedProcess[str]] = []  # set by the signed_in fixture
 
     def server_args(self, client_id: str = "cli-test") -> list[str]:
         """The options that name the test server and the client."""

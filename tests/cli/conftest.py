@@ -33,4 +33,5 @@ def signed_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, S
             shared, running, [([*shared.server_args(), "--account", "ci"], None), (bob, None)]
         )
         assert [0, 0] == [r.returncode for r in results], [r.stderr for r in results]
+        shared.logins = results
         yield shared, running

@@ -21,15 +21,18 @@ with urllib.request.urlopen(request, timeout=10) as response:
 """
 
 
-def test_piped_login_keeps_stdout_empty_and_talks_on_stderr(cli: Cli, server: ServerThread) -> None:
+def test_piped_login_keeps_stdout_empty_and_talks_on_stderr(
+    signed_in: tuple[Cli, ServerThread],
+) -> None:
     """Login with stdout piped prints nothing there; stderr has the code and link, plainly."""
-    result = login_approved(cli, server, *cli.server_args())
+    cli, server = signed_in
+    result = next(r for r in cli.logins if "account 'ci'" in r.stderr)
     assert (0, "") == (result.returncode, result.stdout)
     assert "enter the code" in result.stderr
     assert f"{server.issuer}/device" in result.stderr
     assert "\x1b" not in result.stderr  # no colour, no countdown when not on a terminal
     assert "█" not in result.stderr  # no QR code
-    assert "signed in account 'default'" in result.stderr
+    assert "signed in account 'ci'" in result.stderr
 
 
 def test_token_prints_only_a_valid_token(signed_in: tuple[Cli, ServerThread]) -> None:
@@ -121,13 +124,13 @@ def test_expired_code_exits_4(cli: Cli, server: ServerThread) -> None:
 
 
 def test_ctrl_c_while_polling_exits_130_and_leaves_the_store_alone(
-    cli: Cli, server: ServerThread
+    signed_in: tuple[Cli, ServerThread],
 ) -> None:
     """SIGINT during polling exits 130 at once, and the stored token is left as it was."""
-    assert 0 == login_approved(cli, server, *cli.server_args()).returncode
+    cli, server = signed_in
     before = cli.snapshot()
 
-    process = cli.popen("login", "--no-browser", *cli.server_args())
+    process = cli.popen("login", "--no-browser", "--account", "ci")
     server.wait_for_code()
     polls = len(server.requests("token"))
     deadline = time.monotonic() + 10

@@ -7,10 +7,19 @@ import json
 import re
 import stat
 from pathlib import Path
+from typing import Protocol
 
+import pytest
 from cli_harness import BOB_SCOPE, Cli, ServerThread, login_approved
 
-from deviceflow.stores import EncryptedFileStore, generate_key
+from deviceflow.stores import EncryptedFileStore, KeySet, generate_key
+
+
+class _Redis(Protocol):
+    """What the tests need of the ``redis_server`` fixture (tests/_redis.py)."""
+
+    @property
+    def url(self) -> str: ...
 
 
 def _stored_secrets(cli: Cli) -> list[str]:
@@ -113,18 +122,30 @@ def test_key_file_is_created_on_first_use_with_a_note(cli: Cli, server: ServerTh
 
 
 def test_keygen_prints_or_writes_a_private_key_file(cli: Cli) -> None:
-    """keygen prints a key; -o writes a 0600 file the store accepts, and never overwrites it."""
+    """keygen prints a key; -o writes a new 0600 key file the store reads, never overwriting."""
     path = cli.home / "keys" / "store.key"
     printed, written = cli.run_many(["keygen"], ["keygen", "--output", str(path)])
     content = path.read_text()
-    again, status = cli.run_many(
-        ["keygen", "--output", str(path)],
-        ["status", "--key-file", str(path)],
-    )
+    again = cli.run("keygen", "--output", str(path))
 
     assert (0, 44, "") == (printed.returncode, len(printed.stdout.strip()), printed.stderr)
     assert (0, "", 0o600) == (written.returncode, written.stdout, stat.S_IMODE(path.stat().st_mode))
     assert "wrote a new store key" in written.stderr
     assert (1, content) == (again.returncode, path.read_text())
     assert "already exists" in again.stderr
-    assert (0, "") == (status.returncode, status.stderr)
+    assert printed.stdout.strip() not in content
+    KeySet.from_file(path)  # what --key-file and DEVICEFLOW_KEY_FILE read: no error
+
+
+@pytest.mark.redis
+def test_login_and_status_with_a_redis_store(
+    cli: Cli, server: ServerThread, redis_server: _Redis
+) -> None:
+    """--store redis://... keeps the token and the account index in Redis."""
+    store = {"DEVICEFLOW_STORE": redis_server.url}
+    login = login_approved(cli, server, *cli.server_args(), "--account", "in-redis", env=store)
+    token, status = cli.run_many(["token", "--account", "in-redis"], ["status"], env=store)
+    assert (0, 0, 0) == (login.returncode, token.returncode, status.returncode)
+    assert server.is_valid(token.stdout.strip())
+    assert ["in-redis", server.issuer, "cli-test"] == status.stdout.splitlines()[1].split()[:3]
+    assert {} == cli.snapshot()  # nothing was written to the file store
