@@ -197,7 +197,9 @@ def _client(target: Target, store: TokenStore) -> DeviceFlowClient:
             store=store,
         )
     except ValueError as exc:
-        raise CliError(str(exc), hint="give --client-secret or DEVICEFLOW_CLIENT_SECRET") from None
+        needs_secret = target.provider.requires_client_secret and target.client_secret is None
+        hint = "give --client-secret or DEVICEFLOW_CLIENT_SECRET" if needs_secret else None
+        raise CliError(str(exc), hint=hint) from None
 
 
 def _expiry(token: Token, now: datetime | None = None) -> str:
