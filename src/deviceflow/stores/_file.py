@@ -85,20 +85,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _replace(source: Path, target: Path) -> None:
+def _patiently(operation: Callable[..., None], *paths: Path) -> None:
+    """Run a rename or unlink; on Windows, retry while another process has the file open."""
     if os.name != "nt":
-        os.replace(source, target)
+        operation(*paths)
         return
-    # Windows refuses to replace a file another process has open (a reader, an antivirus):
+    # Windows refuses to replace or delete a file that a reader or an antivirus has open:
     # such holds are brief, so retry for a while.
     for _ in range(100):  # pragma: no cover - Windows only
         try:
-            os.replace(source, target)
+            operation(*paths)
         except PermissionError:
             time.sleep(0.01)
         else:
             return
-    os.replace(source, target)  # pragma: no cover - Windows only
+    operation(*paths)  # pragma: no cover - Windows only
 
 
 def _write_file(path: Path, temp: Path, data: bytes) -> None:
@@ -107,7 +108,7 @@ def _write_file(path: Path, temp: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    _replace(temp, path)
+    _patiently(os.replace, temp, path)
     _fsync_dir(path.parent)
 
 
@@ -192,6 +193,7 @@ class EncryptedFileStore:
         self._namespace = namespace
         self._lock_timeout = lock_timeout
         self._sealer: Sealer | None = None
+        self._setup_lock = anyio.Lock()
         self._shards: set[str] = set()
         self._writers = KeyedLocks()
         self._leases = LocalLeases()
@@ -208,11 +210,13 @@ class EncryptedFileStore:
 
     async def _ready(self) -> Sealer:
         if self._sealer is None:
-            self._sealer = await self._run(self._setup)
+            async with self._setup_lock:  # the first callers wait for one set-up
+                if self._sealer is None:
+                    self._sealer = await self._run(self._setup)
         return self._sealer
 
     def _setup(self) -> Sealer:
-        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._root.parent.mkdir(parents=True, exist_ok=True)
         _private_dir(self._root)
         params = self._kdf_params() if self._keys.needs_kdf else None
         return Sealer(self._keys.resolve(params), self._namespace)
@@ -226,9 +230,9 @@ class EncryptedFileStore:
                 _write_file(path, self._root / "kdf.json.tmp", stored)
         return KdfParams.from_json(stored)
 
-    def _folder(self, rid: str) -> Path:
+    def _folder(self, rid: str, *, create: bool = True) -> Path:
         folder = self._root / rid[:2]
-        if rid[:2] not in self._shards:
+        if create and rid[:2] not in self._shards:
             if _private_dir(folder):
                 _fsync_dir(self._root)
             self._shards.add(rid[:2])
@@ -237,8 +241,6 @@ class EncryptedFileStore:
     async def _run(self, func: Callable[..., _T], *args: object) -> _T:
         try:
             return await anyio.to_thread.run_sync(func, *args)
-        except (filelock.Timeout, StoreError):
-            raise
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise StoreError(f"file store {str(self._root)!r}: {reason}") from exc
@@ -247,19 +249,19 @@ class EncryptedFileStore:
 
     def _load(self, sealer: Sealer, rid: str, key: str) -> tuple[Record | None, bool]:
         """The live record of ``key`` (None if absent or expired), and whether a file exists."""
-        data = _read_file(self._folder(rid) / f"{rid}.tok")
+        data = _read_file(self._folder(rid, create=False) / f"{rid}.tok")
         if data is None:
             return None, False
         record = sealer.open(rid, data, name=repr(key))
         return (None if record.expired(time.time()) else record), True
 
-    def _write_locked(self, rid: str, action: Callable[[], _T]) -> _T:
+    def _write_locked(self, rid: str, name: str, action: Callable[[], _T]) -> _T:
         lock = _new_filelock(self._folder(rid) / f"{rid}.wlock")
         try:
             lock.acquire(timeout=self._lock_timeout)
         except filelock.Timeout:
             raise LockTimeoutError(
-                f"another process held the write lock of record {rid} "
+                f"another process held the write lock of {name} "
                 f"for more than {self._lock_timeout} s"
             ) from None
         try:
@@ -296,7 +298,7 @@ class EncryptedFileStore:
             self._store(rid, sealer.seal(rid, Record(version, expires, value)))
             return version
 
-        return self._write_locked(rid, compare_and_set)
+        return self._write_locked(rid, repr(key), compare_and_set)
 
     def _delete_sync(self, sealer: Sealer, rid: str, key: str, expected: int | None) -> bool:
         def compare_and_delete() -> bool:
@@ -314,11 +316,11 @@ class EncryptedFileStore:
                     )
             if exists:  # an expired record goes too
                 folder = self._folder(rid)
-                os.unlink(folder / f"{rid}.tok")
+                _patiently(os.unlink, folder / f"{rid}.tok")
                 _fsync_dir(folder)
             return live
 
-        return self._write_locked(rid, compare_and_delete)
+        return self._write_locked(rid, repr(key), compare_and_delete)
 
     # -- TokenStore ----------------------------------------------------------------------------
 
@@ -433,7 +435,7 @@ class EncryptedFileStore:
             self._store(rid, sealer.seal(rid, sealer.open(rid, data, name=f"record {rid}")))
             return True
 
-        return self._write_locked(rid, reseal)
+        return self._write_locked(rid, f"record {rid}", reseal)
 
     async def aclose(self) -> None:
         """Nothing to release: every operation closes its files."""
