@@ -88,11 +88,16 @@ def _ping(port: int) -> bool:
 
 @attrs.define
 class RedisProcess:
-    """One redis-server on 127.0.0.1:``port``, run from ``workdir``."""
+    """One redis-server on 127.0.0.1:``port``, run from ``workdir``.
+
+    With ``sentinel_of`` (a master's port) it runs as a Redis Sentinel watching that master under
+    the name ``mymaster``.
+    """
 
     port: int
     workdir: Path
     extra: Sequence[str] = ()
+    sentinel_of: int | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,27 +105,43 @@ class RedisProcess:
         """The ``redis://`` URL of this server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _args(self, server: str) -> list[str]:
+        if self.sentinel_of is not None:
+            config = self.workdir / "sentinel.conf"
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"logfile {self.workdir / 'redis.log'}\n"
+                f"sentinel monitor mymaster 127.0.0.1 {self.sentinel_of} 1\n"
+            )
+            return [server, str(config), "--sentinel"]
+        args = [server, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        return [*args, "--logfile", str(self.workdir / "redis.log"), *self.extra]
+
     def start(self) -> None:
         """Start the server and wait until it answers PING."""
         server, _ = redis_binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [server, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        args += ["--logfile", str(self.workdir / "redis.log"), *self.extra]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # stderr to a file, not a pipe: nobody drains a pipe while the server runs.
+        with open(self.workdir / "stderr.log", "ab") as stderr:
+            self.process = subprocess.Popen(
+                self._args(server), stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + _START_TIMEOUT
         while not _ping(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
                 self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} did not start: {err}")
+                logs = [self.workdir / "stderr.log", self.workdir / "redis.log"]
+                tail = "".join(p.read_text(errors="replace")[-1000:] for p in logs if p.exists())
+                raise RuntimeError(f"redis-server on port {self.port} did not start: {tail}")
             time.sleep(0.02)
 
     def kill(self) -> None:
-        """SIGKILL the server (no shutdown, no save) and reap it."""
-        if self.process is not None and self.process.poll() is None:
+        """SIGKILL the server (no shutdown, no save) and reap it; start() brings it back."""
+        if self.process is not None:
             self.process.kill()
             self.process.wait()
+            self.process = None
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its socket but answers nothing."""
@@ -144,8 +165,6 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stderr:
-            self.process.stderr.close()
         self.process = None
 
 
