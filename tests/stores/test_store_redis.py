@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 
-from _redis import RedisClusterProcess, RedisProcess, open_redis_store
+from _redis import RedisClusterProcess, RedisProcess, free_port, open_redis_store
 from deviceflow.exceptions import DecryptionError, StoreError
 from deviceflow.stores import KeySet, Passphrase, RedisStore, Versioned, generate_key
 
@@ -275,3 +277,25 @@ async def test_frozen_redis_times_out_as_store_error(redis_factory: RedisFactory
                 await store.get("k")
         finally:
             server.resume()
+
+
+async def test_sentinel_managed_client(redis_factory: RedisFactory, tmp_path: Path) -> None:
+    """A client from Sentinel.master_for() works as the store's client."""
+    master = redis_factory()
+    sentinel = RedisProcess(free_port(), tmp_path / "sentinel", sentinel_of=master.port)
+    sentinel.start()
+    try:
+        sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)  # type: ignore[no-untyped-call]
+        client = sentinels.master_for("mymaster", socket_timeout=2)
+        store = RedisStore(client, key=generate_key())
+        await store.put("k", b"v", expected_version=None)
+        async with store.lock("k", ttl=5, wait=0):
+            assert Versioned(b"v", 1) == await store.get("k")
+        await client.aclose()
+        for connection in sentinels.sentinels:
+            await connection.aclose()
+    finally:
+        sentinel.stop()
+    raw = Redis.from_url(master.url)
+    assert 1 == len(await raw.keys("deviceflow:{*}"))  # the record landed on the master
+    await raw.aclose()
