@@ -108,8 +108,13 @@ class Passphrase:
     ``work_factor`` (scrypt's ``n``) applies when the salt is first created.
     """
 
-    secret: str = attrs.field(repr=False)
-    work_factor: int = 2**15
+    secret: str = attrs.field(repr=False, validator=attrs.validators.min_len(1))
+    work_factor: int = attrs.field(default=2**15)
+
+    @work_factor.validator
+    def _check_work_factor(self, _: attrs.Attribute[int], value: int) -> None:
+        if value < 2**10 or value & (value - 1):
+            raise ValueError("work_factor must be a power of two, at least 2**10")
 
     def derive(self, params: KdfParams) -> bytes:
         """The 32-byte key for ``params`` (salt and scrypt costs)."""

@@ -115,6 +115,13 @@ def test_passphrase_keys_depend_on_salt() -> None:
         sealer(Passphrase("wrong horse")).open("r", envelope, name="k")
 
 
+@pytest.mark.parametrize(("secret", "cost"), [("", 2**15), ("pw", 2**9), ("pw", 3 * 2**10)])
+def test_bad_passphrase_settings_are_refused(secret: str, cost: int) -> None:
+    """An empty passphrase, or a scrypt cost that is small or not a power of two, is refused."""
+    with pytest.raises(ValueError, match=r"secret|work_factor"):
+        Passphrase(secret, work_factor=cost)
+
+
 def test_passphrase_needs_kdf_params() -> None:
     """Resolving a passphrase without the store's salt is a programming error."""
     keys = KeySet(RAW, Passphrase("pw", work_factor=FAST))
