@@ -21,6 +21,7 @@ from deviceflow import (
     ReauthorizationRequiredError,
     Token,
 )
+from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -424,3 +425,39 @@ async def test_discovered_provider_and_client_secret_basic(virtual_clock: Virtua
         ) as client:
             with pytest.raises(InvalidClientError):
                 await client.get_token()
+
+
+async def test_client_secret_defaults_to_http_basic(virtual_clock: VirtualClock) -> None:
+    """RFC 6749 2.3.1: with a secret and no client_auth, credentials go in HTTP Basic."""
+    async with AuthorizationServer(
+        clock=virtual_clock, clients={"conf": "secret"}, auto_approve_after=0
+    ) as srv:
+        async with DeviceFlowClient(
+            Provider(issuer=srv.issuer),
+            client_id="conf",
+            client_secret="secret",
+            clock=virtual_clock,
+            on_code=lambda c, a: None,
+        ) as client:
+            await client.get_token()
+        posts = [r for r in srv.requests if r.method == "POST"]
+    assert posts
+    assert all(r.headers.get("Authorization", "").startswith("Basic ") for r in posts)
+    assert all("client_secret" not in r.form for r in posts)
+
+
+async def test_logout_deletes_even_when_discovery_fails(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """logout() removes the local token even when the provider cannot be reached."""
+    store = MemoryStore()
+    async with DeviceFlowClient(
+        Provider(issuer=server.issuer), client_id="cli", clock=virtual_clock, store=store
+    ) as client:
+        await client.save_token("a", Token(access_token="x"))
+    server.faults.add(Fault(endpoint="discovery", status=404, times=None))
+    async with DeviceFlowClient(
+        Provider(issuer=server.issuer), client_id="cli", clock=virtual_clock, store=store
+    ) as client:
+        assert False is await client.logout("a")
+        assert None is await store.get(client._key("a"))

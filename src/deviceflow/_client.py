@@ -45,6 +45,7 @@ from ._machine import (
     interpret_token_response,
 )
 from ._models import (
+    AuthMethod,
     DeviceCode,
     FlowEvent,
     FlowState,
@@ -53,9 +54,10 @@ from ._models import (
     Token,
 )
 from ._provider import Provider, fetch_metadata
-from ._transport import AiohttpTransport, AuthMethod, ClientAuth, Transport
+from ._transport import AiohttpTransport, ClientAuth, Transport
 from .exceptions import (
     ConflictError,
+    DecryptionError,
     DeviceFlowError,
     InvalidGrantError,
     ProtocolError,
@@ -93,8 +95,12 @@ class DeviceFlowClient:
 
     ::
 
-        async with DeviceFlowClient(provider, client_id="dvls", scope="openid offline_access",
-                                    on_code=show_code) as client:
+        async with DeviceFlowClient(
+            provider,
+            client_id="dvls",
+            scope="openid offline_access",
+            on_code=show_code,
+        ) as client:
             token = await client.get_token("tenant-42")
 
     ``on_code(code, account)`` (sync or async) is called when a person must approve a new device
@@ -147,7 +153,11 @@ class DeviceFlowClient:
         self.on_code = on_code
         self._clock = clock or SystemClock()
         self._transport: Transport = transport or AiohttpTransport(
-            auth=ClientAuth.choose(client_id, client_secret, client_auth),
+            auth=ClientAuth.choose(
+                client_id,
+                client_secret,
+                client_auth or (provider.client_auth if client_secret is not None else None),
+            ),
             dialect=provider.dialect,
             session=session,
             timeout=http_timeout,
@@ -232,15 +242,23 @@ class DeviceFlowClient:
         version = await self._write(key, account, token, current.version if current else None)
         self._remember(account, token, version, self._clock.wall())
 
-    async def logout(self, account: str = "default") -> bool:
+    async def logout(self, account: str = "default", *, force: bool = False) -> bool:
         """Revoke ``account``'s grant where the provider allows it (RFC 7009) and delete it.
 
         Returns True when the server confirmed the revocation. The local copy is deleted even
-        when revocation fails (the failure is logged).
+        when revocation fails (the failure is logged). A record that cannot be decrypted raises
+        DecryptionError and stays, unless ``force`` is true: then it is deleted unrevoked.
         """
         key = self._key(account)
         self._cache.pop(account, None)
-        current = await self.store.get(key)
+        try:
+            current = await self.store.get(key)
+        except DecryptionError:
+            if not force:
+                raise
+            log.warning("deleting account %r's undecryptable record without revoking it", account)
+            await self.store.delete(key)
+            return False
         revoked = False
         if current is not None:
             try:
@@ -478,7 +496,11 @@ class DeviceFlowClient:
                 delay = min(delay * 2, 5.0)
 
     async def _revoke(self, token: Token) -> bool:
-        metadata = await self._ensure_metadata()
+        try:
+            metadata = await self._ensure_metadata()
+        except DeviceFlowError as exc:
+            log.warning("cannot revoke: the provider's endpoints are unknown (%s)", exc)
+            return False
         if metadata.revocation_endpoint is None:
             return False
         if token.refresh_token:

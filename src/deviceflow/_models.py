@@ -13,6 +13,7 @@ import attrs
 from .exceptions import DeviceFlowError, ProtocolError
 
 __all__ = [
+    "AuthMethod",
     "ClientRegistration",
     "DeviceCode",
     "Dialect",
@@ -22,6 +23,10 @@ __all__ = [
     "RegisteredClient",
     "Token",
 ]
+
+
+#: How a client authenticates to the token endpoint (RFC 6749 2.3.1).
+AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
 
 
 class FlowState(enum.Enum):

@@ -20,7 +20,7 @@ from ._machine import (
     parse_metadata,
     require_secure_url,
 )
-from ._models import ClientRegistration, Dialect, ProviderMetadata
+from ._models import AuthMethod, ClientRegistration, Dialect, ProviderMetadata
 from .exceptions import DiscoveryError, ProtocolError, TransportError
 
 if TYPE_CHECKING:
@@ -121,6 +121,8 @@ class Provider:
     needs it. ``expected_issuer`` is the issuer the discovery document must name (by default
     ``issuer`` itself, OpenID Connect Discovery 4.3); ``check_issuer=False`` turns that check off.
     ``registration`` describes a client registration the provider needs first (AWS SSO OIDC).
+    ``client_auth`` is how a client with a secret authenticates when the client does not say
+    (default: HTTP Basic, as RFC 6749 2.3.1 recommends).
 
     Presets build the Provider of a known authorization server: :meth:`devolutions`,
     :meth:`entra`, :meth:`google`, :meth:`github`, :meth:`auth0`, :meth:`okta`,
@@ -139,6 +141,7 @@ class Provider:
     default_scope: str | None = None
     device_params: Mapping[str, str] = attrs.field(factory=dict)
     requires_client_secret: bool = False
+    client_auth: AuthMethod | None = None
     registration: ClientRegistration | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
@@ -305,6 +308,7 @@ class Provider:
             revocation_endpoint=f"{root}/revoke",
             default_scope="openid email profile",
             requires_client_secret=True,
+            client_auth="client_secret_post",  # what Google's device-flow guide documents
         )
 
     @classmethod

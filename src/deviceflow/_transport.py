@@ -12,13 +12,13 @@ import base64
 import logging
 import ssl
 import urllib.parse
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import attrs
 
 from ._machine import Request, RequestKind, Response, require_secure_url
-from ._models import Dialect
+from ._models import AuthMethod, Dialect
 from .exceptions import ProtocolError, TransportError
 
 __all__ = ["AiohttpTransport", "ClientAuth", "Transport"]
@@ -30,8 +30,6 @@ MAX_BODY = 1024 * 1024
 _CHUNK = 64 * 1024
 _VERSION = "0.1.0"
 _MAX_SECURE_URLS = 64
-
-AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
 
 
 class Transport(Protocol):
@@ -61,9 +59,13 @@ class ClientAuth:
     def choose(
         cls, client_id: str, client_secret: str | None, method: AuthMethod | None
     ) -> ClientAuth:
-        """``method=None`` picks client_secret_post with a secret and none without one."""
+        """``method=None`` picks client_secret_basic with a secret and none without one.
+
+        RFC 6749 2.3.1: credentials in the request body are NOT RECOMMENDED where HTTP Basic
+        can be used.
+        """
         if method is None:
-            method = "client_secret_post" if client_secret is not None else "none"
+            method = "client_secret_basic" if client_secret is not None else "none"
         if method != "none" and client_secret is None:
             raise ValueError(f"client authentication {method!r} needs a client_secret")
         return cls(client_id=client_id, client_secret=client_secret, method=method)
