@@ -263,7 +263,7 @@ class DeviceFlowClient:
         if current is not None:
             try:
                 token = self._decode(current.value)
-            except ProtocolError:
+            except StoreError:  # unreadable (not undecryptable): nothing to revoke, still delete
                 token = None
             if token is not None:
                 revoked = await self._revoke(token)
@@ -682,11 +682,10 @@ class DeviceFlowClient:
         except ProtocolError as exc:
             raise StoreError(str(exc)) from None
         obtained = record.get("obtained_at")
-        when = (
-            datetime.fromtimestamp(obtained, timezone.utc)
-            if isinstance(obtained, (int, float)) and math.isfinite(obtained)
-            else None
-        )
+        when = None
+        if isinstance(obtained, (int, float)) and math.isfinite(obtained):
+            with contextlib.suppress(OverflowError, OSError, ValueError):  # out of datetime's range
+                when = datetime.fromtimestamp(obtained, timezone.utc)
         return token, when
 
     def _decode(self, value: bytes) -> Token:

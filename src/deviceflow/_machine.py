@@ -554,7 +554,9 @@ def interpret_token_response(
         raise
     error = oauth_error(fields, dialect, response.status)
     if error is not None:
-        if error.error in _RETRYABLE_ERRORS:
+        # slow_down outside polling asks for the same as a 503: try again later (the refresh
+        # token was not used, so a retry is safe); as fatal it would surface to callers.
+        if error.error in _RETRYABLE_ERRORS or error.error == "slow_down":
             raise TransportError(f"the token endpoint is unavailable ({error})", retryable=True)
         raise error
     if is_retryable_status(response.status):
