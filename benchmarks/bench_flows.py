@@ -20,7 +20,7 @@ import asyncio
 import gc
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -36,7 +36,7 @@ POLL_MARGIN = 0.1  # deviceflow's default poll_margin, used by the bare loop as 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TARGET_CPU_RATIO = 1.5
 
-Contender = Callable[[ServerProcess, int], Awaitable[int]]
+Contender = Callable[[ServerProcess, int], Coroutine[Any, Any, int]]
 
 
 @attrs.frozen
