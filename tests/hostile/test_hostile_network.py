@@ -1,0 +1,281 @@
+"""Hostile behaviour on the wire: redirects, silence, TLS failures, endless slow_down."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from aioresponses import aioresponses
+from hostile_flows import (
+    BOUND,
+    ENDPOINTS,
+    PATHS,
+    expired_token,
+    explicit_provider,
+    final_error,
+    flow_events,
+    provoke,
+    typed_error,
+)
+from hostile_server import DISCOVERY, HostileServer, answer, hang, redirect, self_signed_context
+
+from deviceflow import (
+    DeviceFlowClient,
+    DeviceFlowError,
+    DiscoveryError,
+    ExpiredTokenError,
+    FlowState,
+    ProtocolError,
+    Provider,
+    TransportError,
+)
+from deviceflow._machine import Request, RequestKind
+from deviceflow._provider import fetch_metadata
+from deviceflow._transport import AiohttpTransport, ClientAuth
+from deviceflow.testing import VirtualClock
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirect_to_another_host_is_not_followed(
+    endpoint: str,
+    status: int,
+    hostile: HostileServer,
+    elsewhere: HostileServer,
+    make_client: Callable[..., DeviceFlowClient],
+) -> None:
+    """A redirect is an error, never followed: the other host gets no code, secret or token."""
+    path = PATHS[endpoint]
+    hostile.on(path, redirect(elsewhere.url + path, status=status))
+    error = await provoke(endpoint, hostile, make_client)
+    if endpoint != "revoke":
+        assert isinstance(error, (ProtocolError, DiscoveryError)), repr(error)
+    assert [] == elsewhere.requests
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+async def test_server_that_never_answers(
+    endpoint: str, hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """A server that accepts the request and never answers ends in TransportError, no hang."""
+    hostile.on("/device", answer(hostile.code(expires_in=30)))
+    hostile.on(PATHS[endpoint], hang())
+    start = time.monotonic()
+    error = await provoke(endpoint, hostile, lambda **kw: make_client(http_timeout=0.15, **kw))
+    if endpoint != "revoke":
+        assert isinstance(error, (TransportError, ExpiredTokenError, DiscoveryError)), repr(error)
+        assert "timed out" in str(error)
+    assert time.monotonic() - start < 3.0
+
+
+async def test_never_answering_refresh_ends_within_http_timeout(
+    hostile: HostileServer,
+) -> None:
+    """On the real clock, a refresh with all its retries ends within http_timeout."""
+    hostile.on("/token", hang())
+    client = DeviceFlowClient(
+        explicit_provider(hostile), client_id="c", http_timeout=0.5, lock_ttl=1.0
+    )
+    async with client:
+        await client.save_token("a", expired_token())
+        error, elapsed = await typed_error(client.get_token("a"))
+    assert isinstance(error, TransportError)
+    assert elapsed < 0.5 + 0.25
+
+
+async def test_never_answering_discovery_gives_up_after_its_attempts(
+    hostile: HostileServer,
+) -> None:
+    """Discovery (as Provider.discover runs it) against a silent server gives up, typed."""
+    hostile.on(DISCOVERY, hang())
+    clock = VirtualClock()
+    transport = AiohttpTransport(auth=ClientAuth(client_id=""), timeout=0.2)
+    try:
+        call = fetch_metadata(transport, Provider(issuer=hostile.url), clock=clock, attempts=3)
+        error, elapsed = await typed_error(call)
+    finally:
+        await transport.aclose()
+    assert isinstance(error, DiscoveryError)
+    assert "timed out" in str(error)
+    assert 3 == hostile.count(DISCOVERY)
+    assert elapsed < 3 * 0.2 + 1.0
+    assert 1000.0 + 1.0 + 2.0 == clock.monotonic()  # two backoff sleeps, virtual
+
+
+async def test_get_token_timeout_bounds_a_silent_server(
+    hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """get_token(timeout=) is a hard bound whatever the server does (TimeoutError, not a hang)."""
+    hostile.on("/device", hang())
+    client = make_client(provider=explicit_provider(hostile), http_timeout=30.0, lock_ttl=60.0)
+    async with client:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await client.get_token(timeout=0.3)
+        assert time.monotonic() - start < 2.0
+
+
+async def test_endless_slow_down_ends_when_the_code_expires(
+    hostile: HostileServer,
+    make_client: Callable[..., DeviceFlowClient],
+    virtual_clock: VirtualClock,
+) -> None:
+    """Every poll answered slow_down: the interval grows by 5 s each time, then EXPIRED."""
+    polls: list[float] = []
+    slow = answer({"error": "slow_down"}, status=400)
+
+    async def token(request: Any) -> Any:
+        polls.append(virtual_clock.monotonic())
+        return await slow(request)
+
+    hostile.on("/token", token)
+    start = virtual_clock.monotonic()
+    async with make_client(provider=explicit_provider(hostile)) as client:
+        events = await flow_events(client)
+    error = final_error(events)
+    assert isinstance(error, ExpiredTokenError)
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(polls)]
+    assert [10.1 + 5 * i for i in range(len(gaps))] == gaps  # 5 s more after every slow_down
+    assert virtual_clock.monotonic() - start <= 600  # never past the code's expires_in
+    assert [5.0 * i for i in range(2, len(gaps) + 3)] == sorted(
+        {e.interval for e in events if e.interval is not None} - {5.0}
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["discovery", "device", "token"])
+async def test_endless_retry_after_is_bounded(
+    endpoint: str,
+    hostile: HostileServer,
+    make_client: Callable[..., DeviceFlowClient],
+    virtual_clock: VirtualClock,
+) -> None:
+    """503 with a Retry-After of a billion seconds, or a date in 9999, ends at once."""
+    for retry_after in ("1000000000", "Fri, 31 Dec 9999 23:59:59 GMT"):
+        hostile.on(
+            PATHS[endpoint], answer(b"busy", status=503, headers={"Retry-After": retry_after})
+        )
+        start = virtual_clock.monotonic()
+        error = await provoke(endpoint, hostile, make_client)
+        assert isinstance(error, (TransportError, ExpiredTokenError)), repr(error)
+        assert virtual_clock.monotonic() - start <= 600
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[HostileServer]:
+    async with HostileServer(ssl_context=self_signed_context(tmp_path)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+async def test_self_signed_certificate_is_refused_at_once(
+    endpoint: str,
+    tls_server: HostileServer,
+    virtual_clock: VirtualClock,
+) -> None:
+    """An https endpoint whose certificate does not verify: TransportError, not retried."""
+
+    def make(**kwargs: Any) -> DeviceFlowClient:
+        provider = kwargs.pop("provider", None) or Provider(issuer=tls_server.url)
+        return DeviceFlowClient(provider, client_id="c", clock=virtual_clock, **kwargs)
+
+    start = virtual_clock.monotonic()
+    error = await provoke(endpoint, tls_server, make)
+    if endpoint != "revoke":
+        assert isinstance(error, TransportError), repr(error)
+        assert error.retryable is False
+        assert virtual_clock.monotonic() == start  # no backoff: a retry would not help
+    assert [] == tls_server.requests  # the handshake failed: no request was ever sent
+
+
+async def test_self_signed_certificate_refused_by_discover(tls_server: HostileServer) -> None:
+    """Provider.discover() fails fast, typed, on a certificate that does not verify."""
+    error, elapsed = await typed_error(Provider.discover(tls_server.url))
+    assert isinstance(error, TransportError)
+    assert error.retryable is False
+    assert elapsed < 2.0
+
+
+async def test_trusted_certificate_works(tls_server: HostileServer, tmp_path: Path) -> None:
+    """Control: the same server with its certificate trusted answers, so the refusal was TLS."""
+    context = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        provider = await Provider.discover(tls_server.url, session=session)
+    assert tls_server.url + "/token" == provider.token_endpoint
+
+
+async def test_https_to_a_plain_http_port_is_refused(hostile: HostileServer) -> None:
+    """Speaking TLS to a server that does not is a typed error, without retry storms."""
+    url = hostile.url.replace("http://", "https://")
+    error, elapsed = await typed_error(Provider.discover(url, timeout=1.0))
+    assert isinstance(error, (TransportError, DiscoveryError))
+    assert elapsed < 5.0
+
+
+# --- failures a real server cannot easily produce (aioresponses) ---------------------------------
+
+
+ODD_FAILURES: list[tuple[BaseException, bool]] = [
+    (aiohttp.ClientPayloadError("connection reset mid-body"), True),
+    (aiohttp.ServerDisconnectedError(), True),
+    (aiohttp.ClientOSError(104, "Connection reset by peer"), True),
+    (ConnectionResetError(104, "reset"), True),
+    (asyncio.TimeoutError(), True),
+    (aiohttp.ServerTimeoutError("read timeout"), True),
+    (ssl.SSLCertVerificationError(1, "certificate verify failed"), False),
+    (ssl.SSLError(1, "decryption failed or bad record mac"), False),
+    (aiohttp.InvalidURL("https://[bad"), False),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), True),
+    (ValueError("Invalid header value"), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("failure", "retryable"), ODD_FAILURES, ids=[type(f).__name__ for f, _ in ODD_FAILURES]
+)
+async def test_odd_transport_failures_are_typed(failure: BaseException, retryable: bool) -> None:
+    """Whatever aiohttp raises comes out as TransportError, retryable only when it may help."""
+    transport = AiohttpTransport(auth=ClientAuth(client_id="c"))
+    url = "https://idp.example/token"
+    try:
+        with aioresponses() as mocked:
+            mocked.post(url, exception=failure)
+            request = Request(kind=RequestKind.TOKEN, method="POST", url=url, params={"a": "b"})
+            with anyio.fail_after(BOUND):
+                with pytest.raises(DeviceFlowError) as caught:
+                    await transport.send(request)
+    finally:
+        await transport.aclose()
+    assert isinstance(caught.value, TransportError)
+    assert retryable == caught.value.retryable
+
+
+async def test_odd_failure_during_polling_ends_typed(
+    hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """A poll failing with mid-body resets until expiry ends EXPIRED, not with an exception."""
+    hostile.on("/device", answer(hostile.code(expires_in=60)))
+    provider = Provider(
+        device_authorization_endpoint=hostile.url + "/device",
+        token_endpoint="https://idp.example/token",
+    )
+    # aioresponses answers the token endpoint; the device endpoint is the real hostile server.
+    with aioresponses(passthrough=[hostile.url]) as mocked:
+        mocked.post(
+            "https://idp.example/token", exception=aiohttp.ClientPayloadError("reset"), repeat=True
+        )
+        async with make_client(provider=provider) as client:
+            events = await flow_events(client)
+    assert FlowState.EXPIRED == events[-1].state
+    assert isinstance(final_error(events), ExpiredTokenError)
+    assert "ClientPayloadError" in str(final_error(events))
