@@ -66,3 +66,27 @@ def bench(session: nox.Session) -> None:
     for script in session.posargs or sorted(os.listdir("benchmarks")):
         if script.startswith("bench_") and script.endswith(".py"):
             session.run("python", os.path.join("benchmarks", script))
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Fuzzing (not in the default run): 10,000 examples per endpoint, zero untyped exceptions."""
+    install(session, "tests")
+    session.run(
+        "pytest",
+        "-q",
+        "--hypothesis-show-statistics",
+        "tests/fuzz",
+        *session.posargs,
+        env={"DEVICEFLOW_FUZZ": "1"},
+    )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Soak (not a test): 1,000 accounts through expiry and refresh, with faults, for 10 min.
+
+    ``nox -s soak -- --duration 60`` for a short run; see benchmarks/soak.py for the options.
+    """
+    install(session)
+    session.run("python", "benchmarks/soak.py", *session.posargs)
