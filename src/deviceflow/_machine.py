@@ -204,8 +204,11 @@ def require_secure_url(url: object, what: str) -> str:
     """
     if not isinstance(url, str) or not url or len(url) > 4096:
         raise ProtocolError(f"{what} is not a usable URL")
-    if any(ord(c) < 0x21 or c == "\x7f" for c in url):
-        raise ProtocolError(f"{what} contains whitespace or control characters")
+    # Not printable: C0 and C1 controls, DEL, bidi and zero-width format characters, Unicode
+    # spaces. A link is shown to a person: an escape sequence or a right-to-left override in it
+    # could make the terminal show another link than the one opened.
+    if " " in url or not url.isprintable():
+        raise ProtocolError(f"{what} contains whitespace, control or format characters")
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     try:
@@ -219,6 +222,19 @@ def require_secure_url(url: object, what: str) -> str:
             f"{what} {url!r} is plain http; only https is allowed (http only for loopback hosts)"
         )
     return url
+
+
+def displayable(text: str) -> str:
+    """``text`` with every character that is not printable replaced (tabs and newlines by spaces).
+
+    For the server's free text that applications and the CLI show to people (``message``,
+    ``error_description``, ``error_uri``, ``scope``): escape sequences in it could rewrite the
+    terminal (say, overwrite the verification link shown above it); bidi overrides could
+    reverse what is read.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else " " if c in "\t\n\r" else "\ufffd" for c in text)
 
 
 def discovery_urls(issuer: str) -> list[str]:
@@ -294,9 +310,9 @@ def parse_body(response: Response, dialect: Dialect | None = None) -> dict[str, 
                 f"HTTP {response.status}: the body names {exc} more than once"
             ) from None
     else:
+        got = repr(ctype[:64]) if ctype else "an unlabelled body"  # repr: no raw header text
         raise ProtocolError(
-            f"HTTP {response.status}: expected a JSON or form-encoded body, got "
-            f"{ctype or 'an unlabelled body'}"
+            f"HTTP {response.status}: expected a JSON or form-encoded body, got {got}"
         )
     aliases = dict(DEFAULT_RESPONSE_ALIASES)
     if dialect is not None:
@@ -352,8 +368,8 @@ def oauth_error(
     raw = fields.get("error")
     if raw is None:
         return None
-    if not isinstance(raw, str) or not raw or len(raw) > 256:
-        raise ProtocolError(f"HTTP {status}: the error field is not a short string")
+    if not isinstance(raw, str) or not raw or len(raw) > 256 or not raw.isprintable():
+        raise ProtocolError(f"HTTP {status}: the error field is not a short printable string")
     aliases = dict(DEFAULT_ERROR_ALIASES)
     if dialect is not None:
         aliases.update(dialect.error_aliases)
@@ -366,8 +382,8 @@ def oauth_error(
     cls = _ERROR_CLASSES.get(code, OAuthError)
     return cls(
         code,
-        description[:1024] if isinstance(description, str) else None,
-        uri[:2048] if isinstance(uri, str) else None,
+        displayable(description[:1024]) if isinstance(description, str) else None,
+        displayable(uri[:2048]) if isinstance(uri, str) else None,
         status=status,
         server_error=raw,
         extra=extra,
@@ -464,7 +480,7 @@ def parse_device_code(fields: Mapping[str, Any], wall: datetime) -> DeviceCode:
         verification_uri_complete=complete,
         expires_at=wall + timedelta(seconds=min(expires_in, MAX_CODE_LIFETIME)),
         interval=parse_interval(fields.get("interval")),
-        message=message if isinstance(message, str) else None,
+        message=displayable(message) if isinstance(message, str) else None,
         extra={k: v for k, v in fields.items() if k not in known},
     )
 
@@ -497,6 +513,8 @@ def parse_token(
         scope = " ".join(scope)
     elif scope is not None and not isinstance(scope, str):
         raise ProtocolError("the server's scope is not a string")
+    if scope is not None:
+        scope = displayable(scope)
     id_token = _str_field(fields, "id_token", required=False)
     known = {"access_token", "token_type", "expires_in", "refresh_token", "scope", "id_token"}
     if previous is not None:

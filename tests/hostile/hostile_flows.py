@@ -116,6 +116,11 @@ UNSAFE_LINKS = [
     "https://evil.example/\r\nSet-Cookie: a=b",
     " https://evil.example/leading-space",
     "https://evil.example/\x00",
+    "https://evil.example/\x1b[2K",
+    "https://idp.example/\x9b2J",
+    "https://evil.example/\u202egnp.exe",
+    "https://idp\u200b.example/",
+    "https://idp.example/\u00a0x",
     "https://" + "a" * 5000 + ".example/",
 ]
 

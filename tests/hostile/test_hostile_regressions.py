@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from deviceflow import (
     DeviceFlowClient,
+    OAuthError,
     ProtocolError,
     Provider,
     ReauthorizationRequiredError,
     Token,
 )
-from deviceflow._machine import Response, parse_body
+from deviceflow._machine import (
+    Response,
+    oauth_error,
+    parse_body,
+    parse_device_code,
+    parse_token,
+    require_secure_url,
+)
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 
@@ -123,3 +131,65 @@ async def test_malformed_record_then_get_token_is_typed() -> None:
         await client.logout("a")
         with pytest.raises(ReauthorizationRequiredError):
             await client.get_token("a")
+
+
+ESCAPES = [
+    "\x1b[2K\r",  # erase the line, back to its start: overwrite what was shown
+    "\x1b]8;;https://evil.example\x1b\\",  # OSC 8 hyperlink
+    "\x1b]0;title\x07",  # set the window title
+    "\x9b2J",  # C1 CSI: clear the screen on terminals that honour 8-bit controls
+    "\u202e",  # right-to-left override
+]
+WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def _clean(text: str | None) -> bool:
+    return text is not None and text.isprintable()
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_terminal_escapes_in_server_text_are_neutralised(escape: str) -> None:
+    """message, error_description, error_uri and scope reach people without control codes.
+
+    The CLI prints them: before, a hostile server's escape sequences went to the terminal
+    as they were (and could rewrite the verification link shown above them).
+    """
+    text = f"Go to the link{escape}and enter the code\nnow"
+    code = parse_device_code(
+        {
+            "device_code": "d",
+            "user_code": "U",
+            "verification_uri": "https://idp.example/v",
+            "expires_in": 600,
+            "message": text,
+        },
+        WALL,
+    )
+    error = oauth_error(
+        {"error": "access_denied", "error_description": text, "error_uri": text}, None, 400
+    )
+    token = parse_token({"access_token": "a", "token_type": "Bearer", "scope": text}, WALL)
+    assert isinstance(error, OAuthError)
+    assert _clean(code.message)
+    assert _clean(error.description)
+    assert _clean(error.uri)
+    assert _clean(str(error))
+    assert _clean(token.scope)
+    assert "Go to the link" in (code.message or "")
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_links_and_error_codes_with_control_characters_are_refused(escape: str) -> None:
+    """A link or an error code carrying control or format characters is refused outright."""
+    with pytest.raises(ProtocolError):
+        require_secure_url(f"https://idp.example/device{escape}", "verification_uri")
+    with pytest.raises(ProtocolError):
+        oauth_error({"error": f"access_denied{escape}"}, None, 400)
+
+
+def test_unlabelled_content_type_is_quoted_in_the_message() -> None:
+    """A content type the client cannot read is quoted (repr) in the error, never raw."""
+    response = Response(status=200, headers={"content-type": "text/x\x1b[2J"}, body=b"<x")
+    with pytest.raises(ProtocolError) as caught:
+        parse_body(response)
+    assert _clean(str(caught.value))
