@@ -366,12 +366,11 @@ class EncryptedFileStore:
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Lease]:
         sealer = await self._ready()
         rid = sealer.record_id(key)
-        what = f"the lock of {key!r}"
         deadline = time.monotonic() + wait
         # While waiting for the file lock, the local lease must outlive the wait.
-        token = await self._leases.acquire(rid, ttl=wait + ttl, deadline=deadline, what=what)
+        token = await self._leases.acquire(rid, ttl=wait + ttl, deadline=deadline, name=key)
         try:
-            held = await self._lock_file(rid, deadline, what)
+            held = await self._lock_file(rid, deadline, key)
             self._leases.renew(rid, token, ttl)
             # The lease ends after ttl even if the holder is still inside the block.
             expiry = asyncio.get_running_loop().call_later(ttl, held.release)
@@ -383,14 +382,16 @@ class EncryptedFileStore:
         finally:
             self._leases.release(rid, token)
 
-    async def _lock_file(self, rid: str, deadline: float, what: str) -> _HeldFile:
+    async def _lock_file(self, rid: str, deadline: float, key: str) -> _HeldFile:
         held = await self._run(lambda: _HeldFile(self._folder(rid) / f"{rid}.lock"))
         delay = 0.002
         try:
             while not await self._run(held.try_acquire):
                 now = time.monotonic()
                 if now >= deadline:
-                    raise LockTimeoutError(f"{what} is held by someone else; gave up waiting")
+                    raise LockTimeoutError(
+                        f"the lock of {key!r} is held by someone else; gave up waiting"
+                    )
                 await anyio.sleep(min(delay, deadline - now))
                 delay = min(delay * 2, 0.05)
         except BaseException:

@@ -8,18 +8,21 @@ LockTimeoutError. A task cancelled while waiting leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import attrs
 
 from deviceflow.exceptions import LockTimeoutError
 
-__all__ = ["KeyedLocks", "LocalLeases", "check_lock_args", "check_ttl"]
+from ._protocol import Lease
+
+__all__ = ["KeyedLocks", "LocalLeases", "LocalLock", "check_lock_args", "check_ttl"]
 
 
 def check_lock_args(ttl: float, wait: float) -> None:
@@ -41,33 +44,48 @@ class _Slot:
     token: str | None = None
     expires: float = 0.0
     waiters: int = 0
-    changed: anyio.Event = attrs.Factory(anyio.Event)
+    changed: asyncio.Event | None = None  # made only once someone waits
+
+
+# Lease tokens only need to be unique within the process: a counter is enough (and cheap).
+_serial = itertools.count(1)
 
 
 @attrs.define
 class LocalLeases:
-    """Leases keyed by string; one holder per key, each for at most its ttl."""
+    """Leases keyed by string; one holder per key, each for at most its ttl.
+
+    The uncontended path (take, then let go) allocates one small slot and nothing else: this
+    lock is taken on every refresh.
+    """
 
     _slots: dict[str, _Slot] = attrs.Factory(dict)
 
-    async def acquire(self, key: str, *, ttl: float, deadline: float, what: str) -> str:
+    async def acquire(self, key: str, *, ttl: float, deadline: float, name: str) -> str:
         """Take the lease on ``key`` before the monotonic ``deadline``; return its token.
 
-        ``what`` names the lock in the LockTimeoutError message.
+        ``name`` is the store key the lease is for, for the LockTimeoutError message.
         """
-        token = secrets.token_urlsafe(16)
-        slot = self._slots.setdefault(key, _Slot())
+        token = f"lease-{next(_serial)}"
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
         while True:
             now = time.monotonic()
             if slot.token is None or slot.expires <= now:
                 slot.token, slot.expires = token, now + ttl
                 return token
             if now >= deadline:
-                raise LockTimeoutError(f"{what} is held by someone else; gave up waiting")
+                raise LockTimeoutError(
+                    f"the lock of {name!r} is held by someone else; gave up waiting"
+                )
+            if slot.changed is None:
+                slot.changed = asyncio.Event()
+            changed = slot.changed
             slot.waiters += 1
             try:
                 with anyio.move_on_after(min(deadline, slot.expires) - now):
-                    await slot.changed.wait()
+                    await changed.wait()
             finally:
                 slot.waiters -= 1
                 self._forget_if_idle(key, slot)
@@ -88,8 +106,9 @@ class LocalLeases:
         if slot is None or slot.token != token:
             return False
         slot.token = None
-        slot.changed.set()
-        slot.changed = anyio.Event()
+        if slot.changed is not None:  # wake the waiters; the next one to wait makes a new Event
+            slot.changed.set()
+            slot.changed = None
         self._forget_if_idle(key, slot)
         return True
 
@@ -102,18 +121,40 @@ class LocalLeases:
         return len(self._slots)
 
 
+class LocalLock(AbstractAsyncContextManager[Lease]):
+    """``async with``: hold the lease on one key of a LocalLeases (MemoryStore's lock)."""
+
+    __slots__ = ("_key", "_leases", "_token", "_ttl", "_wait")
+
+    def __init__(self, leases: LocalLeases, key: str, ttl: float, wait: float) -> None:
+        self._leases, self._key, self._ttl, self._wait = leases, key, ttl, wait
+        self._token: str | None = None
+
+    async def __aenter__(self) -> Lease:
+        deadline = time.monotonic() + self._wait
+        self._token = await self._leases.acquire(
+            self._key, ttl=self._ttl, deadline=deadline, name=self._key
+        )
+        return Lease(key=self._key, token=self._token, ttl=self._ttl)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            self._leases.release(self._key, self._token)
+            self._token = None
+
+
 @attrs.define
 class KeyedLocks:
     """A plain mutex per key, forgotten when nobody holds or waits for it."""
 
-    _locks: dict[str, tuple[anyio.Lock, int]] = attrs.Factory(dict)
+    _locks: dict[str, tuple[asyncio.Lock, int]] = attrs.Factory(dict)
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
         """Hold the mutex of ``key`` for the block."""
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
-            lock = anyio.Lock()
+            lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 
 from deviceflow.exceptions import ConflictError
 
-from ._leases import LocalLeases, check_lock_args, check_ttl
+from ._leases import LocalLeases, LocalLock, check_lock_args, check_ttl
 from ._protocol import Lease, Versioned
 
 __all__ = ["MemoryStore"]
@@ -89,18 +88,7 @@ class MemoryStore:
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Lease]:
         """Hold ``key``'s lock for at most ``ttl`` s; LockTimeoutError after ``wait`` s."""
         check_lock_args(ttl, wait)
-        return self._lock(key, ttl, wait)
-
-    @asynccontextmanager
-    async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Lease]:
-        what = f"the lock of {key!r}"
-        token = await self._leases.acquire(
-            key, ttl=ttl, deadline=time.monotonic() + wait, what=what
-        )
-        try:
-            yield Lease(key=key, token=token, ttl=ttl)
-        finally:
-            self._leases.release(key, token)
+        return LocalLock(self._leases, key, ttl, wait)
 
     async def aclose(self) -> None:
         """Nothing to release; the values stay until the store is dropped."""
