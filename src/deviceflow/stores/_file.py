@@ -131,16 +131,20 @@ class _HeldFile:
 
     A cancelled waiter cannot know whether its last attempt, still running in a worker thread,
     got the lock: release() marks the acquisition abandoned, so that attempt lets go at once.
+    ``locate`` gives the lock file's path (creating its folder); it runs in the worker thread.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._lock = _new_filelock(path)
+    def __init__(self, locate: Callable[[], Path]) -> None:
+        self._locate = locate
+        self._lock: filelock.BaseFileLock | None = None
         self._mutex = threading.Lock()
         self._held = False
         self._done = False
 
     def try_acquire(self) -> bool:
         """One attempt without waiting (runs in a worker thread)."""
+        if self._lock is None:
+            self._lock = _new_filelock(self._locate())
         try:
             self._lock.acquire(blocking=False)
         except filelock.Timeout:
@@ -156,7 +160,7 @@ class _HeldFile:
         """Let go (if held) and refuse any later acquisition; never blocks."""
         with self._mutex:
             self._done = True
-            if self._held:
+            if self._held and self._lock is not None:
                 self._held = False
                 self._lock.release()
 
@@ -383,7 +387,7 @@ class EncryptedFileStore:
             self._leases.release(rid, token)
 
     async def _lock_file(self, rid: str, deadline: float, key: str) -> _HeldFile:
-        held = await self._run(lambda: _HeldFile(self._folder(rid) / f"{rid}.lock"))
+        held = _HeldFile(lambda: self._folder(rid) / f"{rid}.lock")
         delay = 0.002
         try:
             while not await self._run(held.try_acquire):
