@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 from collections.abc import Callable
 
 import pytest
@@ -66,14 +65,12 @@ async def test_slow_drip_ends_at_the_http_timeout(
     """A body dripping one byte at a time is abandoned at http_timeout; retries stay bounded."""
     hostile.on("/device", answer(hostile.code(expires_in=30)))
     hostile.on(PATHS[endpoint], drip(every=0.02))
-    start = time.monotonic()
     error = await provoke(endpoint, hostile, lambda **kw: make_client(http_timeout=0.15, **kw))
-    elapsed = time.monotonic() - start
     if endpoint != "revoke":
         assert isinstance(error, DeviceFlowError)
         assert "timed out" in str(error)
-    # Each attempt ends at 0.15 s; setup gives up after 60 virtual seconds of backoff (7 tries).
-    assert elapsed < 3.0, elapsed
+    # Each attempt ends at 0.15 s; set-up gives up after 60 s of backoff (7 attempts).
+    assert 1 <= hostile.count(PATHS[endpoint]) <= 7
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
