@@ -38,12 +38,10 @@ async def server(virtual_clock: VirtualClock) -> AsyncIterator[AuthorizationServ
 async def test_slow_down_answer_to_a_refresh_is_retried(
     server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
-    """A refresh answered slow_down is retried after a pause, not surfaced to the caller.
-
-    Found by the soak: 0.5 % slow_down answers made get_token() raise OAuthError('slow_down')
-    whenever the cached token had run out (RFC 8628 3.5 defines slow_down for polling only;
-    outside it, it means "later", like 503, and the refresh token was not used).
-    """
+    """A refresh answered slow_down is retried after a pause, not surfaced to the caller."""
+    # Found by the soak: 0.5 % slow_down answers made get_token() raise OAuthError('slow_down')
+    # whenever the cached token had run out (RFC 8628 3.5 defines slow_down for polling only;
+    # outside it, it means "later", like 503, and the refresh token was not used).
     provider = Provider(issuer=server.issuer)
     async with DeviceFlowClient(
         provider, client_id="c", clock=virtual_clock, on_code=lambda code, account: None
@@ -75,10 +73,8 @@ async def test_slow_down_answer_to_a_refresh_is_retried(
     ],
 )
 def test_a_name_sent_twice_is_refused(body: bytes, content_type: str) -> None:
-    """JSON names or form parameters sent twice are ambiguous and refused (ProtocolError).
-
-    Before, JSON kept the last value and form data the first: two readings of one answer.
-    """
+    """JSON names or form parameters sent twice are ambiguous and refused (ProtocolError)."""
+    # Before, JSON kept the last value and form data the first: two readings of one answer.
     response = Response(status=200, headers={"content-type": content_type}, body=body)
     with pytest.raises(ProtocolError, match="more than once"):
         parse_body(response)
@@ -89,10 +85,8 @@ def test_a_name_sent_twice_is_refused(body: bytes, content_type: str) -> None:
     [b"not json", b'{"token": {"access_token": 5}}', b'{"v": 1, "token": []}'],
 )
 async def test_logout_deletes_a_malformed_record(record: bytes) -> None:
-    """logout() deletes a record it can decrypt but not read, instead of raising StoreError.
-
-    Its ``except ProtocolError`` never matched: record decoding raises StoreError.
-    """
+    """logout() deletes a record it can decrypt but not read, instead of raising StoreError."""
+    # Its ``except ProtocolError`` never matched: record decoding raises StoreError.
     store = MemoryStore()
     provider = Provider(
         device_authorization_endpoint="https://idp.example/device",
@@ -149,11 +143,9 @@ def _clean(text: str | None) -> bool:
 
 @pytest.mark.parametrize("escape", ESCAPES)
 def test_terminal_escapes_in_server_text_are_neutralised(escape: str) -> None:
-    """message, error_description, error_uri and scope reach people without control codes.
-
-    The CLI prints them: before, a hostile server's escape sequences went to the terminal
-    as they were (and could rewrite the verification link shown above them).
-    """
+    """message, error_description, error_uri and scope reach people without control codes."""
+    # The CLI prints them: before, a hostile server's escape sequences went to the terminal
+    # as they were (and could rewrite the verification link shown above them).
     text = f"Go to the link{escape}and enter the code\nnow"
     code = parse_device_code(
         {
