@@ -10,7 +10,10 @@ import aiohttp
 import pytest
 
 from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow._machine import Request, Response
+from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.aiohttp import BearerAuth
+from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 
 
@@ -151,3 +154,54 @@ async def test_bearer_auth_does_not_retry_other_401s(
         ):
             assert 401 == response.status
     assert 0 == server.stats.refreshes
+
+
+class HoldAnswers:
+    """A transport that sends for real, then holds each answer until released."""
+
+    def __init__(self) -> None:
+        self.inner = AiohttpTransport(auth=ClientAuth(client_id="svc"))
+        self.sent = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def send(self, request: Request, *, timeout: float | None = None) -> Response:
+        response = await self.inner.send(request, timeout=timeout)
+        self.sent.set()
+        await self.release.wait()
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_refresh_cancelled_after_sending_still_stores_rotated_token(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """Closing the client mid-refresh still stores the rotated refresh token: no grant lost."""
+    provider = Provider(issuer=server.issuer)
+    store = MemoryStore()
+    async with DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store
+    ) as seeding:
+        await seed(seeding, server, virtual_clock, "a")
+    virtual_clock.advance(400)
+    transport = HoldAnswers()
+    client = DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store, transport=transport
+    )
+    waiter = asyncio.ensure_future(client.get_token("a"))
+    await transport.sent.wait()  # the server has rotated the refresh token by now
+    closing = asyncio.ensure_future(client.aclose())
+    await asyncio.sleep(0.01)
+    transport.release.set()
+    await closing
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    async with DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store
+    ) as again:
+        virtual_clock.advance(400)
+        token = await again.get_token("a")
+    assert server.is_valid_access_token(token.access_token)
+    assert 0 == server.stats.invalid_grants
+    assert 2 == server.stats.refreshes

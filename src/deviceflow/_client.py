@@ -23,10 +23,10 @@ import json
 import logging
 import math
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
@@ -70,6 +70,8 @@ from .stores._protocol import TokenStore
 __all__ = ["DeviceFlowClient", "OnCode"]
 
 log = logging.getLogger("deviceflow")
+
+_T = TypeVar("_T")
 
 OnCode = Callable[[DeviceCode, str], Awaitable[None] | None]
 
@@ -319,7 +321,8 @@ class DeviceFlowClient:
                 if machine.metadata is not None:
                     self._metadata = machine.metadata
                 if store:
-                    await self.save_token(account, action.token)
+                    # The device code is redeemed: keep the grant even if we are cancelled now.
+                    await _complete_despite_cancellation(self.save_token(account, action.token))
                 yield event()
                 return
             if isinstance(action, Fail):
@@ -401,21 +404,30 @@ class DeviceFlowClient:
                         return token
                 if stored.refresh_token:
                     try:
-                        new = await self._refresh_grant(stored)
+                        # Once the request is out, the server may already have rotated the
+                        # refresh token: the answer must reach the store even if we are
+                        # cancelled, or every holder of the old token loses the grant.
+                        return await _complete_despite_cancellation(
+                            self._refresh_and_write(key, account, stored, current.version)
+                        )
                     except InvalidGrantError:
                         log.info(
                             "refresh token of account %r was rejected; need a new grant", account
                         )
                         await self._forget(key, account, current.version)
-                    else:
-                        version = await self._write(key, account, new, current.version)
-                        self._remember(account, new, version, self._clock.wall())
-                        return new
                 elif not force and not self._expired(stored):
                     return self._remember(account, stored, current.version, None)
                 else:
                     await self._forget(key, account, current.version)
         return await self._device_flow(account)
+
+    async def _refresh_and_write(
+        self, key: str, account: str, stored: Token, version: int
+    ) -> Token:
+        new = await self._refresh_grant(stored)
+        written = await self._write(key, account, new, version)
+        self._remember(account, new, written, self._clock.wall())
+        return new
 
     def _usable_fresh(
         self,
@@ -712,3 +724,24 @@ class DeviceFlowClient:
 
 
 _ANY = "\x00any"  # refresh(): no particular stale token named
+
+
+async def _complete_despite_cancellation(work: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile, then give in.
+
+    For the few steps that must not stop halfway: a refresh whose answer carries a rotated
+    refresh token, and the write of a newly granted token. ``work`` has its own time limit.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
