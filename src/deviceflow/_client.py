@@ -72,6 +72,7 @@ __all__ = ["DeviceFlowClient", "OnCode"]
 log = logging.getLogger("deviceflow")
 
 _T = TypeVar("_T")
+_Record = tuple[Token, datetime | None]  # a decoded store record: token, when obtained
 
 OnCode = Callable[[DeviceCode, str], Awaitable[None] | None]
 
@@ -149,6 +150,11 @@ class DeviceFlowClient:
 
             store = MemoryStore()
         self.provider = provider
+        # Store keys are namespaced by issuer, client id and account (all quoted).
+        self._key_prefix = "/".join(
+            urllib.parse.quote(part, safe="") for part in (provider.identity, client_id)
+        )
+        self._keys: dict[str, str] = {}
         self.client_id = client_id
         self.scope = scope if scope is not None else provider.default_scope
         self.store = store
@@ -387,19 +393,24 @@ class DeviceFlowClient:
     async def _obtain(self, account: str, stale: str | None) -> Token:
         key = self._key(account)
         force = stale is not None
+        seen: tuple[int, _Record] | None = None  # what was read before taking the lock
         if not force:
             current = await self.store.get(key)
-            token = self._usable_fresh(account, current)
-            if token is not None:
-                return token
+            if current is not None:
+                seen = (current.version, self._decode_record(current.value))
+                token = self._usable_fresh(account, current.version, seen[1])
+                if token is not None:
+                    return token
         async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
             current = await self.store.get(key)
             if current is not None:
-                record = self._decode_record(current.value)  # decoded once, used twice
+                unchanged = seen is not None and seen[0] == current.version
+                record = seen[1] if seen and unchanged else self._decode_record(current.value)
                 stored = record[0]
                 replaced = force and stale is not _ANY and stored.access_token != stale
-                if not force or replaced:
-                    token = self._usable_fresh(account, current, record)
+                if (not force and not unchanged) or replaced:
+                    # Another process wrote while we waited: its token may be fresh.
+                    token = self._usable_fresh(account, current.version, record)
                     if token is not None:
                         return token
                 if stored.refresh_token:
@@ -429,20 +440,10 @@ class DeviceFlowClient:
         self._remember(account, new, written, self._clock.wall())
         return new
 
-    def _usable_fresh(
-        self,
-        account: str,
-        current: Any,
-        record: tuple[Token, datetime | None] | None = None,
-    ) -> Token | None:
-        """Cache and return the stored token if it is not due for refresh, else None.
-
-        ``record`` is ``current.value`` already decoded, when the caller has it.
-        """
-        if current is None:
-            return None
-        token, obtained = record if record is not None else self._decode_record(current.value)
-        cached = self._entry(token, current.version, obtained)
+    def _usable_fresh(self, account: str, version: int, record: _Record) -> Token | None:
+        """Cache and return the stored token if it is not due for refresh, else None."""
+        token, obtained = record
+        cached = self._entry(token, version, obtained)
         if self._clock.monotonic() < cached.refresh_at:
             self._cache[account] = cached
             return token
@@ -573,7 +574,7 @@ class DeviceFlowClient:
                 _REGISTRATION_SKEW, now=self._clock.wall()
             ):
                 return client
-            key = self._key_prefix() + "//registration"
+            key = self._key_prefix + "//registration"
             async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
                 current = await self.store.get(key)
                 client = None
@@ -635,11 +636,10 @@ class DeviceFlowClient:
     # --- store records ------------------------------------------------------------------------
 
     def _key(self, account: str) -> str:
-        return self._key_prefix() + "/" + urllib.parse.quote(account, safe="")
-
-    def _key_prefix(self) -> str:
-        parts = (self.provider.identity, self.client_id)
-        return "/".join(urllib.parse.quote(p, safe="") for p in parts)
+        key = self._keys.get(account)
+        if key is None:
+            key = self._keys[account] = f"{self._key_prefix}/{urllib.parse.quote(account, safe='')}"
+        return key
 
     async def _write(
         self,
@@ -682,7 +682,7 @@ class DeviceFlowClient:
         }
         return json.dumps(record, separators=(",", ":")).encode()
 
-    def _decode_record(self, value: bytes) -> tuple[Token, datetime | None]:
+    def _decode_record(self, value: bytes) -> _Record:
         try:
             record = json.loads(value)
         except (ValueError, RecursionError):
