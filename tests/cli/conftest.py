@@ -11,8 +11,8 @@ from cli_harness import BOB_SCOPE, Cli, ServerThread, logins_approved
 
 @pytest.fixture
 def server() -> Iterator[ServerThread]:
-    """A test server on the real clock, polled every second, approving nothing by itself."""
-    with ServerThread(interval=1, code_lifetime=60, access_token_lifetime=3600) as running:
+    """A test server on the real clock, polled every 0.25 s, approving nothing by itself."""
+    with ServerThread(interval=0.25, code_lifetime=60, access_token_lifetime=3600) as running:
         yield running
 
 
@@ -26,7 +26,7 @@ def cli(tmp_path: Path, server: ServerThread) -> Cli:
 def signed_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, ServerThread]]:
     """A server and a CLI home where two accounts are signed in, for tests that only read:
     "ci" (client cli-test) and "bob" (client other-app, scope BOB_SCOPE)."""
-    with ServerThread(interval=1, code_lifetime=60, access_token_lifetime=3600) as running:
+    with ServerThread(interval=0.25, code_lifetime=60, access_token_lifetime=3600) as running:
         shared = Cli(tmp_path_factory.mktemp("signed-in"), running.issuer)
         bob = [*shared.server_args("other-app"), "--account", "bob", "--scope", BOB_SCOPE]
         results = logins_approved(

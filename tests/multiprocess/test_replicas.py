@@ -24,8 +24,8 @@ from deviceflow.testing import AuthorizationServer
 
 WORKER = Path(__file__).with_name("worker.py")
 PROCESSES = 8
-LIFETIME = 3  # seconds: the access token's life; refreshed when half of it is left
-DURATION = 6.5  # seconds each process loops: several lifetimes
+LIFETIME = 2  # seconds: the access token's life; refreshed when half of it is left
+DURATION = 4.5  # seconds each process loops: several lifetimes
 
 pytestmark = pytest.mark.slow
 

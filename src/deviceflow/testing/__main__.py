@@ -23,13 +23,15 @@ from ._server import AuthorizationServer
 __all__ = ["main"]
 
 
-def _interval(value: str) -> int | None:
+def _interval(value: str) -> float | None:
     if value.lower() == "none":
         return None
     try:
-        seconds = int(value)
+        seconds = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected whole seconds or 'none'") from None
+        raise argparse.ArgumentTypeError("expected seconds or 'none'") from None
+    if seconds.is_integer():
+        seconds = int(seconds)  # sent as 5, not 5.0
     if seconds < 0:
         raise argparse.ArgumentTypeError("expected a value of at least 0")
     return seconds

@@ -150,7 +150,7 @@ class AuthorizationServer:
         clock: Clock | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        interval: int | str | None = 5,
+        interval: float | str | None = 5,
         interval_as_string: bool = False,
         code_lifetime: int = 600,
         access_token_lifetime: int | None = 3600,
@@ -382,7 +382,7 @@ class AuthorizationServer:
     def configure(
         self,
         *,
-        interval: int | str | _Unset | None = _Unset.UNSET,
+        interval: float | str | _Unset | None = _Unset.UNSET,
         code_lifetime: int | _Unset = _Unset.UNSET,
         access_token_lifetime: int | _Unset | None = _Unset.UNSET,
         refresh_token_lifetime: int | _Unset | None = _Unset.UNSET,
@@ -785,7 +785,7 @@ class AuthorizationServer:
             status = profile.status_for(failure.error)
         return self._answer(request, payload, status=status, headers=headers)
 
-    def _number(self, value: int) -> int | str:
+    def _number(self, value: float) -> float | str:
         return str(value) if self._profile.numbers_as_strings else value
 
     def _token_payload(
@@ -851,7 +851,9 @@ class AuthorizationServer:
             payload["verification_uri_complete"] = complete
         payload["expires_in"] = self._number(self._state.code_lifetime)
         interval = self._state.interval
-        if isinstance(interval, int) and (self._interval_as_string or profile.numbers_as_strings):
+        if isinstance(interval, (int, float)) and (
+            self._interval_as_string or profile.numbers_as_strings
+        ):
             interval = str(interval)
         if interval is not None:
             payload["interval"] = interval

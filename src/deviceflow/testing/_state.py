@@ -54,7 +54,7 @@ class OAuthFailure(Exception):
         error: str,
         description: str,
         *,
-        interval: int | None = None,
+        interval: float | None = None,
         basic_auth_attempted: bool = False,
     ) -> None:
         super().__init__(f"{error}: {description}")
@@ -148,7 +148,7 @@ class DeviceAuthorization:
     scope: Scope | None
     issued_at: float
     expires_at: float
-    interval: int
+    interval: float
     status: Literal["pending", "approved", "denied", "redeemed"] = "pending"
     polls: int = 0
     last_poll: float | None = None
@@ -179,7 +179,7 @@ def _token(prefix: str) -> str:
 class AuthorizationState:
     """Every code, grant and token of one server, and the rules that change them."""
 
-    interval: int | str | None = 5
+    interval: float | str | None = 5
     code_lifetime: int = 600
     access_token_lifetime: int | None = 3600
     refresh_token_lifetime: int | None = None
@@ -397,15 +397,20 @@ class AuthorizationState:
         return OAuthFailure("invalid_grant", description)
 
 
-def enforced_interval(advertised: int | str | None) -> int:
+def enforced_interval(advertised: float | str | None) -> float:
     """The interval a compliant client keeps to, given the one the server advertised.
 
     RFC 8628 3.2: a client that is given no interval MUST use 5 seconds; deviceflow's clients
     also use 5 for zero or a value that is not a number, so the server holds them to that.
     """
     if isinstance(advertised, str):
-        advertised = int(advertised) if advertised.isdigit() else None
-    return advertised if advertised else 5
+        try:
+            advertised = float(advertised)
+        except ValueError:
+            advertised = None
+    if advertised is None or not advertised > 0 or advertised == float("inf"):
+        return 5
+    return advertised
 
 
 def _deadline(now: float, lifetime: int | None) -> float | None:
