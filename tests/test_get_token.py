@@ -8,9 +8,10 @@ from datetime import timedelta
 
 import aiohttp
 import pytest
+from yarl import URL
 
-from deviceflow import DeviceFlowClient, Provider, Token
-from deviceflow._machine import Request, Response
+from deviceflow import DeviceFlowClient, Provider, StoreError, Token
+from deviceflow._machine import Request, RequestKind, Response
 from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import MemoryStore
@@ -157,7 +158,7 @@ async def test_bearer_auth_does_not_retry_other_401s(
 
 
 class HoldAnswers:
-    """A transport that sends for real, then holds each answer until released."""
+    """A transport that sends for real, then holds token answers until released."""
 
     def __init__(self) -> None:
         self.inner = AiohttpTransport(auth=ClientAuth(client_id="svc"))
@@ -166,8 +167,9 @@ class HoldAnswers:
 
     async def send(self, request: Request, *, timeout: float | None = None) -> Response:
         response = await self.inner.send(request, timeout=timeout)
-        self.sent.set()
-        await self.release.wait()
+        if request.kind is RequestKind.TOKEN:
+            self.sent.set()
+            await self.release.wait()
         return response
 
     async def aclose(self) -> None:
@@ -195,8 +197,8 @@ async def test_refresh_cancelled_after_sending_still_stores_rotated_token(
     await asyncio.sleep(0.01)
     transport.release.set()
     await closing
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
+    with pytest.raises(RuntimeError, match="closed"):
+        await waiter  # the waiter was not cancelled itself: it learns the client closed
     async with DeviceFlowClient(
         provider, client_id="svc", clock=virtual_clock, store=store
     ) as again:
@@ -205,3 +207,90 @@ async def test_refresh_cancelled_after_sending_still_stores_rotated_token(
     assert server.is_valid_access_token(token.access_token)
     assert 0 == server.stats.invalid_grants
     assert 2 == server.stats.refreshes
+
+
+class FailingPuts(MemoryStore):
+    """A MemoryStore whose next ``failures`` writes fail, as a full disk or a Redis blip would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def put(
+        self, key: str, value: bytes, *, expected_version: int | None, ttl: float | None = None
+    ) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("simulated write failure")
+        return await super().put(key, value, expected_version=expected_version, ttl=ttl)
+
+
+async def test_refreshed_token_survives_a_failed_write(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A store write failing after a refresh never makes the client reuse the old token."""
+    store = FailingPuts()
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store
+    ) as client:
+        await seed(client, server, virtual_clock, "a")
+        virtual_clock.advance(400)
+        store.failures = 1
+        with pytest.raises(StoreError):
+            await client.get_token("a")
+        first = await client.get_token("a")  # held in memory meanwhile
+        assert server.is_valid_access_token(first.access_token)
+        virtual_clock.advance(400)
+        second = await client.get_token("a")  # stores the pending answer, then refreshes it
+    assert server.is_valid_access_token(second.access_token)
+    assert 0 == server.stats.invalid_grants
+    assert 2 == server.stats.refreshes
+
+
+async def test_forced_refresh_keeps_a_valid_token_without_refresh_token(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """refresh() on a valid token that has no refresh token keeps it (nothing is deleted)."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        token = Token(access_token="opaque")  # no expiry, no refresh token
+        await client.save_token("a", token)
+        assert token == await client.refresh("a")
+        assert None is not await client.store.get(client._key("a"))
+
+
+async def test_unusable_refresh_token_lifetime_is_ignored(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A refresh_token_expires_in of Infinity or true never becomes a store ttl error."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        for odd in (float("inf"), True, "soon", -5):
+            token = Token(
+                access_token="x", refresh_token="y", extra={"refresh_token_expires_in": odd}
+            )
+            await client.save_token("a", token)
+        assert token == await client.get_token("a")
+
+
+async def test_bearer_auth_never_sends_the_token_in_cleartext(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A plain-http request to a listed (non-loopback) host never carries the token."""
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
+        await seed(client, server, virtual_clock, "api")
+        seen: list[str | None] = []
+
+        async def capture(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+            seen.append(request.headers.get("Authorization"))
+            raise aiohttp.ClientConnectionError("not sent")
+
+        auth = BearerAuth(client, "api", hosts={"api.example.com"})
+        request = aiohttp.ClientRequest(
+            "GET", URL("http://api.example.com/me"), loop=asyncio.get_running_loop()
+        )
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await auth(request, capture)
+    assert [None] == seen

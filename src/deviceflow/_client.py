@@ -11,7 +11,10 @@ get_token() in three tiers:
 3. In the flight: read the store; if another process already stored a fresh token, use it.
    Otherwise take the store's lock, read again, refresh (HTTP timeout below the lock's ttl),
    write with the version read (compare-and-set), then return. The lock saves IdP calls; the
-   version check keeps the store correct even if a lock was lost.
+   version check catches a writer that did not hold the lock. Endpoints (discovery, client
+   registration) are settled before the lock is taken, so the lock only covers the refresh.
+   A refresh whose request has left always reaches memory, and the store as soon as it can:
+   even if the caller is cancelled, and even if the first write fails.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime, timezone
@@ -34,6 +38,7 @@ import attrs
 
 from ._clock import Clock, SystemClock
 from ._machine import (
+    MAX_TOKEN_LIFETIME,
     DeviceFlowMachine,
     Done,
     Fail,
@@ -43,6 +48,7 @@ from ._machine import (
     Send,
     interpret_registration_response,
     interpret_token_response,
+    parse_seconds,
 )
 from ._models import (
     AuthMethod,
@@ -143,6 +149,8 @@ class DeviceFlowClient:
                 f"the {provider.name} provider registers its own client and authenticates with "
                 "the credentials it gets; do not pass client_secret or client_auth"
             )
+        if refresh_skew < 0:
+            raise ValueError("refresh_skew must be zero or more seconds")
         if http_timeout >= lock_ttl:
             raise ValueError("http_timeout must be shorter than lock_ttl (see get_token docs)")
         if store is None:
@@ -154,7 +162,7 @@ class DeviceFlowClient:
         self._key_prefix = "/".join(
             urllib.parse.quote(part, safe="") for part in (provider.identity, client_id)
         )
-        self._keys: dict[str, str] = {}
+        self._unsaved: dict[str, tuple[int, Token]] = {}  # refreshed, not yet stored
         self.client_id = client_id
         self.scope = scope if scope is not None else provider.default_scope
         self.store = store
@@ -181,7 +189,6 @@ class DeviceFlowClient:
         self._poll_margin = poll_margin
         self._cache: dict[str, _Cached] = {}
         self._flights: dict[str, asyncio.Task[Token]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -200,7 +207,7 @@ class DeviceFlowClient:
     async def aclose(self) -> None:
         """Cancel background work and close what the client owns (not a session passed in)."""
         self._closed = True
-        tasks = [*self._flights.values(), *self._background]
+        tasks = list(self._flights.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -216,8 +223,8 @@ class DeviceFlowClient:
     ) -> Token:
         """A valid access token for ``account``: cached, refreshed, or from a new device flow.
 
-        Concurrent callers for one account share one refresh (and one device flow), within this
-        process and, through the store's lock, across processes. Raises
+        Concurrent callers for one account share one refresh, within this process and, through
+        the store's lock, across processes; they share one device flow within this process. Raises
         ReauthorizationRequiredError when a person must approve a new code and no ``on_code``
         is set; TimeoutError after ``timeout`` seconds (the shared work goes on for others).
         """
@@ -246,8 +253,11 @@ class DeviceFlowClient:
     async def save_token(self, account: str, token: Token) -> None:
         """Store a token obtained elsewhere (a migration, a test) as ``account``'s token."""
         key = self._key(account)
-        current = await self.store.get(key)
-        version = await self._write(key, account, token, current.version if current else None)
+        async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
+            current = await self.store.get(key)
+            expected = current.version if current else None
+            version = await self._write(key, account, token, expected)
+        self._unsaved.pop(account, None)
         self._remember(account, token, version, self._clock.wall())
 
     async def logout(self, account: str = "default", *, force: bool = False) -> bool:
@@ -259,23 +269,31 @@ class DeviceFlowClient:
         """
         key = self._key(account)
         self._cache.pop(account, None)
+        self._unsaved.pop(account, None)
         try:
-            current = await self.store.get(key)
+            exists = await self.store.get(key) is not None
         except DecryptionError:
-            if not force:
-                raise
-            log.warning("deleting account %r's undecryptable record without revoking it", account)
-            await self.store.delete(key)
-            return False
-        revoked = False
-        if current is not None:
+            exists = False  # handled under the lock
+        if exists:
+            with contextlib.suppress(DeviceFlowError):  # endpoints settled before the lock
+                await self._ensure_metadata()
+        async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
             try:
-                token = self._decode(current.value)
+                current = await self.store.get(key)
+            except DecryptionError:
+                if not force:
+                    raise
+                log.warning("deleting account %r's undecryptable record unrevoked", account)
+                await self.store.delete(key)
+                return False
+            if current is None:
+                return False
+            try:
+                token: Token | None = self._decode(current.value)
             except StoreError:  # unreadable (not undecryptable): nothing to revoke, still delete
                 token = None
-            if token is not None:
-                revoked = await self._revoke(token)
-            await self.store.delete(key)
+            revoked = await self._revoke(token) if token is not None else False
+            await self.store.delete(key, expected_version=current.version)
         return revoked
 
     async def authorize(
@@ -351,6 +369,19 @@ class DeviceFlowClient:
     # --- single-flight ------------------------------------------------------------------------
 
     async def _join(self, account: str, stale: str | None) -> Token:
+        task = self._flight(account, stale)
+        try:
+            # shield: a caller that is cancelled or times out leaves the flight to the others.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Task.cancelling() is Python 3.11+; on 3.10 the CancelledError goes through.
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)
+            if task.cancelled() and cancelling is not None and not cancelling():
+                raise RuntimeError("the DeviceFlowClient was closed during this call") from None
+            raise
+
+    def _flight(self, account: str, stale: str | None) -> asyncio.Task[Token]:
+        """The running flight of ``account``, or a new one."""
         if self._closed:
             raise RuntimeError("this DeviceFlowClient is closed")
         task = self._flights.get(account)
@@ -358,8 +389,7 @@ class DeviceFlowClient:
             task = asyncio.get_running_loop().create_task(self._obtain(account, stale))
             self._flights[account] = task
             task.add_done_callback(lambda t: self._end_flight(account, t))
-        # shield: a caller that is cancelled or times out leaves the flight to the others.
-        return await asyncio.shield(task)
+        return task
 
     def _end_flight(self, account: str, task: asyncio.Task[Token]) -> None:
         if self._flights.get(account) is task:
@@ -368,25 +398,24 @@ class DeviceFlowClient:
             task.exception()  # retrieved: waiters that left must not leave it unobserved
 
     def _refresh_ahead(self, account: str) -> None:
+        """Start one background refresh of a still-usable token (no task per caller)."""
         if account in self._flights or self._closed:
             return
+        self._flight(account, None).add_done_callback(
+            lambda task: self._after_background(account, task)
+        )
 
-        async def run() -> None:
-            try:
-                await self._join(account, None)
-            except DeviceFlowError as exc:
-                # The cached token is still usable; callers see errors only once it is not.
-                # Try again halfway to the end of its usable life, not on every call.
-                log.warning("background refresh of account %r failed: %s", account, exc)
-                cached = self._cache.get(account)
-                if cached is not None:
-                    now = self._clock.monotonic()
-                    later = now + max(1.0, (cached.usable_until - now) / 2)
-                    self._cache[account] = attrs.evolve(cached, refresh_at=later)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _after_background(self, account: str, task: asyncio.Task[Token]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # The cached token is still usable; callers see errors only once it is not.
+        # Try again halfway to the end of its usable life, not on every call.
+        log.warning("background refresh of account %r failed: %s", account, task.exception())
+        cached = self._cache.get(account)
+        if cached is not None:
+            now = self._clock.monotonic()
+            later = now + max(1.0, (cached.usable_until - now) / 2)
+            self._cache[account] = attrs.evolve(cached, refresh_at=later)
 
     # --- the work of one flight ---------------------------------------------------------------
 
@@ -401,42 +430,67 @@ class DeviceFlowClient:
                 token = self._usable_fresh(account, current.version, seen[1])
                 if token is not None:
                     return token
+        if force or (seen is not None and seen[1][0].refresh_token):
+            # A refresh is coming: settle discovery and client registration before the lock,
+            # so that the lock's ttl only has to cover the refresh (http_timeout < lock_ttl).
+            await self._ensure_metadata()
+            if self.provider.registration is not None:
+                await self._registered_client()
         async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
             current = await self.store.get(key)
+            unsaved = self._unsaved.pop(account, None)
             if current is not None:
-                unchanged = seen is not None and seen[0] == current.version
-                record = seen[1] if seen and unchanged else self._decode_record(current.value)
+                if unsaved is not None and unsaved[0] == current.version:
+                    # A refresh whose write failed earlier: store its answer first, and never
+                    # refresh with the refresh token it replaced.
+                    version = await self._write(key, account, unsaved[1], current.version)
+                    record: _Record = (unsaved[1], None)
+                    unchanged = False
+                else:
+                    version = current.version
+                    unchanged = seen is not None and seen[0] == version
+                    record = seen[1] if seen and unchanged else self._decode_record(current.value)
                 stored = record[0]
-                replaced = force and stale is not _ANY and stored.access_token != stale
-                if (not force and not unchanged) or replaced:
-                    # Another process wrote while we waited: its token may be fresh.
-                    token = self._usable_fresh(account, current.version, record)
+                named = force and stale is not _ANY
+                if (not force and not unchanged) or (named and stored.access_token != stale):
+                    # Someone wrote while we waited: that token may be fresh.
+                    token = self._usable_fresh(account, version, record)
                     if token is not None:
                         return token
                 if stored.refresh_token:
                     try:
                         # Once the request is out, the server may already have rotated the
-                        # refresh token: the answer must reach the store even if we are
-                        # cancelled, or every holder of the old token loses the grant.
+                        # refresh token: the answer must reach memory and the store even if
+                        # we are cancelled, or every holder of the old token loses the grant.
                         return await _complete_despite_cancellation(
-                            self._refresh_and_write(key, account, stored, current.version)
+                            self._refresh_and_write(key, account, stored, version)
                         )
                     except InvalidGrantError:
                         log.info(
                             "refresh token of account %r was rejected; need a new grant", account
                         )
-                        await self._forget(key, account, current.version)
-                elif not force and not self._expired(stored):
-                    return self._remember(account, stored, current.version, None)
+                        await self._forget(key, account, version)
+                elif not self._expired(stored) and not (named and stored.access_token == stale):
+                    # Nothing to refresh with, but still valid (and not the token a server
+                    # just rejected): keep using it.
+                    return self._remember(account, stored, version, record[1])
                 else:
-                    await self._forget(key, account, current.version)
+                    await self._forget(key, account, version)
         return await self._device_flow(account)
 
     async def _refresh_and_write(
         self, key: str, account: str, stored: Token, version: int
     ) -> Token:
         new = await self._refresh_grant(stored)
+        return await self._store_refreshed(key, account, new, version)
+
+    async def _store_refreshed(self, key: str, account: str, new: Token, version: int) -> Token:
+        # In memory first: if the write fails, the next flight stores this answer instead of
+        # reusing the refresh token it replaced.
+        self._remember(account, new, version, self._clock.wall())
+        self._unsaved[account] = (version, new)
         written = await self._write(key, account, new, version)
+        self._unsaved.pop(account, None)
         self._remember(account, new, written, self._clock.wall())
         return new
 
@@ -636,10 +690,9 @@ class DeviceFlowClient:
     # --- store records ------------------------------------------------------------------------
 
     def _key(self, account: str) -> str:
-        key = self._keys.get(account)
-        if key is None:
-            key = self._keys[account] = f"{self._key_prefix}/{urllib.parse.quote(account, safe='')}"
-        return key
+        if _PLAIN_ACCOUNT.fullmatch(account) is None:
+            account = urllib.parse.quote(account, safe="")
+        return f"{self._key_prefix}/{account}"
 
     async def _write(
         self,
@@ -648,24 +701,31 @@ class DeviceFlowClient:
         token: Token,
         expected: int | None,
     ) -> int:
-        """Compare-and-set the record. A conflict on a freshly issued token is overwritten:
-        the new token is valid, and losing it would lose a rotated refresh token."""
+        """Compare-and-set the record.
+
+        A conflict on a freshly issued token is overwritten (the new token is valid, and losing
+        it would lose a rotated refresh token), unless the record was deleted meanwhile: a
+        logout is never undone.
+        """
         record = self._encode(account, token)
         ttl = self._record_ttl(token)
-        for _ in range(3):
+        for attempt in range(4):
             try:
                 return await self.store.put(key, record, expected_version=expected, ttl=ttl)
             except ConflictError:
-                log.warning("account %r was written concurrently; keeping the new token", account)
                 current = await self.store.get(key)
+                if attempt == 3 or (current is None and expected is not None):
+                    raise
+                log.warning("account %r was written concurrently; keeping the new token", account)
                 expected = current.version if current else None
-        return await self.store.put(key, record, expected_version=expected, ttl=ttl)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _record_ttl(self, token: Token) -> float | None:
-        rt_lifetime = token.extra.get("refresh_token_expires_in")
         if token.refresh_token:
-            if isinstance(rt_lifetime, (int, float)) and rt_lifetime > 0:
-                return float(rt_lifetime)
+            # GitHub sends the refresh token's lifetime; whatever the server sends, parse it.
+            rt_lifetime = parse_seconds(token.extra.get("refresh_token_expires_in"))
+            if rt_lifetime:
+                return min(rt_lifetime, MAX_TOKEN_LIFETIME)
             return None
         if token.expires_at is None:
             return None
@@ -724,6 +784,7 @@ class DeviceFlowClient:
 
 
 _ANY = "\x00any"  # refresh(): no particular stale token named
+_PLAIN_ACCOUNT = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote() leaves as it is
 
 
 async def _complete_despite_cancellation(work: Coroutine[Any, Any, _T]) -> _T:
@@ -734,14 +795,16 @@ async def _complete_despite_cancellation(work: Coroutine[Any, Any, _T]) -> _T:
     """
     task = asyncio.ensure_future(work)
     cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-            continue
-        if cancelled:
-            raise asyncio.CancelledError
-        return result
+    # The shielded scope keeps anyio cancel scopes (fail_after, task groups) from re-delivering
+    # their cancellation at every await; the loop absorbs a plain task.cancel().
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait([task])
+            except asyncio.CancelledError:
+                cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved, even though the caller gets CancelledError
+        raise asyncio.CancelledError
+    return task.result()

@@ -222,5 +222,8 @@ class AiohttpTransport:
 
 
 def _origin(url: str) -> str:
+    """The URL without credentials, query or fragment: safe for messages."""
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -19,6 +19,7 @@ from collections.abc import Collection
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._client import DeviceFlowClient
+from ._machine import is_loopback_host
 
 __all__ = ["BearerAuth"]
 
@@ -39,8 +40,9 @@ class BearerAuth:
     the token is refreshed once (shared with every other request that saw the same rejection)
     and the request is retried once.
 
-    ``hosts`` limits the header to those host names; without it every request of the session
-    carries the token, so give ``hosts`` when the session talks to more than your API.
+    ``hosts`` limits the header to those host names; without it every https request of the
+    session carries the token, so give ``hosts`` when the session talks to more than your API.
+    Plain http requests never carry it (loopback hosts excepted, for tests).
     """
 
     def __init__(
@@ -58,7 +60,11 @@ class BearerAuth:
         return f"BearerAuth(account={self._account!r}, hosts={self._hosts!r})"
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        if self._hosts is not None and (request.url.host or "").lower() not in self._hosts:
+        host = (request.url.host or "").lower()
+        if (self._hosts is not None and host not in self._hosts) or (
+            request.url.scheme != "https" and not is_loopback_host(host)
+        ):
+            # Never to other hosts, and never in cleartext (an https -> http redirect included).
             return await handler(request)
         token = await self._client.get_token(self._account)
         request.headers["Authorization"] = token.authorization
