@@ -26,7 +26,9 @@ def tests(session: nox.Session) -> None:
     """The default test suite, with branch coverage."""
     install(session, "tests")
     session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", *(session.posargs or ["-q"]))
+    # Two workers for two cores; a file's tests stay together (they share servers).
+    args = session.posargs or ["-q", "-n", "2", "--dist", "loadfile"]
+    session.run("coverage", "run", "-m", "pytest", *args)
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
 
