@@ -94,7 +94,6 @@ class _Cached:
     """A token in memory with its deadlines on the monotonic clock."""
 
     token: Token
-    version: int
     refresh_at: float  # from here on, refresh ahead in the background
     usable_until: float  # from here on, callers wait for a new token
 
@@ -256,9 +255,9 @@ class DeviceFlowClient:
         async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
             current = await self.store.get(key)
             expected = current.version if current else None
-            version = await self._write(key, account, token, expected)
+            await self._write(key, account, token, expected)
         self._unsaved.pop(account, None)
-        self._remember(account, token, version, self._clock.wall())
+        self._remember(account, token, self._clock.wall())
 
     async def logout(self, account: str = "default", *, force: bool = False) -> bool:
         """Revoke ``account``'s grant where the provider allows it (RFC 7009) and delete it.
@@ -427,7 +426,7 @@ class DeviceFlowClient:
             current = await self.store.get(key)
             if current is not None:
                 seen = (current.version, self._decode_record(current.value))
-                token = self._usable_fresh(account, current.version, seen[1])
+                token = self._usable_fresh(account, seen[1])
                 if token is not None:
                     return token
         if force or (seen is not None and seen[1][0].refresh_token):
@@ -454,7 +453,7 @@ class DeviceFlowClient:
                 named = force and stale is not _ANY
                 if (not force and not unchanged) or (named and stored.access_token != stale):
                     # Someone wrote while we waited: that token may be fresh.
-                    token = self._usable_fresh(account, version, record)
+                    token = self._usable_fresh(account, record)
                     if token is not None:
                         return token
                 if stored.refresh_token:
@@ -473,7 +472,7 @@ class DeviceFlowClient:
                 elif not self._expired(stored) and not (named and stored.access_token == stale):
                     # Nothing to refresh with, but still valid (and not the token a server
                     # just rejected): keep using it.
-                    return self._remember(account, stored, version, record[1])
+                    return self._remember(account, stored, record[1])
                 else:
                     await self._forget(key, account, version)
         return await self._device_flow(account)
@@ -487,17 +486,16 @@ class DeviceFlowClient:
     async def _store_refreshed(self, key: str, account: str, new: Token, version: int) -> Token:
         # In memory first: if the write fails, the next flight stores this answer instead of
         # reusing the refresh token it replaced.
-        self._remember(account, new, version, self._clock.wall())
+        self._remember(account, new, self._clock.wall())
         self._unsaved[account] = (version, new)
-        written = await self._write(key, account, new, version)
+        await self._write(key, account, new, version)
         self._unsaved.pop(account, None)
-        self._remember(account, new, written, self._clock.wall())
         return new
 
-    def _usable_fresh(self, account: str, version: int, record: _Record) -> Token | None:
+    def _usable_fresh(self, account: str, record: _Record) -> Token | None:
         """Cache and return the stored token if it is not due for refresh, else None."""
         token, obtained = record
-        cached = self._entry(token, version, obtained)
+        cached = self._entry(token, obtained)
         if self._clock.monotonic() < cached.refresh_at:
             self._cache[account] = cached
             return token
@@ -763,9 +761,9 @@ class DeviceFlowClient:
     def _decode(self, value: bytes) -> Token:
         return self._decode_record(value)[0]
 
-    def _entry(self, token: Token, version: int, obtained: datetime | None) -> _Cached:
+    def _entry(self, token: Token, obtained: datetime | None) -> _Cached:
         if token.expires_at is None:
-            return _Cached(token, version, math.inf, math.inf)
+            return _Cached(token, math.inf, math.inf)
         now_mono = self._clock.monotonic()
         wall = self._clock.wall()
         remaining = (token.expires_at - wall).total_seconds()
@@ -774,12 +772,10 @@ class DeviceFlowClient:
         # with a 60 s skew would otherwise be refreshed on every call.
         ahead = min(self._refresh_skew, max(0.0, lifetime) / 2)
         usable_until = now_mono + remaining - min(1.0, ahead)
-        return _Cached(token, version, now_mono + remaining - ahead, usable_until)
+        return _Cached(token, now_mono + remaining - ahead, usable_until)
 
-    def _remember(
-        self, account: str, token: Token, version: int, obtained: datetime | None
-    ) -> Token:
-        self._cache[account] = self._entry(token, version, obtained)
+    def _remember(self, account: str, token: Token, obtained: datetime | None) -> Token:
+        self._cache[account] = self._entry(token, obtained)
         return token
 
 
