@@ -71,7 +71,7 @@ from .exceptions import (
     StoreError,
     TransportError,
 )
-from .stores._protocol import TokenStore
+from .stores._protocol import TokenStore, Versioned
 
 __all__ = ["DeviceFlowClient", "OnCode"]
 
@@ -89,13 +89,26 @@ _RECORD_VERSION = 1
 _REGISTRATION_SKEW = 900.0
 
 
-@attrs.frozen
+@attrs.define
+class _Flight:
+    """One account's work in progress, and the futures of the callers waiting for it."""
+
+    background: bool  # started by refresh-ahead: a failure reschedules, callers keep the token
+    task: asyncio.Task[None] | None = None
+    waiters: list[asyncio.Future[Token]] = attrs.Factory(list)
+
+
+@attrs.define
 class _Cached:
     """A token in memory with its deadlines on the monotonic clock."""
 
     token: Token
     refresh_at: float  # from here on, refresh ahead in the background
     usable_until: float  # from here on, callers wait for a new token
+    obtained: datetime | None = None
+    # The store record this token was read from or written as (see _stamp): when the store
+    # still holds that record, a flight need not decode it again.
+    stamp: int | None = None
 
 
 class DeviceFlowClient:
@@ -187,7 +200,8 @@ class DeviceFlowClient:
         self._lock_wait = lock_wait
         self._poll_margin = poll_margin
         self._cache: dict[str, _Cached] = {}
-        self._flights: dict[str, asyncio.Task[Token]] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._finishing: set[str] = set()  # accounts whose flight has a refresh on the wire
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -206,9 +220,10 @@ class DeviceFlowClient:
     async def aclose(self) -> None:
         """Cancel background work and close what the client owns (not a session passed in)."""
         self._closed = True
-        tasks = list(self._flights.values())
-        for task in tasks:
-            task.cancel()
+        tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
+        for account, flight in self._flights.items():
+            if flight.task is not None and account not in self._finishing:
+                flight.task.cancel()  # a refresh on the wire finishes instead (http_timeout)
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._transport.aclose()
 
@@ -255,9 +270,9 @@ class DeviceFlowClient:
         async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
             current = await self.store.get(key)
             expected = current.version if current else None
-            await self._write(key, account, token, expected)
+            written = await self._write(key, account, token, expected)
         self._unsaved.pop(account, None)
-        self._remember(account, token, self._clock.wall())
+        self._remember(account, token, self._clock.wall(), _stamp(written))
 
     async def logout(self, account: str = "default", *, force: bool = False) -> bool:
         """Revoke ``account``'s grant where the provider allows it (RFC 7009) and delete it.
@@ -368,53 +383,69 @@ class DeviceFlowClient:
     # --- single-flight ------------------------------------------------------------------------
 
     async def _join(self, account: str, stale: str | None) -> Token:
-        task = self._flight(account, stale)
+        flight = self._flight(account, stale)
+        # Each caller waits on a future of its own: one that is cancelled or times out leaves
+        # the flight running for the others.
+        waiter: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
+        flight.waiters.append(waiter)
         try:
-            # shield: a caller that is cancelled or times out leaves the flight to the others.
-            return await asyncio.shield(task)
+            return await waiter
         except asyncio.CancelledError:
-            # Task.cancelling() is Python 3.11+; on 3.10 the CancelledError goes through.
-            cancelling = getattr(asyncio.current_task(), "cancelling", None)
-            if task.cancelled() and cancelling is not None and not cancelling():
-                raise RuntimeError("the DeviceFlowClient was closed during this call") from None
+            if not waiter.done():
+                flight.waiters.remove(waiter)
+            elif not waiter.cancelled():
+                waiter.exception()  # settled just before the cancellation: retrieved, not logged
             raise
 
-    def _flight(self, account: str, stale: str | None) -> asyncio.Task[Token]:
+    def _flight(self, account: str, stale: str | None, *, background: bool = False) -> _Flight:
         """The running flight of ``account``, or a new one."""
         if self._closed:
             raise RuntimeError("this DeviceFlowClient is closed")
-        task = self._flights.get(account)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._obtain(account, stale))
-            self._flights[account] = task
-            task.add_done_callback(lambda t: self._end_flight(account, t))
-        return task
+        flight = self._flights.get(account)
+        if flight is None:
+            flight = self._flights[account] = _Flight(background)
+            flight.task = asyncio.get_running_loop().create_task(self._fly(account, stale, flight))
+        return flight
 
-    def _end_flight(self, account: str, task: asyncio.Task[Token]) -> None:
-        if self._flights.get(account) is task:
+    async def _fly(self, account: str, stale: str | None, flight: _Flight) -> None:
+        """Run one flight and hand its outcome to every waiter, as soon as it is known."""
+        try:
+            token = await self._obtain(account, stale)
+        except asyncio.CancelledError:
+            closed = RuntimeError("the DeviceFlowClient was closed during this call")
+            self._settle(account, flight, closed)
+            raise
+        except Exception as exc:  # every waiter gets it
+            self._settle(account, flight, exc)
+            if flight.background:
+                self._after_background(account, exc)
+        else:
+            self._settle(account, flight, token)
+
+    def _settle(self, account: str, flight: _Flight, outcome: Token | BaseException) -> None:
+        if self._flights.get(account) is flight:
             del self._flights[account]
-        if not task.cancelled():
-            task.exception()  # retrieved: waiters that left must not leave it unobserved
+        for waiter in flight.waiters:
+            if waiter.done():
+                continue
+            if isinstance(outcome, Token):
+                waiter.set_result(outcome)
+            else:
+                waiter.set_exception(outcome)
 
     def _refresh_ahead(self, account: str) -> None:
         """Start one background refresh of a still-usable token (no task per caller)."""
-        if account in self._flights or self._closed:
-            return
-        self._flight(account, None).add_done_callback(
-            lambda task: self._after_background(account, task)
-        )
+        if account not in self._flights and not self._closed:
+            self._flight(account, None, background=True)
 
-    def _after_background(self, account: str, task: asyncio.Task[Token]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
+    def _after_background(self, account: str, exc: Exception) -> None:
         # The cached token is still usable; callers see errors only once it is not.
         # Try again halfway to the end of its usable life, not on every call.
-        log.warning("background refresh of account %r failed: %s", account, task.exception())
+        log.warning("background refresh of account %r failed: %s", account, exc)
         cached = self._cache.get(account)
         if cached is not None:
             now = self._clock.monotonic()
-            later = now + max(1.0, (cached.usable_until - now) / 2)
-            self._cache[account] = attrs.evolve(cached, refresh_at=later)
+            cached.refresh_at = now + max(1.0, (cached.usable_until - now) / 2)
 
     # --- the work of one flight ---------------------------------------------------------------
 
@@ -425,8 +456,8 @@ class DeviceFlowClient:
         if not force:
             current = await self.store.get(key)
             if current is not None:
-                seen = (current.version, self._decode_record(current.value))
-                token = self._usable_fresh(account, seen[1])
+                seen = (current.version, self._read_record(account, current))
+                token = self._usable_fresh(account, seen[1], current)
                 if token is not None:
                     return token
         if force or (seen is not None and seen[1][0].refresh_token):
@@ -442,37 +473,39 @@ class DeviceFlowClient:
                 if unsaved is not None and unsaved[0] == current.version:
                     # A refresh whose write failed earlier: store its answer first, and never
                     # refresh with the refresh token it replaced.
-                    version = await self._write(key, account, unsaved[1], current.version)
+                    current = await self._write(key, account, unsaved[1], current.version)
                     record: _Record = (unsaved[1], None)
                     unchanged = False
                 else:
-                    version = current.version
-                    unchanged = seen is not None and seen[0] == version
-                    record = seen[1] if seen and unchanged else self._decode_record(current.value)
+                    unchanged = seen is not None and seen[0] == current.version
+                    record = seen[1] if seen and unchanged else self._read_record(account, current)
+                version = current.version
                 stored = record[0]
                 named = force and stale is not _ANY
                 if (not force and not unchanged) or (named and stored.access_token != stale):
                     # Someone wrote while we waited: that token may be fresh.
-                    token = self._usable_fresh(account, record)
+                    token = self._usable_fresh(account, record, current)
                     if token is not None:
                         return token
                 if stored.refresh_token:
+                    # Once the request is out, the server may already have rotated the refresh
+                    # token: the answer must reach memory and the store, or every holder of the
+                    # old token loses the grant. So aclose() waits for a flight in this step
+                    # instead of cancelling it (callers cannot cancel a flight: see _join).
+                    self._finishing.add(account)
                     try:
-                        # Once the request is out, the server may already have rotated the
-                        # refresh token: the answer must reach memory and the store even if
-                        # we are cancelled, or every holder of the old token loses the grant.
-                        return await _complete_despite_cancellation(
-                            self._refresh_and_write(key, account, stored, version)
-                        )
+                        return await self._refresh_and_write(key, account, stored, version)
                     except InvalidGrantError:
                         log.info(
                             "refresh token of account %r was rejected; need a new grant", account
                         )
                         await self._forget(key, account, version)
+                    finally:
+                        self._finishing.discard(account)
                 elif not self._expired(stored) and not (named and stored.access_token == stale):
                     # Nothing to refresh with, but still valid (and not the token a server
                     # just rejected): keep using it.
-                    return self._remember(account, stored, record[1])
+                    return self._remember(account, stored, record[1], _stamp(current))
                 else:
                     await self._forget(key, account, version)
         return await self._device_flow(account)
@@ -486,16 +519,24 @@ class DeviceFlowClient:
     async def _store_refreshed(self, key: str, account: str, new: Token, version: int) -> Token:
         # In memory first: if the write fails, the next flight stores this answer instead of
         # reusing the refresh token it replaced.
-        self._remember(account, new, self._clock.wall())
+        entry = self._cache[account] = self._entry(new, self._clock.wall())
         self._unsaved[account] = (version, new)
-        await self._write(key, account, new, version)
+        written = await self._write(key, account, new, version)
         self._unsaved.pop(account, None)
+        entry.stamp = _stamp(written)
         return new
 
-    def _usable_fresh(self, account: str, record: _Record) -> Token | None:
+    def _read_record(self, account: str, current: Versioned) -> _Record:
+        """Decode ``current``, unless it is the record the cached token came from."""
+        cached = self._cache.get(account)
+        if cached is not None and cached.stamp is not None and cached.stamp == _stamp(current):
+            return cached.token, cached.obtained
+        return self._decode_record(current.value)
+
+    def _usable_fresh(self, account: str, record: _Record, current: Versioned) -> Token | None:
         """Cache and return the stored token if it is not due for refresh, else None."""
         token, obtained = record
-        cached = self._entry(token, obtained)
+        cached = self._entry(token, obtained, _stamp(current))
         if self._clock.monotonic() < cached.refresh_at:
             self._cache[account] = cached
             return token
@@ -510,6 +551,8 @@ class DeviceFlowClient:
             await self.store.delete(key, expected_version=version)
 
     async def _device_flow(self, account: str) -> Token:
+        if self._closed:  # a refresh that aclose() let finish was refused: stop there
+            raise RuntimeError("this DeviceFlowClient is closed")
         if self.on_code is None:
             raise ReauthorizationRequiredError(
                 f"account {account!r} has no usable token and no on_code callback is set to "
@@ -698,8 +741,8 @@ class DeviceFlowClient:
         account: str,
         token: Token,
         expected: int | None,
-    ) -> int:
-        """Compare-and-set the record.
+    ) -> Versioned:
+        """Compare-and-set the record; returns what was written and its version.
 
         A conflict on a freshly issued token is overwritten (the new token is valid, and losing
         it would lose a rotated refresh token), unless the record was deleted meanwhile: a
@@ -709,7 +752,8 @@ class DeviceFlowClient:
         ttl = self._record_ttl(token)
         for attempt in range(4):
             try:
-                return await self.store.put(key, record, expected_version=expected, ttl=ttl)
+                version = await self.store.put(key, record, expected_version=expected, ttl=ttl)
+                return Versioned(record, version)
             except ConflictError:
                 current = await self.store.get(key)
                 if attempt == 3 or (current is None and expected is not None):
@@ -761,9 +805,9 @@ class DeviceFlowClient:
     def _decode(self, value: bytes) -> Token:
         return self._decode_record(value)[0]
 
-    def _entry(self, token: Token, obtained: datetime | None) -> _Cached:
+    def _entry(self, token: Token, obtained: datetime | None, stamp: int | None = None) -> _Cached:
         if token.expires_at is None:
-            return _Cached(token, math.inf, math.inf)
+            return _Cached(token, math.inf, math.inf, obtained, stamp)
         now_mono = self._clock.monotonic()
         wall = self._clock.wall()
         remaining = (token.expires_at - wall).total_seconds()
@@ -772,11 +816,19 @@ class DeviceFlowClient:
         # with a 60 s skew would otherwise be refreshed on every call.
         ahead = min(self._refresh_skew, max(0.0, lifetime) / 2)
         usable_until = now_mono + remaining - min(1.0, ahead)
-        return _Cached(token, now_mono + remaining - ahead, usable_until)
+        return _Cached(token, now_mono + remaining - ahead, usable_until, obtained, stamp)
 
-    def _remember(self, account: str, token: Token, obtained: datetime | None) -> Token:
-        self._cache[account] = self._entry(token, obtained)
+    def _remember(
+        self, account: str, token: Token, obtained: datetime | None, stamp: int | None = None
+    ) -> Token:
+        self._cache[account] = self._entry(token, obtained, stamp)
         return token
+
+
+def _stamp(record: Versioned) -> int:
+    """Tells store records apart: their version and a hash of their bytes (versions alone can
+    repeat after a delete)."""
+    return hash((record.version, record.value))
 
 
 _ANY = "\x00any"  # refresh(): no particular stale token named

@@ -262,12 +262,20 @@ def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # A name sent twice is ambiguous: RFC 8259 4 leaves the meaning to each parser, and a proxy
     # or a second parser that keeps the first value would read another answer than ours (say,
     # another issuer or verification_uri). Refuse it rather than pick one.
-    fields: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in fields:
-            raise _DuplicateName(repr(name[:64]))
-        fields[name] = value
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateName(repr(name[:64]))
+            seen.add(name)
     return fields
+
+
+def _response_aliases(dialect: Dialect | None) -> Mapping[str, str]:
+    if dialect is None or not dialect.response_aliases:
+        return DEFAULT_RESPONSE_ALIASES
+    return {**DEFAULT_RESPONSE_ALIASES, **dialect.response_aliases}
 
 
 def parse_body(response: Response, dialect: Dialect | None = None) -> dict[str, Any]:
@@ -314,10 +322,7 @@ def parse_body(response: Response, dialect: Dialect | None = None) -> dict[str, 
         raise ProtocolError(
             f"HTTP {response.status}: expected a JSON or form-encoded body, got {got}"
         )
-    aliases = dict(DEFAULT_RESPONSE_ALIASES)
-    if dialect is not None:
-        aliases.update(dialect.response_aliases)
-    for name, canonical in aliases.items():
+    for name, canonical in _response_aliases(dialect).items():
         if name in fields and canonical not in fields:
             fields[canonical] = fields[name]
     return fields
@@ -516,7 +521,6 @@ def parse_token(
     if scope is not None:
         scope = displayable(scope)
     id_token = _str_field(fields, "id_token", required=False)
-    known = {"access_token", "token_type", "expires_in", "refresh_token", "scope", "id_token"}
     if previous is not None:
         refresh_token = refresh_token or previous.refresh_token
         scope = scope if scope is not None else previous.scope
@@ -528,8 +532,13 @@ def parse_token(
         refresh_token=refresh_token or None,
         scope=scope,
         id_token=id_token,
-        extra={k: v for k, v in fields.items() if k not in known},
+        extra={k: v for k, v in fields.items() if k not in _TOKEN_FIELDS},
     )
+
+
+_TOKEN_FIELDS = frozenset(
+    {"access_token", "token_type", "expires_in", "refresh_token", "scope", "id_token"}
+)
 
 
 def retry_after(response: Response, wall: datetime) -> float | None:
