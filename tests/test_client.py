@@ -293,6 +293,50 @@ async def test_refresh_ahead_returns_cached_token_and_refreshes_in_background(
     assert newer.access_token != first.access_token
 
 
+async def background_done(client: DeviceFlowClient) -> None:
+    """Wait (real time: the server is real) until no flight of ``client`` is running."""
+    for _ in range(500):
+        if not client._flights:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the background refresh did not end")
+
+
+async def test_failed_background_refresh_keeps_the_token_and_retries_later(
+    server: AuthorizationServer,
+    make_client: Callable[..., DeviceFlowClient],
+    virtual_clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failed background refresh: callers keep the cached token, the next try comes halfway to
+    the end of its usable life, and the token is never served past that end."""
+    server.configure(access_token_lifetime=600)
+    rejected = Fault(
+        endpoint="token",
+        status=400,
+        content_type="application/json",
+        body='{"error": "invalid_request"}',
+        times=None,
+    )
+
+    def failures() -> int:
+        return sum("background refresh" in r.getMessage() for r in caplog.records)
+
+    async with make_client(on_code=approver(server), refresh_skew=60) as client:
+        first = await client.get_token()  # refresh ahead from 540 s, usable until 599 s
+        server.faults.add(rejected)
+        for advance, tries in ((550, 1), (0, 1), (25, 2), (23.5, 3)):
+            virtual_clock.advance(advance)  # 550: try; 575: next try (574.5); 598.5: last try
+            assert first is await client.get_token()
+            await background_done(client)
+            assert tries == failures()
+        server.faults.clear()
+        virtual_clock.advance(0.7)  # 599.2 s: past its usable life, callers wait for a refresh
+        newer = await client.get_token()
+    assert newer.access_token != first.access_token
+    assert server.is_valid_access_token(newer.access_token)
+
+
 async def test_concurrent_callers_share_one_refresh(
     server: AuthorizationServer,
     make_client: Callable[..., DeviceFlowClient],

@@ -445,7 +445,8 @@ class DeviceFlowClient:
         cached = self._cache.get(account)
         if cached is not None:
             now = self._clock.monotonic()
-            cached.refresh_at = now + max(1.0, (cached.usable_until - now) / 2)
+            later = now + max(1.0, (cached.usable_until - now) / 2)
+            cached.refresh_at = min(later, cached.usable_until)
 
     # --- the work of one flight ---------------------------------------------------------------
 
@@ -536,11 +537,13 @@ class DeviceFlowClient:
     def _usable_fresh(self, account: str, record: _Record, current: Versioned) -> Token | None:
         """Cache and return the stored token if it is not due for refresh, else None."""
         token, obtained = record
-        cached = self._entry(token, obtained, _stamp(current))
-        if self._clock.monotonic() < cached.refresh_at:
+        cached = self._cache.get(account)
+        if cached is None or cached.token is not token:  # not the record already in memory
+            cached = self._entry(token, obtained, _stamp(current))
+            if self._clock.monotonic() >= cached.refresh_at:
+                return None
             self._cache[account] = cached
-            return token
-        return None
+        return token if self._clock.monotonic() < cached.refresh_at else None
 
     def _expired(self, token: Token) -> bool:
         return token.expires_within(0, now=self._clock.wall())
