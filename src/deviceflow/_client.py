@@ -51,6 +51,7 @@ from ._machine import (
     parse_seconds,
 )
 from ._models import (
+    COMPACT_JSON,
     AuthMethod,
     DeviceCode,
     FlowEvent,
@@ -785,7 +786,7 @@ class DeviceFlowClient:
             "obtained_at": self._clock.wall().timestamp(),
             "token": token.to_dict(),
         }
-        return json.dumps(record, separators=(",", ":")).encode()
+        return COMPACT_JSON.encode(record).encode()
 
     def _decode_record(self, value: bytes) -> _Record:
         try:

@@ -272,6 +272,11 @@ def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return fields
 
 
+# One decoder for every answer: json.loads(..., object_pairs_hook=...) would build a new one
+# (and its scanner) on every call.
+_JSON_OBJECTS = json.JSONDecoder(object_pairs_hook=_unique_names)
+
+
 def _response_aliases(dialect: Dialect | None) -> Mapping[str, str]:
     if dialect is None or not dialect.response_aliases:
         return DEFAULT_RESPONSE_ALIASES
@@ -292,7 +297,7 @@ def parse_body(response: Response, dialect: Dialect | None = None) -> dict[str, 
         fields = {}
     elif ctype.endswith("json") or body[:1] in (b"{", b"["):
         try:
-            decoded = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_names)
+            decoded = _JSON_OBJECTS.decode(body.decode("utf-8"))
         except _DuplicateName as exc:
             raise ProtocolError(
                 f"HTTP {response.status}: the body names {exc} more than once"

@@ -50,6 +50,10 @@ class FlowState(enum.Enum):
 _TERMINAL = frozenset({FlowState.GRANTED, FlowState.EXPIRED, FlowState.DENIED, FlowState.FAILED})
 
 
+#: Compact JSON for stored records (one encoder: json.dumps with options builds one per call).
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError("expires_at must be an aware datetime (use timezone.utc)")
@@ -135,7 +139,7 @@ class Token:
 
     def to_json(self) -> bytes:
         """The token as compact UTF-8 JSON (secrets included: encrypt before storing)."""
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return COMPACT_JSON.encode(self.to_dict()).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Token:
@@ -278,7 +282,7 @@ class RegisteredClient:
             "client_secret": self.client_secret,
             "expires_at": self.expires_at.timestamp() if self.expires_at else None,
         }
-        return json.dumps(record, separators=(",", ":")).encode()
+        return COMPACT_JSON.encode(record).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> RegisteredClient:
