@@ -51,7 +51,6 @@ from ._machine import (
     parse_seconds,
 )
 from ._models import (
-    COMPACT_JSON,
     AuthMethod,
     DeviceCode,
     FlowEvent,
@@ -59,6 +58,7 @@ from ._models import (
     ProviderMetadata,
     RegisteredClient,
     Token,
+    json_str,
 )
 from ._provider import Provider, fetch_metadata
 from ._transport import AiohttpTransport, ClientAuth, Transport
@@ -176,6 +176,10 @@ class DeviceFlowClient:
             urllib.parse.quote(part, safe="") for part in (provider.identity, client_id)
         )
         self._unsaved: dict[str, tuple[int, Token]] = {}  # refreshed, not yet stored
+        self._record_head = (
+            f'{{"v":{_RECORD_VERSION},"issuer":{json_str(provider.identity)},'
+            f'"client_id":{json_str(client_id)},'
+        )
         self.client_id = client_id
         self.scope = scope if scope is not None else provider.default_scope
         self.store = store
@@ -778,15 +782,12 @@ class DeviceFlowClient:
         return max(1.0, (token.expires_at - self._clock.wall()).total_seconds() + 60.0)
 
     def _encode(self, account: str, token: Token) -> bytes:
-        record = {
-            "v": _RECORD_VERSION,
-            "issuer": self.provider.identity,
-            "client_id": self.client_id,
-            "account": account,
-            "obtained_at": self._clock.wall().timestamp(),
-            "token": token.to_dict(),
-        }
-        return COMPACT_JSON.encode(record).encode()
+        """The store record: compact JSON, ``{"v", "issuer", "client_id", "account",
+        "obtained_at", "token"}`` (see Token.to_dict)."""
+        return (
+            f'{self._record_head}"account":{json_str(account)},'
+            f'"obtained_at":{self._clock.wall().timestamp()!r},"token":{token.json_text()}}}'
+        ).encode()
 
     def _decode_record(self, value: bytes) -> _Record:
         try:

@@ -52,6 +52,8 @@ _TERMINAL = frozenset({FlowState.GRANTED, FlowState.EXPIRED, FlowState.DENIED, F
 
 #: Compact JSON for stored records (one encoder: json.dumps with options builds one per call).
 COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+#: How COMPACT_JSON writes a string (ensure_ascii): for records written field by field.
+json_str = json.encoder.encode_basestring_ascii
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -139,7 +141,22 @@ class Token:
 
     def to_json(self) -> bytes:
         """The token as compact UTF-8 JSON (secrets included: encrypt before storing)."""
-        return COMPACT_JSON.encode(self.to_dict()).encode()
+        return self.json_text().encode()
+
+    def json_text(self) -> str:
+        """:meth:`to_dict` as compact JSON text: the text ``COMPACT_JSON`` would write, written
+        field by field at a third of the cost (a record is written on every refresh)."""
+        try:
+            expires = "null" if self.expires_at is None else repr(self.expires_at.timestamp())
+            return (
+                f'{{"access_token":{json_str(self.access_token)},'
+                f'"token_type":{json_str(self.token_type)},"expires_at":{expires},'
+                f'"refresh_token":{_json_opt(self.refresh_token)},"scope":{_json_opt(self.scope)},'
+                f'"id_token":{_json_opt(self.id_token)},'
+                f'"extra":{COMPACT_JSON.encode(self.extra) if self.extra else "{}"}}}'
+            )
+        except TypeError:  # a field that is not a string: leave the verdict to the encoder
+            return COMPACT_JSON.encode(self.to_dict())
 
     @classmethod
     def from_json(cls, data: bytes) -> Token:
@@ -151,6 +168,10 @@ class Token:
         if not isinstance(decoded, dict):
             raise ProtocolError("stored token record is not a JSON object")
         return cls.from_dict(decoded)
+
+
+def _json_opt(value: str | None) -> str:
+    return "null" if value is None else json_str(value)
 
 
 def _req_str(data: Mapping[str, Any], name: str) -> str:
