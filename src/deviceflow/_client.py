@@ -223,7 +223,11 @@ class DeviceFlowClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel background work and close what the client owns (not a session passed in)."""
+        """Cancel background work and close what the client owns (not a session passed in).
+
+        A refresh whose request has already left is not cut off: aclose() waits for it (at most
+        ``http_timeout``) so that a rotated refresh token is stored, not lost.
+        """
         self._closed = True
         tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
         for account, flight in self._flights.items():
