@@ -27,7 +27,7 @@ import logging
 import math
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ import aiohttp
 import anyio
 import attrs
 
+from ._claim import CLAIM_TTL, Claim, FlowClaim
 from ._clock import Clock, SystemClock
 from ._machine import (
     MAX_TOKEN_LIFETIME,
@@ -88,6 +89,8 @@ _RECORD_VERSION = 1
 #: (device codes live some minutes) outlives the registration it started with. Refresh tokens are
 #: bound to the registration: after a new one, the next get_token() starts a device flow.
 _REGISTRATION_SKEW = 900.0
+#: How often a process waiting on another process's device flow looks for its token.
+_CLAIM_POLL = 2.0
 
 
 @attrs.define
@@ -333,6 +336,18 @@ class DeviceFlowClient:
         ...     if event.state is FlowState.PENDING and event.code:
         ...         print(event.code.user_code, event.code.verification_uri)
         """
+        async with contextlib.aclosing(self._authorize(account, store=store)) as events:
+            async for event in events:
+                yield event
+
+    async def _authorize(
+        self,
+        account: str,
+        *,
+        store: bool,
+        before_request: Callable[[float], Awaitable[None]] | None = None,
+    ) -> AsyncGenerator[FlowEvent, None]:
+        """authorize(), calling ``before_request(interval)`` before each request it sends."""
         registration = self.provider.registration
         machine = DeviceFlowMachine(
             client_id=self.client_id,
@@ -379,6 +394,8 @@ class DeviceFlowClient:
             delay = action.at - clock.monotonic()
             if delay > 0:
                 await clock.sleep(delay)
+            if before_request is not None:
+                await before_request(machine.interval)
             try:
                 response = await self._send(action.request)
             except DeviceFlowError as exc:
@@ -563,6 +580,8 @@ class DeviceFlowClient:
             await self.store.delete(key, expected_version=version)
 
     async def _device_flow(self, account: str) -> Token:
+        """A new grant through a device flow, one per account across every process sharing the
+        store (see _claim.py): this process runs it, or waits for the one that does."""
         if self._closed:  # a refresh that aclose() let finish was refused: stop there
             raise RuntimeError("this DeviceFlowClient is closed")
         if self.on_code is None:
@@ -570,11 +589,64 @@ class DeviceFlowClient:
                 f"account {account!r} has no usable token and no on_code callback is set to "
                 "show a device code; run client.authorize() or `deviceflow login` first"
             )
+        key = self._key(account)
+        claim = FlowClaim(self.store, key + "//device-flow", self._clock)
+        while (other := await claim.take()) is not None:
+            token = await self._flow_elsewhere(account, key, claim, other)
+            if token is not None:
+                return token
+        outcome: BaseException | None = None
+        try:
+            # A flow elsewhere may have stored its token just before this claim was taken.
+            token = await self._stored_usable(account, key)
+            if token is None:
+                token = await self._show_and_poll(account, claim)
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            await claim.end(outcome)
+        return token
+
+    async def _flow_elsewhere(
+        self, account: str, key: str, claim: FlowClaim, other: Claim
+    ) -> Token | None:
+        """Wait on another process's device flow: its token, its error, or None once its claim
+        has lapsed or gone without a token (then this process tries to claim the flow)."""
+        log.info("account %r: another process is running a device flow; waiting for it", account)
+        while True:
+            await self._clock.sleep(_CLAIM_POLL)
+            now = await claim.read()  # the claim first: it is ended after the token is stored
+            token = await self._stored_usable(account, key)
+            if token is not None:
+                return token
+            if now is None or now.flow != other.flow or now.until <= self._clock.wall().timestamp():
+                return None
+            if now.error is not None:
+                raise now.failure()
+
+    async def _stored_usable(self, account: str, key: str) -> Token | None:
+        current = await self.store.get(key)
+        if current is None:
+            return None
+        token, obtained = self._read_record(account, current)
+        if self._expired(token):
+            return None
+        return self._remember(account, token, obtained, _stamp(current))
+
+    async def _show_and_poll(self, account: str, claim: FlowClaim) -> Token:
+        on_code = self.on_code
+        assert on_code is not None
+
+        async def before_request(interval: float) -> None:
+            # Outlast a few polls and a slow answer, however long the interval grows.
+            await claim.renew(max(CLAIM_TTL, 3 * interval + self._http_timeout))
+
         shown = False
-        async for event in self.authorize(account):
+        async for event in self._authorize(account, store=True, before_request=before_request):
             if event.state is FlowState.PENDING and event.code is not None and not shown:
                 shown = True
-                result = self.on_code(event.code, account)
+                result = on_code(event.code, account)
                 if inspect.isawaitable(result):
                     await result
             if event.error is not None:

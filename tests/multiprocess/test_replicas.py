@@ -54,7 +54,9 @@ async def seed(server: AuthorizationServer, store: TokenStore) -> None:
         )
 
 
-async def run_replicas(server: AuthorizationServer, store_spec: str, key: str) -> list[Any]:
+async def run_replicas(
+    server: AuthorizationServer, store_spec: str, key: str, *options: str
+) -> list[Any]:
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -69,6 +71,7 @@ async def run_replicas(server: AuthorizationServer, store_spec: str, key: str) -
             key,
             "--duration",
             str(DURATION),
+            *options,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -139,3 +142,21 @@ async def test_redis_cluster_replicas_refresh_once_per_window(
     await store.aclose()
     reports = await run_replicas(server, f"cluster:{redis_cluster.url}", key)
     check(server, reports)
+
+
+async def test_file_store_replicas_share_one_device_flow(tmp_path: Path) -> None:
+    """8 processes without a token on one EncryptedFileStore: one device code, shown once."""
+    async with AuthorizationServer(
+        access_token_lifetime=LIFETIME,
+        rotate_refresh_tokens=True,
+        interval=0.25,
+        auto_approve_after=1,
+    ) as server:
+        key = generate_key()
+        reports = await run_replicas(server, f"file:{tmp_path / 'tokens'}", key, "--on-code")
+    assert [] == [r["errors"] for r in reports if r["errors"]], server.stats
+    assert 1 == server.stats.device_authorizations
+    assert 1 == sum(len(r["shown"]) for r in reports)
+    assert [] == [r["rejected"] for r in reports if r["rejected"]]
+    assert all(r["accepted"] >= 5 for r in reports)
+    assert 0 == server.stats.invalid_grants

@@ -1,7 +1,9 @@
 """One replica in the multi-process get_token tests (run as a script, not collected).
 
 It loops on get_token() against a shared store for ``duration`` seconds and checks every token
-it gets against the server's protected resource, then prints a JSON report on stdout.
+it gets against the server's protected resource, then prints a JSON report on stdout. With
+``--on-code`` it can start device flows (the server approves codes by itself) and counts the
+codes it was asked to show.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 
 import aiohttp
 
-from deviceflow import DeviceFlowClient, DeviceFlowError, Provider
+from deviceflow import DeviceCode, DeviceFlowClient, DeviceFlowError, Provider
 from deviceflow.stores import EncryptedFileStore, TokenStore
 
 
@@ -33,8 +35,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     calls = accepted = 0
     rejected: list[float] = []
     errors: list[str] = []
+    shown: list[str] = []
+
+    def on_code(code: DeviceCode, account: str) -> None:
+        shown.append(code.user_code)
+
     async with (
-        DeviceFlowClient(provider, client_id="svc", store=store) as client,
+        DeviceFlowClient(
+            provider, client_id="svc", store=store, on_code=on_code if args.on_code else None
+        ) as client,
         aiohttp.ClientSession() as session,
     ):
         start = time.monotonic()
@@ -55,7 +64,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     rejected.append(time.monotonic() - start)
             await asyncio.sleep(args.pause)
     await store.aclose()
-    return {"calls": calls, "accepted": accepted, "rejected": rejected, "errors": errors}
+    return {
+        "calls": calls,
+        "accepted": accepted,
+        "rejected": rejected,
+        "errors": errors,
+        "shown": shown,
+    }
 
 
 def main() -> None:
@@ -67,6 +82,7 @@ def main() -> None:
     parser.add_argument("--account", default="shared")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--pause", type=float, default=0.02)
+    parser.add_argument("--on-code", action="store_true", help="may run device flows")
     report = asyncio.run(run(parser.parse_args()))
     json.dump(report, sys.stdout)
 
