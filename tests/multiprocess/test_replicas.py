@@ -146,14 +146,22 @@ async def test_redis_cluster_replicas_refresh_once_per_window(
 
 async def test_file_store_replicas_share_one_device_flow(tmp_path: Path) -> None:
     """8 processes without a token on one EncryptedFileStore: one device code, shown once."""
+    await check_one_device_flow(f"file:{tmp_path / 'tokens'}")
+
+
+async def test_redis_replicas_share_one_device_flow(redis_server: Any) -> None:
+    """8 processes without a token on one Redis: one device code, shown once."""
+    await check_one_device_flow(f"redis:{redis_server.url}")
+
+
+async def check_one_device_flow(store_spec: str) -> None:
     async with AuthorizationServer(
         access_token_lifetime=LIFETIME,
         rotate_refresh_tokens=True,
         interval=0.25,
         auto_approve_after=1,
     ) as server:
-        key = generate_key()
-        reports = await run_replicas(server, f"file:{tmp_path / 'tokens'}", key, "--on-code")
+        reports = await run_replicas(server, store_spec, generate_key(), "--on-code")
     assert [] == [r["errors"] for r in reports if r["errors"]], server.stats
     assert 1 == server.stats.device_authorizations
     assert 1 == sum(len(r["shown"]) for r in reports)
