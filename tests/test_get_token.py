@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import timedelta
+import contextlib
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,7 +18,7 @@ from deviceflow import DeviceFlowClient, Provider, StoreError, Token
 from deviceflow._machine import Request, RequestKind, Response
 from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.aiohttp import BearerAuth
-from deviceflow.stores import MemoryStore
+from deviceflow.stores import Lease, MemoryStore, Versioned
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 
 
@@ -297,3 +301,216 @@ async def test_bearer_auth_never_sends_the_token_in_cleartext(
         with pytest.raises(aiohttp.ClientConnectionError):
             await auth(request, capture)
     assert [None] == seen
+
+
+# --- the flight's edges (found in review; each failed before its fix) ------------------------
+
+
+async def test_aclose_cancelled_mid_refresh_still_stores_rotated_token(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """aclose() cancelled by a shutdown timeout still lets the refresh on the wire be stored."""
+    provider = Provider(issuer=server.issuer)
+    store = MemoryStore()
+    async with DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store
+    ) as seeding:
+        await seed(seeding, server, virtual_clock, "a")
+    virtual_clock.advance(400)
+    transport = HoldAnswers()
+    client = DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store, transport=transport
+    )
+    waiter = asyncio.ensure_future(client.get_token("a"))
+    await transport.sent.wait()
+    closing = asyncio.ensure_future(client.aclose())
+    await asyncio.sleep(0.01)
+    closing.cancel()  # the shutdown's own timeout
+    await asyncio.sleep(0.01)
+    transport.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await closing  # cancelled, but only once the refresh was stored
+    assert server.is_valid_access_token((await waiter).access_token)
+    async with DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store
+    ) as again:
+        assert server.is_valid_access_token((await again.get_token("a")).access_token)
+    assert 0 == server.stats.invalid_grants
+
+
+async def test_aclose_before_the_flight_starts_ends_its_callers(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A flight cancelled before its first step still gives its callers an outcome."""
+    client = DeviceFlowClient(Provider(issuer=server.issuer), client_id="svc", clock=virtual_clock)
+    caller = asyncio.ensure_future(client.get_token("a"))
+    await asyncio.sleep(0)  # the caller has made the flight; the flight has not run yet
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await asyncio.wait_for(caller, 5)
+
+
+class Abort(BaseException):
+    """A callback's own control-flow exception (not an Exception)."""
+
+
+async def test_a_callback_base_exception_reaches_callers_and_ends_the_flight(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """on_code raising a BaseException: its callers get it, and the next call does not hang."""
+
+    def on_code(code: object, account: str) -> None:
+        raise Abort("gave up")
+
+    async with DeviceFlowClient(
+        Provider(issuer=server.issuer), client_id="svc", clock=virtual_clock, on_code=on_code
+    ) as client:
+        for _ in range(2):
+            with pytest.raises(Abort):
+                await asyncio.wait_for(client.get_token("a"), 5)
+        assert {} == client._flights
+
+
+def eager_task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+    """asyncio.eager_task_factory (3.12+), or on 3.11 the same: run until the first suspension."""
+    factory = getattr(asyncio, "eager_task_factory", None)
+    if factory is not None:
+        return factory(loop, coro, **kwargs)
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        done = loop.create_future()
+        done.set_result(stop.value)
+        return done
+
+    @types.coroutine
+    def resume() -> Any:
+        yielded, result = first, None
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as exc:
+                method, arg = coro.throw, exc
+            else:
+                method, arg = coro.send, sent
+            try:
+                yielded = method(arg)
+            except StopIteration as stop:
+                result = stop.value
+                return result
+
+    async def rest() -> Any:
+        return await resume()
+
+    return asyncio.Task(rest(), loop=loop, **kwargs)
+
+
+async def test_callers_get_a_flight_that_ends_without_suspending() -> None:
+    """Under an eager task factory a flight can end inside create_task: its caller still gets
+    the token (the waiter is registered before the flight starts)."""
+    asyncio.get_running_loop().set_task_factory(eager_task_factory)
+    try:
+        provider = Provider(issuer="https://idp.test", token_endpoint="https://idp.test/token")
+        store = MemoryStore()
+        token = Token(access_token="at", expires_at=datetime.now(timezone.utc) + timedelta(hours=1))
+        async with DeviceFlowClient(provider, client_id="svc", store=store) as one:
+            await one.save_token("a", token)
+        async with DeviceFlowClient(provider, client_id="svc", store=store) as two:
+            assert token == await asyncio.wait_for(two.get_token("a"), 5)
+    finally:
+        asyncio.get_running_loop().set_task_factory(None)
+
+
+async def test_callers_that_time_out_leave_no_waiter_behind(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """Callers timing out during a long flight do not pile up in it."""
+    transport = HoldAnswers()
+    provider = Provider(issuer=server.issuer)
+    async with DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, transport=transport
+    ) as client:
+        await seed(client, server, virtual_clock, "a")
+        virtual_clock.advance(400)
+        for _ in range(50):
+            with pytest.raises(TimeoutError):
+                await client.get_token("a", timeout=0.001)
+        assert 0 == len(client._flights["a"].waiters)
+        transport.release.set()
+        assert server.is_valid_access_token((await client.get_token("a")).access_token)
+
+
+class LogoutLoginFirst(MemoryStore):
+    """Another process logs out and signs in again just before the next lock is granted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.race: Callable[[], Awaitable[None]] | None = None
+
+    def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Lease]:
+        inner, race = super().lock(key, ttl=ttl, wait=wait), self.race
+        self.race = None
+
+        @contextlib.asynccontextmanager
+        async def locked() -> AsyncIterator[Lease]:
+            if race is not None:
+                await race()
+            async with inner as lease:
+                yield lease
+
+        return locked()
+
+
+async def test_a_record_replaced_at_the_same_version_is_read_again(
+    virtual_clock: VirtualClock,
+) -> None:
+    """Logout and a new sign-in elsewhere bring the record back to the version read before the
+    lock: the client takes the new record, never its stale cached token."""
+    provider = Provider(issuer="https://idp.test", token_endpoint="https://idp.test/token")
+    store = LogoutLoginFirst()
+    old = Token(access_token="OLD", expires_at=virtual_clock.wall() + timedelta(seconds=600))
+    new = Token(
+        access_token="NEW", refresh_token="RT", expires_at=virtual_clock.wall() + timedelta(hours=2)
+    )
+
+    async def logout_login() -> None:
+        async with DeviceFlowClient(
+            provider, client_id="svc", clock=virtual_clock, store=store
+        ) as other:
+            await other.logout("a")
+            await other.save_token("a", new)
+
+    async with DeviceFlowClient(
+        provider, client_id="svc", clock=virtual_clock, store=store
+    ) as client:
+        await client.save_token("a", old)
+        virtual_clock.advance(550)  # OLD is due (no refresh token), usable until 599 s
+        store.race = logout_login
+        assert "OLD" == (await client.get_token("a")).access_token  # still usable: returned
+        await asyncio.sleep(0.01)  # the background flight reads NEW at OLD's version
+        virtual_clock.advance(60)  # OLD has expired
+        assert "NEW" == (await client.get_token("a")).access_token
+        current = await store.get(client._key("a"))
+        assert current is not None
+        assert "NEW" == client._decode(current.value).access_token
+
+
+class BytearrayStore(MemoryStore):
+    """A third-party store that hands back bytearrays."""
+
+    async def get(self, key: str) -> Versioned | None:
+        current = await super().get(key)
+        if current is None:
+            return None
+        return Versioned(bytearray(current.value), current.version)  # type: ignore[arg-type]
+
+
+async def test_a_store_returning_bytearrays_works(virtual_clock: VirtualClock) -> None:
+    """Record values that are bytearrays, not bytes, are read like bytes."""
+    provider = Provider(issuer="https://idp.test", token_endpoint="https://idp.test/token")
+    token = Token(access_token="at", expires_at=virtual_clock.wall() + timedelta(hours=1))
+    store = BytearrayStore()
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock, store=store) as a:
+        await a.save_token("a", token)
+    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock, store=store) as b:
+        assert token == await b.get_token("a")

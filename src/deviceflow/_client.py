@@ -93,13 +93,14 @@ _REGISTRATION_SKEW = 900.0
 _CLAIM_POLL = 2.0
 
 
-@attrs.define
+@attrs.define(kw_only=True)
 class _Flight:
     """One account's work in progress, and the futures of the callers waiting for it."""
 
     background: bool  # started by refresh-ahead: a failure reschedules, callers keep the token
     task: asyncio.Task[None] | None = None
-    waiters: list[asyncio.Future[Token]] = attrs.Factory(list)
+    waiters: set[asyncio.Future[Token]] = attrs.Factory(set)
+    settled: bool = False
 
 
 @attrs.define
@@ -228,14 +229,20 @@ class DeviceFlowClient:
     async def aclose(self) -> None:
         """Cancel background work and close what the client owns (not a session passed in).
 
-        A refresh whose request has already left is not cut off: aclose() waits for it (at most
-        ``http_timeout``) so that a rotated refresh token is stored, not lost.
+        A refresh whose request has already left is not cut off: aclose() waits for it to be
+        answered (its HTTP exchange ends within ``http_timeout``) and stored, so that a rotated
+        refresh token is not lost, even if aclose() itself is cancelled meanwhile.
         """
         self._closed = True
+        # To its end even if aclose() itself is cancelled (an anyio timeout around
+        # `async with client`): a refresh on the wire must still store its answer.
+        await _complete_despite_cancellation(self._shut_down())
+
+    async def _shut_down(self) -> None:
         tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
         for account, flight in self._flights.items():
             if flight.task is not None and account not in self._finishing:
-                flight.task.cancel()  # a refresh on the wire finishes instead (http_timeout)
+                flight.task.cancel()  # a refresh on the wire finishes instead
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._transport.aclose()
 
@@ -409,28 +416,37 @@ class DeviceFlowClient:
     # --- single-flight ------------------------------------------------------------------------
 
     async def _join(self, account: str, stale: str | None) -> Token:
-        flight = self._flight(account, stale)
-        # Each caller waits on a future of its own: one that is cancelled or times out leaves
-        # the flight running for the others.
+        # Each caller waits on a future of its own: one that is cancelled or times out drops
+        # its future and leaves the flight running for the others.
         waiter: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
-        flight.waiters.append(waiter)
+        flight = self._flight(account, stale, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
-            if not waiter.done():
-                flight.waiters.remove(waiter)
-            elif not waiter.cancelled():
+            flight.waiters.discard(waiter)
+            if waiter.done() and not waiter.cancelled():
                 waiter.exception()  # settled just before the cancellation: retrieved, not logged
             raise
 
-    def _flight(self, account: str, stale: str | None, *, background: bool = False) -> _Flight:
-        """The running flight of ``account``, or a new one."""
+    def _flight(
+        self, account: str, stale: str | None, waiter: asyncio.Future[Token] | None = None
+    ) -> _Flight:
+        """The running flight of ``account`` (a new one if there is none), with ``waiter`` added
+        before the flight can start (an eager task may finish inside create_task)."""
         if self._closed:
             raise RuntimeError("this DeviceFlowClient is closed")
         flight = self._flights.get(account)
         if flight is None:
-            flight = self._flights[account] = _Flight(background)
-            flight.task = asyncio.get_running_loop().create_task(self._fly(account, stale, flight))
+            flight = self._flights[account] = _Flight(background=waiter is None)
+            if waiter is not None:
+                flight.waiters.add(waiter)
+            task = asyncio.get_running_loop().create_task(self._fly(account, stale, flight))
+            # The flight settles its waiters itself; this catches a task cancelled before its
+            # first step, which never runs a line of _fly.
+            task.add_done_callback(lambda _: self._flight_done(account, flight))
+            flight.task = task
+        elif waiter is not None:
+            flight.waiters.add(waiter)
         return flight
 
     async def _fly(self, account: str, stale: str | None, flight: _Flight) -> None:
@@ -438,17 +454,29 @@ class DeviceFlowClient:
         try:
             token = await self._obtain(account, stale)
         except asyncio.CancelledError:
-            closed = RuntimeError("the DeviceFlowClient was closed during this call")
-            self._settle(account, flight, closed)
+            self._settle(account, flight, _closed_error())
             raise
         except Exception as exc:  # every waiter gets it
             self._settle(account, flight, exc)
-            if flight.background:
+            if flight.background and not self._closed:
                 self._after_background(account, exc)
+        except (KeyboardInterrupt, SystemExit) as exc:  # they stop the loop; waiters must not hang
+            self._settle(account, flight, RuntimeError(f"get_token() was interrupted: {exc!r}"))
+            raise
+        except BaseException as exc:  # an on_code callback's own: its callers get it
+            self._settle(account, flight, exc)
         else:
             self._settle(account, flight, token)
 
+    def _flight_done(self, account: str, flight: _Flight) -> None:
+        if not flight.settled:  # cancelled before its first step
+            self._settle(account, flight, _closed_error())
+
     def _settle(self, account: str, flight: _Flight, outcome: Token | BaseException) -> None:
+        """End the flight: every waiter still waiting gets ``outcome`` (first call only)."""
+        if flight.settled:
+            return
+        flight.settled = True
         if self._flights.get(account) is flight:
             del self._flights[account]
         for waiter in flight.waiters:
@@ -458,11 +486,12 @@ class DeviceFlowClient:
                 waiter.set_result(outcome)
             else:
                 waiter.set_exception(outcome)
+        flight.waiters.clear()
 
     def _refresh_ahead(self, account: str) -> None:
         """Start one background refresh of a still-usable token (no task per caller)."""
         if account not in self._flights and not self._closed:
-            self._flight(account, None, background=True)
+            self._flight(account, None)
 
     def _after_background(self, account: str, exc: Exception) -> None:
         # The cached token is still usable; callers see errors only once it is not.
@@ -479,11 +508,11 @@ class DeviceFlowClient:
     async def _obtain(self, account: str, stale: str | None) -> Token:
         key = self._key(account)
         force = stale is not None
-        seen: tuple[int, _Record] | None = None  # what was read before taking the lock
+        seen: tuple[Versioned, _Record] | None = None  # what was read before taking the lock
         if not force:
             current = await self.store.get(key)
             if current is not None:
-                seen = (current.version, self._read_record(account, current))
+                seen = (current, self._read_record(account, current))
                 token = self._usable_fresh(account, seen[1], current)
                 if token is not None:
                     return token
@@ -495,16 +524,26 @@ class DeviceFlowClient:
                 await self._registered_client()
         async with self.store.lock(key, ttl=self._lock_ttl, wait=self._lock_wait):
             current = await self.store.get(key)
-            unsaved = self._unsaved.pop(account, None)
-            if current is not None:
+            unsaved = self._unsaved.get(account)
+            if current is None:
+                self._unsaved.pop(account, None)  # deleted meanwhile: a logout is never undone
+            else:
                 if unsaved is not None and unsaved[0] == current.version:
                     # A refresh whose write failed earlier: store its answer first, and never
-                    # refresh with the refresh token it replaced.
-                    current = await self._write(key, account, unsaved[1], current.version)
+                    # refresh with the refresh token it replaced (kept until it is written).
+                    self._finishing.add(account)
+                    try:
+                        current = await self._write(key, account, unsaved[1], current.version)
+                    finally:
+                        self._finishing.discard(account)
+                    self._unsaved.pop(account, None)
                     record: _Record = (unsaved[1], None)
                     unchanged = False
                 else:
-                    unchanged = seen is not None and seen[0] == current.version
+                    self._unsaved.pop(account, None)  # another process wrote after it
+                    # The same record as before the lock? Versions repeat after a delete: the
+                    # stamp (version and bytes) tells.
+                    unchanged = seen is not None and _stamp(seen[0]) == _stamp(current)
                     record = seen[1] if seen and unchanged else self._read_record(account, current)
                 version = current.version
                 stored = record[0]
@@ -908,11 +947,17 @@ class DeviceFlowClient:
 
 def _stamp(record: Versioned) -> int:
     """Tells store records apart: their version and a hash of their bytes (versions alone can
-    repeat after a delete)."""
-    return hash((record.version, record.value))
+    repeat after a delete). bytes() is free for bytes and copies a store's bytearray."""
+    return hash((record.version, bytes(record.value)))
 
 
 _ANY = "\x00any"  # refresh(): no particular stale token named
+
+
+def _closed_error() -> RuntimeError:
+    return RuntimeError("the DeviceFlowClient was closed during this call")
+
+
 _PLAIN_ACCOUNT = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote() leaves as it is
 
 
