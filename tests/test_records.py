@@ -38,6 +38,7 @@ tokens = st.builds(
 
 @given(token=tokens)
 def test_token_json_text_matches_the_generic_encoder(token: Token) -> None:
+    """Token.json_text() is exactly the generic encoder's text, and reads back."""
     assert COMPACT_JSON.encode(token.to_dict()) == token.json_text()
     assert_same(token, Token.from_json(token.to_json()))
 
@@ -52,6 +53,7 @@ def assert_same(token: Token, decoded: Token) -> None:
 
 @given(token=tokens, account=st.text(min_size=1), path=st.text("ab/%'\"\\\u00e9"))
 def test_record_decodes_to_its_fields(token: Token, account: str, path: str) -> None:
+    """The client's record holds its fields as written, and decodes to the same token."""
     issuer = "https://idp.test/" + path
     provider = Provider(issuer=issuer, token_endpoint="https://idp.test/token")
     client = DeviceFlowClient(provider, client_id='c"\u00e9\n')
@@ -72,5 +74,6 @@ def test_record_decodes_to_its_fields(token: Token, account: str, path: str) -> 
 
 
 def test_a_field_that_is_not_text_is_left_to_the_generic_encoder() -> None:
+    """A token built with a non-str field is written as the generic encoder writes it."""
     token = Token(access_token=12345)  # type: ignore[arg-type]
     assert COMPACT_JSON.encode(token.to_dict()) == token.json_text()

@@ -103,7 +103,7 @@ class _Flight:
     settled: bool = False
 
 
-@attrs.define
+@attrs.define(kw_only=True)
 class _Cached:
     """A token in memory with its deadlines on the monotonic clock."""
 
@@ -927,7 +927,13 @@ class DeviceFlowClient:
 
     def _entry(self, token: Token, obtained: datetime | None, stamp: int | None = None) -> _Cached:
         if token.expires_at is None:
-            return _Cached(token, math.inf, math.inf, obtained, stamp)
+            return _Cached(
+                token=token,
+                refresh_at=math.inf,
+                usable_until=math.inf,
+                obtained=obtained,
+                stamp=stamp,
+            )
         now_mono = self._clock.monotonic()
         wall = self._clock.wall()
         remaining = (token.expires_at - wall).total_seconds()
@@ -936,7 +942,13 @@ class DeviceFlowClient:
         # with a 60 s skew would otherwise be refreshed on every call.
         ahead = min(self._refresh_skew, max(0.0, lifetime) / 2)
         usable_until = now_mono + remaining - min(1.0, ahead)
-        return _Cached(token, now_mono + remaining - ahead, usable_until, obtained, stamp)
+        return _Cached(
+            token=token,
+            refresh_at=now_mono + remaining - ahead,
+            usable_until=usable_until,
+            obtained=obtained,
+            stamp=stamp,
+        )
 
     def _remember(
         self, account: str, token: Token, obtained: datetime | None, stamp: int | None = None
