@@ -239,11 +239,14 @@ class DeviceFlowClient:
         await _complete_despite_cancellation(self._shut_down())
 
     async def _shut_down(self) -> None:
-        tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
-        for account, flight in self._flights.items():
+        flights = list(self._flights.items())
+        for account, flight in flights:
             if flight.task is not None and account not in self._finishing:
                 flight.task.cancel()  # a refresh on the wire finishes instead
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(f.task for _, f in flights if f.task), return_exceptions=True)
+        for account, flight in flights:
+            # A flight cancelled before its first step never ran a line of _fly to settle.
+            self._settle(account, flight, _closed_error())
         await self._transport.aclose()
 
     # --- public API ---------------------------------------------------------------------------
@@ -440,11 +443,7 @@ class DeviceFlowClient:
             flight = self._flights[account] = _Flight(background=waiter is None)
             if waiter is not None:
                 flight.waiters.add(waiter)
-            task = asyncio.get_running_loop().create_task(self._fly(account, stale, flight))
-            # The flight settles its waiters itself; this catches a task cancelled before its
-            # first step, which never runs a line of _fly.
-            task.add_done_callback(lambda _: self._flight_done(account, flight))
-            flight.task = task
+            flight.task = asyncio.get_running_loop().create_task(self._fly(account, stale, flight))
         elif waiter is not None:
             flight.waiters.add(waiter)
         return flight
@@ -467,10 +466,6 @@ class DeviceFlowClient:
             self._settle(account, flight, exc)
         else:
             self._settle(account, flight, token)
-
-    def _flight_done(self, account: str, flight: _Flight) -> None:
-        if not flight.settled:  # cancelled before its first step
-            self._settle(account, flight, _closed_error())
 
     def _settle(self, account: str, flight: _Flight, outcome: Token | BaseException) -> None:
         """End the flight: every waiter still waiting gets ``outcome`` (first call only)."""
