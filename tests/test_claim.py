@@ -9,15 +9,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import deviceflow._client
-from deviceflow import AccessDeniedError, DeviceCode, DeviceFlowClient, Provider
-from deviceflow._claim import Claim
-from deviceflow.stores import MemoryStore
-from deviceflow.testing import AuthorizationServer
+from deviceflow import (
+    AccessDeniedError,
+    DeviceCode,
+    DeviceFlowClient,
+    DeviceFlowError,
+    ExpiredTokenError,
+    InvalidClientError,
+    OAuthError,
+    ProtocolError,
+    Provider,
+    StoreError,
+    Token,
+    TransportError,
+)
+from deviceflow._claim import Claim, FlowClaim
+from deviceflow.stores import EncryptedFileStore, MemoryStore, generate_key
+from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 
 REPLICAS = 4
 
@@ -127,18 +141,173 @@ async def test_an_unreadable_claim_counts_as_lapsed(server: AuthorizationServer)
 
 
 @pytest.mark.parametrize(
-    ("code", "error"),
+    "error",
     [
-        ("access_denied", "AccessDeniedError"),
-        ("expired_token", "ExpiredTokenError"),
-        ("invalid_client", "OAuthError"),
-        ("failed", "DeviceFlowError"),
+        AccessDeniedError("access_denied", "no"),
+        ExpiredTokenError("expired_token"),
+        InvalidClientError("invalid_client", "bad secret", "https://idp.test/e", status=401),
+        OAuthError("unauthorized_client", "nope", status=400),
+        ProtocolError("not JSON"),
+        TransportError("timed out"),
+        DeviceFlowError("something else"),
     ],
 )
-def test_claim_failures_are_typed(code: str, error: str) -> None:
-    failure = Claim(flow="f", until=0.0, error=code, description="why").failure()
-    assert error == type(failure).__name__
-    assert "why" in str(failure)
-    assert Claim.decode(Claim(flow="f", until=1.5, error=code).encode()) == Claim(
-        flow="f", until=1.5, error=code
+def test_waiters_raise_the_class_the_flow_raised(error: DeviceFlowError) -> None:
+    """A failed flow's error, read back from its claim, has the same class and fields."""
+    stored = Claim.decode(Claim.failed("f", 1.0, error).encode())
+    assert stored is not None
+    again = stored.failure()
+    assert type(error) is type(again)
+    assert str(error) == str(again)
+    if isinstance(error, OAuthError):
+        assert isinstance(again, OAuthError)
+        assert (error.status, error.uri) == (again.status, again.uri)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xff",
+        b"[]",
+        b'{"flow": 1, "until": 2}',
+        b'{"flow": "x", "until": true}',
+        b'{"flow": "x", "until": 1e999}',
+        b'{"flow": "x", "until": 1, "error": 0}',
+    ],
+)
+def test_unreadable_claims_decode_to_none(garbage: bytes) -> None:
+    """Anything but a well-formed claim reads as no claim (lapsed)."""
+    assert None is Claim.decode(garbage)
+
+
+async def test_a_claim_outlasts_a_long_retry_after(virtual_clock: VirtualClock) -> None:
+    """A 40 s Retry-After in the running flow does not let a waiting replica take over."""
+    shown: list[DeviceCode] = []
+    async with AuthorizationServer(clock=virtual_clock, interval=1) as server:
+
+        def on_code(code: DeviceCode, account: str) -> None:
+            shown.append(code)
+            server.approve(code.user_code)
+
+        server.faults.add(Fault(endpoint="token", status=503, retry_after=40))
+        store = MemoryStore()
+        clients = [
+            DeviceFlowClient(
+                Provider(issuer=server.issuer),
+                client_id="bot",
+                store=store,
+                clock=virtual_clock,
+                on_code=on_code,
+            )
+            for _ in range(REPLICAS)
+        ]
+        tokens = await asyncio.gather(*(c.get_token("ops") for c in clients))
+        for client in clients:
+            await client.aclose()
+    assert 1 == len(shown)
+    assert 1 == len({t.access_token for t in tokens})
+
+
+async def test_a_sign_in_elsewhere_ends_the_running_flow(server: AuthorizationServer) -> None:
+    """A token stored by other means (a login) while a flow polls ends that flow at once."""
+    store = MemoryStore()
+    provider = Provider(issuer=server.issuer)
+    waiting = DeviceFlowClient(
+        provider, client_id="bot", store=store, on_code=lambda code, account: None
     )
+    flow = asyncio.ensure_future(waiting.get_token("ops"))
+    while server.stats.device_authorizations == 0:
+        await asyncio.sleep(0.01)
+    issued = server.issue_tokens("bot", scope="openid")
+    login = Token(access_token=issued["access_token"], refresh_token=issued["refresh_token"])
+    async with DeviceFlowClient(provider, client_id="bot", store=store) as elsewhere:
+        await elsewhere.save_token("ops", login)
+    assert login == await asyncio.wait_for(flow, 5)
+    assert None is await store.get(waiting._key("ops") + "//device-flow")
+    await waiting.aclose()
+
+
+class LostAnswers(MemoryStore):
+    """Writes of claims land, then their answer is lost (a store timeout), ``lose`` times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = 0
+
+    async def put(
+        self, key: str, value: bytes, *, expected_version: int | None, ttl: float | None = None
+    ) -> int:
+        version = await super().put(key, value, expected_version=expected_version, ttl=ttl)
+        if key.endswith("//device-flow") and self.lose:
+            self.lose -= 1
+            raise StoreError("the answer was lost")
+        return version
+
+
+async def test_a_renewal_whose_answer_was_lost_is_recognised(virtual_clock: VirtualClock) -> None:
+    """A renewal that landed without an answer does not make its process give up its claim."""
+    store = LostAnswers()
+    claim = FlowClaim(store, "acct//device-flow", virtual_clock)
+    assert None is await claim.take()
+    store.lose = 1
+    virtual_clock.advance(29)
+    await claim.renew(20)  # landed, answer lost
+    virtual_clock.advance(45)
+    await claim.renew(20)  # reads its own claim back by flow id, renews it
+    current = await claim.read()
+    assert current is not None
+    assert claim.flow == current.flow
+    assert current.live(virtual_clock.wall().timestamp())
+
+
+class HeldClaimWrites(MemoryStore):
+    """A claim write lands, then the writer is cancelled before it hears back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.landed = asyncio.Event()
+
+    async def put(
+        self, key: str, value: bytes, *, expected_version: int | None, ttl: float | None = None
+    ) -> int:
+        version = await super().put(key, value, expected_version=expected_version, ttl=ttl)
+        if key.endswith("//device-flow"):
+            self.landed.set()
+            await asyncio.Event().wait()  # never answers
+        return version
+
+
+async def test_a_claim_written_as_the_flow_is_cancelled_is_removed(
+    server: AuthorizationServer,
+) -> None:
+    """Cancelled while its claim was being written, a flow still removes that claim."""
+    store = HeldClaimWrites()
+    client = DeviceFlowClient(
+        Provider(issuer=server.issuer), client_id="bot", store=store, on_code=lambda c, a: None
+    )
+    caller = asyncio.ensure_future(client.get_token("ops"))
+    await store.landed.wait()
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await caller
+    assert None is await store.get(client._key("ops") + "//device-flow")
+
+
+async def test_an_undecryptable_claim_is_removed(
+    tmp_path: Path, server: AuthorizationServer
+) -> None:
+    """A claim file written under a key the store no longer has does not block the account."""
+    folder = tmp_path / "tokens"
+    provider = Provider(issuer=server.issuer)
+    old = EncryptedFileStore(folder, key=generate_key())
+    key = DeviceFlowClient(provider, client_id="bot", store=old)._key("ops") + "//device-flow"
+    await old.put(key, Claim(flow="dead", until=2e9).encode(), expected_version=None)
+    new = EncryptedFileStore(folder, key=generate_key())
+    async with DeviceFlowClient(
+        provider,
+        client_id="bot",
+        store=new,
+        on_code=lambda code, account: server.approve(code.user_code),
+    ) as client:
+        assert server.is_valid_access_token((await client.get_token("ops")).access_token)
+    assert None is await new.get(key)

@@ -15,6 +15,8 @@ get_token() in three tiers:
    registration) are settled before the lock is taken, so the lock only covers the refresh.
    A refresh whose request has left always reaches memory, and the store as soon as it can:
    even if the caller is cancelled, and even if the first write fails.
+4. No usable token at all: a device flow, one per account across the processes sharing the store
+   (see _claim.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import aiohttp
 import anyio
 import attrs
 
-from ._claim import CLAIM_TTL, Claim, FlowClaim
+from ._claim import Claim, FlowClaim
 from ._clock import Clock, SystemClock
 from ._machine import (
     MAX_TOKEN_LIFETIME,
@@ -260,7 +262,8 @@ class DeviceFlowClient:
         """A valid access token for ``account``: cached, refreshed, or from a new device flow.
 
         Concurrent callers for one account share one refresh, within this process and, through
-        the store's lock, across processes; they share one device flow within this process. Raises
+        the store's lock, across processes; they share one device flow too, across processes
+        through a claim in the store (one code shown, not one per replica). Raises
         ReauthorizationRequiredError when a person must approve a new code and no ``on_code``
         is set; TimeoutError after ``timeout`` seconds (the shared work goes on for others).
         """
@@ -355,9 +358,10 @@ class DeviceFlowClient:
         account: str,
         *,
         store: bool,
-        before_request: Callable[[float], Awaitable[None]] | None = None,
+        before_wait: Callable[[float], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[FlowEvent, None]:
-        """authorize(), calling ``before_request(interval)`` before each request it sends."""
+        """authorize(), calling ``before_wait(seconds)`` before each wait and request it makes
+        (``seconds`` until the request; 0 or less when it is due)."""
         registration = self.provider.registration
         machine = DeviceFlowMachine(
             client_id=self.client_id,
@@ -402,10 +406,10 @@ class DeviceFlowClient:
                 return
             assert isinstance(action, Send)
             delay = action.at - clock.monotonic()
+            if before_wait is not None:
+                await before_wait(delay)
             if delay > 0:
                 await clock.sleep(delay)
-            if before_request is not None:
-                await before_request(machine.interval)
             try:
                 response = await self._send(action.request)
             except DeviceFlowError as exc:
@@ -625,21 +629,21 @@ class DeviceFlowClient:
             )
         key = self._key(account)
         claim = FlowClaim(self.store, key + "//device-flow", self._clock)
-        while (other := await claim.take()) is not None:
-            token = await self._flow_elsewhere(account, key, claim, other)
-            if token is not None:
-                return token
         outcome: BaseException | None = None
         try:
+            while (other := await claim.take()) is not None:
+                token = await self._flow_elsewhere(account, key, claim, other)
+                if token is not None:
+                    return token
             # A flow elsewhere may have stored its token just before this claim was taken.
             token = await self._stored_usable(account, key)
             if token is None:
-                token = await self._show_and_poll(account, claim)
+                token = await self._show_and_poll(account, key, claim)
         except BaseException as exc:
             outcome = exc
             raise
         finally:
-            await claim.end(outcome)
+            await claim.end(outcome)  # a no-op unless this process wrote a claim
         return token
 
     async def _flow_elsewhere(
@@ -649,7 +653,9 @@ class DeviceFlowClient:
         has lapsed or gone without a token (then this process tries to claim the flow)."""
         log.info("account %r: another process is running a device flow; waiting for it", account)
         while True:
-            await self._clock.sleep(_CLAIM_POLL)
+            # Real time, not the client's clock: another process's flow runs on real time, and
+            # a virtual clock in tests would otherwise race ahead while this one waits.
+            await asyncio.sleep(_CLAIM_POLL)
             now = await claim.read()  # the claim first: it is ended after the token is stored
             token = await self._stored_usable(account, key)
             if token is not None:
@@ -668,25 +674,34 @@ class DeviceFlowClient:
             return None
         return self._remember(account, token, obtained, _stamp(current))
 
-    async def _show_and_poll(self, account: str, claim: FlowClaim) -> Token:
+    async def _show_and_poll(self, account: str, key: str, claim: FlowClaim) -> Token:
         on_code = self.on_code
         assert on_code is not None
 
-        async def before_request(interval: float) -> None:
-            # Outlast a few polls and a slow answer, however long the interval grows.
-            await claim.renew(max(CLAIM_TTL, 3 * interval + self._http_timeout))
+        async def before_wait(delay: float) -> None:
+            # The claim outlasts this wait and the request after it, however long a backoff or
+            # Retry-After makes the wait; and a token stored meanwhile by other means (a login
+            # elsewhere) ends this flow.
+            await claim.renew(max(0.0, delay) + self._http_timeout)
+            token = await self._stored_usable(account, key)
+            if token is not None:
+                raise _SignedInElsewhere(token)
 
         shown = False
-        async for event in self._authorize(account, store=True, before_request=before_request):
-            if event.state is FlowState.PENDING and event.code is not None and not shown:
-                shown = True
-                result = on_code(event.code, account)
-                if inspect.isawaitable(result):
-                    await result
-            if event.error is not None:
-                raise event.error
-            if event.token is not None and event.state is FlowState.GRANTED:
-                return event.token
+        try:
+            async for event in self._authorize(account, store=True, before_wait=before_wait):
+                if event.state is FlowState.PENDING and event.code is not None and not shown:
+                    shown = True
+                    result = on_code(event.code, account)
+                    if inspect.isawaitable(result):
+                        await result
+                if event.error is not None:
+                    raise event.error
+                if event.token is not None and event.state is FlowState.GRANTED:
+                    return event.token
+        except _SignedInElsewhere as found:
+            log.info("account %r was signed in elsewhere; its device flow stops", account)
+            return found.token
         raise ProtocolError("the device flow ended without a token")  # pragma: no cover
 
     async def _refresh_grant(self, token: Token) -> Token:
@@ -959,6 +974,14 @@ def _stamp(record: Versioned) -> int:
 
 
 _ANY = "\x00any"  # refresh(): no particular stale token named
+
+
+class _SignedInElsewhere(Exception):
+    """Not an error: a token was stored by other means, which ends a running device flow."""
+
+    def __init__(self, token: Token) -> None:
+        super().__init__("a token was stored while this device flow ran")
+        self.token = token
 
 
 def _closed_error() -> RuntimeError:
