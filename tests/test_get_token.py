@@ -180,23 +180,35 @@ class HoldAnswers:
         await self.inner.aclose()
 
 
+async def refresh_on_the_wire(
+    server: AuthorizationServer, clock: VirtualClock
+) -> tuple[DeviceFlowClient, MemoryStore, HoldAnswers, asyncio.Future[Token]]:
+    """A client whose refresh of account "a" has reached the server; its answer is held."""
+    store = MemoryStore()
+    async with DeviceFlowClient(
+        Provider(issuer=server.issuer), client_id="svc", clock=clock, store=store
+    ) as seeding:
+        await seed(seeding, server, clock, "a")
+    clock.advance(400)
+    transport = HoldAnswers()
+    client = DeviceFlowClient(
+        Provider(issuer=server.issuer),
+        client_id="svc",
+        clock=clock,
+        store=store,
+        transport=transport,
+    )
+    waiter = asyncio.ensure_future(client.get_token("a"))
+    await transport.sent.wait()  # the server has rotated the refresh token by now
+    return client, store, transport, waiter
+
+
 async def test_refresh_cancelled_after_sending_still_stores_rotated_token(
     server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
     """Closing the client mid-refresh lets the refresh finish and store the rotated token."""
+    client, store, transport, waiter = await refresh_on_the_wire(server, virtual_clock)
     provider = Provider(issuer=server.issuer)
-    store = MemoryStore()
-    async with DeviceFlowClient(
-        provider, client_id="svc", clock=virtual_clock, store=store
-    ) as seeding:
-        await seed(seeding, server, virtual_clock, "a")
-    virtual_clock.advance(400)
-    transport = HoldAnswers()
-    client = DeviceFlowClient(
-        provider, client_id="svc", clock=virtual_clock, store=store, transport=transport
-    )
-    waiter = asyncio.ensure_future(client.get_token("a"))
-    await transport.sent.wait()  # the server has rotated the refresh token by now
     closing = asyncio.ensure_future(client.aclose())
     await asyncio.sleep(0.01)
     transport.release.set()
@@ -310,19 +322,8 @@ async def test_aclose_cancelled_mid_refresh_still_stores_rotated_token(
     server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
     """aclose() cancelled by a shutdown timeout still lets the refresh on the wire be stored."""
+    client, store, transport, waiter = await refresh_on_the_wire(server, virtual_clock)
     provider = Provider(issuer=server.issuer)
-    store = MemoryStore()
-    async with DeviceFlowClient(
-        provider, client_id="svc", clock=virtual_clock, store=store
-    ) as seeding:
-        await seed(seeding, server, virtual_clock, "a")
-    virtual_clock.advance(400)
-    transport = HoldAnswers()
-    client = DeviceFlowClient(
-        provider, client_id="svc", clock=virtual_clock, store=store, transport=transport
-    )
-    waiter = asyncio.ensure_future(client.get_token("a"))
-    await transport.sent.wait()
     closing = asyncio.ensure_future(client.aclose())
     await asyncio.sleep(0.01)
     closing.cancel()  # the shutdown's own timeout
