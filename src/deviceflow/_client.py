@@ -604,10 +604,10 @@ class DeviceFlowClient:
         cached = self._cache.get(account)
         if cached is None or cached.token is not token:  # not the record already in memory
             cached = self._entry(token, obtained, _stamp(current))
-            if self._clock.monotonic() >= cached.refresh_at:
-                return None
-            self._cache[account] = cached
-        return token if self._clock.monotonic() < cached.refresh_at else None
+        if self._clock.monotonic() >= cached.refresh_at:
+            return None
+        self._cache[account] = cached
+        return token
 
     def _expired(self, token: Token) -> bool:
         return token.expires_within(0, now=self._clock.wall())
