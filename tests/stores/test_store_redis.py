@@ -285,7 +285,7 @@ async def test_sentinel_managed_client(redis_factory: RedisFactory, tmp_path: Pa
     sentinel = RedisProcess(free_port(), tmp_path / "sentinel", sentinel_of=master.port)
     sentinel.start()
     try:
-        sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)  # type: ignore[no-untyped-call]
+        sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)  # type: ignore[no-untyped-call,unused-ignore]
         client = sentinels.master_for("mymaster", socket_timeout=2)
         store = RedisStore(client, key=generate_key())
         await store.put("k", b"v", expected_version=None)
