@@ -15,6 +15,7 @@ With pytest, the ``authorization_server`` and ``virtual_clock`` fixtures come wi
 
 from ._clock import VirtualClock
 from ._faults import Fault, FaultList
+from ._faulty_store import FaultyStore
 from ._profiles import PROFILES, RFC, Profile
 from ._server import AuthorizationServer, RecordedRequest
 from ._state import ServerStats
@@ -25,6 +26,7 @@ __all__ = [
     "AuthorizationServer",
     "Fault",
     "FaultList",
+    "FaultyStore",
     "Profile",
     "RecordedRequest",
     "ServerStats",
