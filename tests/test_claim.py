@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import deviceflow._client
+import deviceflow._device
 from deviceflow import (
     AccessDeniedError,
     DeviceCode,
@@ -38,7 +38,7 @@ REPLICAS = 4
 
 @pytest.fixture(autouse=True)
 def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deviceflow._client, "_CLAIM_POLL", 0.02)
+    monkeypatch.setattr(deviceflow._device, "CLAIM_POLL", 0.02)
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ async def test_a_lapsed_claim_is_taken_over(server: AuthorizationServer) -> None
     )
     now = datetime.now(timezone.utc).timestamp()
     dead = Claim(flow="dead-process", until=now + 0.3)
-    await store.put(client._key("ops") + "//device-flow", dead.encode(), expected_version=None)
+    await store.put(client.store_key("ops") + "//device-flow", dead.encode(), expected_version=None)
     started = asyncio.get_running_loop().time()
     token = await client.get_token("ops")
     waited = asyncio.get_running_loop().time() - started
@@ -132,7 +132,7 @@ async def test_an_unreadable_claim_counts_as_lapsed(server: AuthorizationServer)
         on_code=lambda code, account: server.approve(code.user_code),
     )
     for garbage in (b"\xff", b"[]", b'{"flow": 1, "until": 2}', b'{"flow": "x", "until": "nan"}'):
-        key = client._key(f"ops-{garbage.hex()}")
+        key = client.store_key(f"ops-{garbage.hex()}")
         await store.put(key + "//device-flow", garbage, expected_version=None)
         token = await client.get_token(f"ops-{garbage.hex()}")
         assert server.is_valid_access_token(token.access_token)
@@ -223,7 +223,7 @@ async def test_a_sign_in_elsewhere_ends_the_running_flow(server: AuthorizationSe
     async with DeviceFlowClient(provider, client_id="bot", store=store) as elsewhere:
         await elsewhere.save_token("ops", login)
     assert login == await asyncio.wait_for(flow, 5)
-    assert None is await store.get(waiting._key("ops") + "//device-flow")
+    assert None is await store.get(waiting.store_key("ops") + "//device-flow")
     await waiting.aclose()
 
 
@@ -290,7 +290,7 @@ async def test_a_claim_written_as_the_flow_is_cancelled_is_removed(
     await client.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await caller
-    assert None is await store.get(client._key("ops") + "//device-flow")
+    assert None is await store.get(client.store_key("ops") + "//device-flow")
 
 
 async def test_an_undecryptable_claim_is_removed(
@@ -300,7 +300,7 @@ async def test_an_undecryptable_claim_is_removed(
     folder = tmp_path / "tokens"
     provider = Provider(issuer=server.issuer)
     old = EncryptedFileStore(folder, key=generate_key())
-    key = DeviceFlowClient(provider, client_id="bot", store=old)._key("ops") + "//device-flow"
+    key = DeviceFlowClient(provider, client_id="bot", store=old).store_key("ops") + "//device-flow"
     await old.put(key, Claim(flow="dead", until=2e9).encode(), expected_version=None)
     new = EncryptedFileStore(folder, key=generate_key())
     async with DeviceFlowClient(

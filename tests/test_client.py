@@ -23,6 +23,7 @@ from deviceflow import (
 )
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
+from helpers import stored_token
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
@@ -167,7 +168,7 @@ async def test_denied_raises_access_denied(
     async with make_client(on_code=approver(server, deny=True)) as client:
         with pytest.raises(AccessDeniedError):
             await client.get_token()
-        assert None is await client.store.get(client._key("default"))
+        assert None is await stored_token(client, "default")
 
 
 async def test_expired_code_raises_expired_token(
@@ -245,7 +246,7 @@ async def test_refresh_rotates_and_persists_refresh_token(
         second = await client.refresh()
         assert first.refresh_token != second.refresh_token
         assert server.is_valid_access_token(second.access_token)
-        stored = await client.store.get(client._key("default"))
+        stored = await client.store.get(client.store_key("default"))
         assert stored is not None
         assert second.refresh_token is not None
         assert second.refresh_token.encode() in stored.value
@@ -405,7 +406,7 @@ async def test_invalid_grant_without_on_code_removes_token(
         virtual_clock.advance(400)
         with pytest.raises(ReauthorizationRequiredError):
             await client.get_token()
-        assert None is await store.get(client._key("default"))
+        assert None is await stored_token(client, "default")
 
 
 async def test_save_token_and_logout_revokes(
@@ -424,7 +425,7 @@ async def test_save_token_and_logout_revokes(
         await client.save_token("imported", token)
         assert token == await client.get_token("imported")
         assert await client.logout("imported")
-        assert None is await client.store.get(client._key("imported"))
+        assert None is await stored_token(client, "imported")
     assert not server.is_valid_access_token(token.access_token)
 
 
@@ -504,4 +505,4 @@ async def test_logout_deletes_even_when_discovery_fails(
         Provider(issuer=server.issuer), client_id="cli", clock=virtual_clock, store=store
     ) as client:
         assert False is await client.logout("a")
-        assert None is await store.get(client._key("a"))
+        assert None is await stored_token(client, "a")

@@ -10,8 +10,9 @@ import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow import Provider, Token
 from deviceflow._models import COMPACT_JSON
+from deviceflow._records import Record, RecordCodec, Tombstone
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -56,8 +57,9 @@ def test_record_decodes_to_its_fields(token: Token, account: str, path: str) -> 
     """The client's record holds its fields as written, and decodes to the same token."""
     issuer = "https://idp.test/" + path
     provider = Provider(issuer=issuer, token_endpoint="https://idp.test/token")
-    client = DeviceFlowClient(provider, client_id='c"\u00e9\n')
-    record: dict[str, Any] = json.loads(client._encode(account, token))
+    codec = RecordCodec(provider.identity, 'c"\u00e9\n')
+    now = datetime.now(timezone.utc)
+    record: dict[str, Any] = json.loads(codec.encode(account, token, now))
     obtained = record.pop("obtained_at")
     assert {
         "v": 1,
@@ -67,10 +69,23 @@ def test_record_decodes_to_its_fields(token: Token, account: str, path: str) -> 
         "token": token.to_dict(),
     } == record
     assert abs(datetime.now(timezone.utc).timestamp() - obtained) < 60
-    decoded, when = client._decode_record(client._encode(account, token))
-    assert_same(token, decoded)
-    assert when is not None
-    assert abs(datetime.now(timezone.utc) - when) < timedelta(seconds=60)
+    decoded = RecordCodec.decode(codec.encode(account, token, now))
+    assert isinstance(decoded, Record)
+    assert_same(token, decoded.token)
+    assert decoded.obtained is not None
+    assert abs(now - decoded.obtained) < timedelta(milliseconds=1)
+
+
+@given(account=st.text(min_size=1), reason=st.sampled_from(["logout", "refused", "expired"]))
+def test_tombstone_decodes_to_a_tombstone(account: str, reason: str) -> None:
+    """A logout's tombstone decodes as one, with its reason and time; never as a token."""
+    codec = RecordCodec("https://idp.test", "c")
+    now = datetime.now(timezone.utc)
+    decoded = RecordCodec.decode(codec.encode_tombstone(account, now, reason))
+    assert isinstance(decoded, Tombstone)
+    assert reason == decoded.reason
+    assert decoded.at is not None
+    assert abs(now - decoded.at) < timedelta(milliseconds=1)
 
 
 def test_a_field_that_is_not_text_is_left_to_the_generic_encoder() -> None:

@@ -41,6 +41,30 @@ def _stored_secrets(cli: Cli) -> list[str]:
     return asyncio.run(read())
 
 
+def _records(cli: Cli, keys: list[str]) -> list[dict[str, object] | None]:
+    """The decoded records under ``keys`` in the CLI's store (read with its key)."""
+
+    async def read() -> list[dict[str, object] | None]:
+        store = EncryptedFileStore(cli.store, key=cli.key)
+        found = [await store.get(key) for key in keys]
+        await store.aclose()
+        return [None if got is None else json.loads(got.value) for got in found]
+
+    return asyncio.run(read())
+
+
+def _index_keys(cli: Cli) -> list[str]:
+    """The record keys of the accounts the CLI's index lists."""
+
+    async def read() -> list[str]:
+        store = EncryptedFileStore(cli.store, key=cli.key)
+        index = await store.get("deviceflow-cli-index")
+        await store.aclose()
+        return [] if index is None else [e["key"] for e in json.loads(index.value)["accounts"]]
+
+    return asyncio.run(read())
+
+
 def test_status_lists_accounts_without_secrets(signed_in: tuple[Cli, ServerThread]) -> None:
     """status shows each account's issuer, client, scope, expiry and refresh token, no secret."""
     cli, server = signed_in
@@ -65,9 +89,11 @@ def test_status_lists_accounts_without_secrets(signed_in: tuple[Cli, ServerThrea
 
 
 def test_logout_revokes_deletes_and_unlists(cli: Cli, server: ServerThread) -> None:
-    """logout revokes the grant at the server, deletes the token, and status no longer lists it."""
+    """logout revokes the grant at the server, leaves a tombstone where the token was (no secret
+    in it), and status no longer lists the account."""
     assert 0 == login_approved(cli, server, *cli.server_args()).returncode
     access_token = _stored_secrets(cli)[0]
+    keys = _index_keys(cli)
 
     result = cli.run("logout")
     status, token = cli.run_many(["status"], ["token", *cli.server_args()])
@@ -75,7 +101,10 @@ def test_logout_revokes_deletes_and_unlists(cli: Cli, server: ServerThread) -> N
     assert (0, 1) == (result.returncode, len(server.requests("revoke")))
     assert "the server revoked the grant" in result.stderr
     assert not server.is_valid(access_token)
-    assert 1 == len([name for name in cli.snapshot() if name.endswith(".tok")])  # the index
+    assert 1 == len(keys)
+    (record,) = _records(cli, keys)
+    assert record is not None
+    assert ("logout", None) == (record["reason"], record.get("token"))
     assert (0, "No account is signed in with this store.\n") == (status.returncode, status.stdout)
     assert 6 == token.returncode
     assert "deviceflow login" in token.stderr

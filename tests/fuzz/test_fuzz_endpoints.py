@@ -45,6 +45,7 @@ from deviceflow._machine import (
 )
 from deviceflow._provider import fetch_metadata
 from deviceflow.testing import VirtualClock
+from helpers import stored_token
 
 WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
 META = ProviderMetadata(
@@ -244,7 +245,7 @@ async def test_fuzz_client_refresh(answers: list[Response | TransportError]) -> 
             if isinstance(exc, ReauthorizationRequiredError):
                 return
             # Anything but a rejected grant keeps the stored token for the next try.
-            stored = await flow.store.get(flow._key("fuzz"))
+            stored = await flow.store.get(flow.store_key("fuzz"))
             assert stored is not None
         else:
             assert "Bearer" == token.token_type
@@ -261,7 +262,7 @@ async def test_fuzz_client_revocation(answers: list[Response | TransportError]) 
         await flow.save_token("fuzz", STORED)
         revoked = await flow.logout("fuzz")
         assert isinstance(revoked, bool)
-        assert await flow.store.get(flow._key("fuzz")) is None
+        assert await stored_token(flow, "fuzz") is None
 
 
 @FUZZ

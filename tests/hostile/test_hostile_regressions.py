@@ -25,6 +25,7 @@ from deviceflow._machine import (
 )
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
+from helpers import stored_token
 
 REFRESH = "refresh_token"
 
@@ -93,9 +94,9 @@ async def test_logout_deletes_a_malformed_record(record: bytes) -> None:
         token_endpoint="https://idp.example/token",
     )
     async with DeviceFlowClient(provider, client_id="c", store=store) as client:
-        await store.put(client._key("a"), record, expected_version=None)
+        await store.put(client.store_key("a"), record, expected_version=None)
         assert await client.logout("a") is False
-        assert await store.get(client._key("a")) is None
+        assert await stored_token(client, "a") is None
 
 
 async def test_record_with_absurd_obtained_at_is_read(virtual_clock: VirtualClock) -> None:
@@ -108,7 +109,7 @@ async def test_record_with_absurd_obtained_at_is_read(virtual_clock: VirtualCloc
     token = Token(access_token="stored", expires_at=virtual_clock.wall() + timedelta(hours=1))
     async with DeviceFlowClient(provider, client_id="c", store=store, clock=virtual_clock) as c:
         record = b'{"v": 1, "obtained_at": 1e300, "token": ' + token.to_json() + b"}"
-        await store.put(c._key("a"), record, expected_version=None)
+        await store.put(c.store_key("a"), record, expected_version=None)
         assert "stored" == (await c.get_token("a")).access_token
         assert await c.logout("a") is False
 
@@ -121,7 +122,7 @@ async def test_malformed_record_then_get_token_is_typed() -> None:
         token_endpoint="https://idp.example/token",
     )
     async with DeviceFlowClient(provider, client_id="c", store=store) as client:
-        await store.put(client._key("a"), b"{}", expected_version=None)
+        await store.put(client.store_key("a"), b"{}", expected_version=None)
         await client.logout("a")
         with pytest.raises(ReauthorizationRequiredError):
             await client.get_token("a")

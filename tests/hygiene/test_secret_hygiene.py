@@ -238,7 +238,7 @@ async def test_no_secret_in_logs_reprs_or_messages(
             # Logout revokes the refresh token (RFC 7009) and deletes the record.
             assert await alice.logout("alice")
             evidence.token(await alice.get_token("frank"))
-            versioned = await store.get(alice._key("frank"))
+            versioned = await store.get(alice.store_key("frank"))
             evidence.show(alice, store, provider, alice._transport, versioned, server)
 
         async with client(client_auth="client_secret_basic") as gina:
@@ -250,7 +250,7 @@ async def test_no_secret_in_logs_reprs_or_messages(
 
         # The same folder opened with the wrong key: DecryptionError, from the store and the client.
         wrong = EncryptedFileStore(tmp_path / "store", key=other_key)
-        await _expect(evidence, DecryptionError, wrong.get(alice._key("frank")))
+        await _expect(evidence, DecryptionError, wrong.get(alice.store_key("frank")))
         async with client(store=wrong) as eve:
             await _expect(evidence, DecryptionError, eve.get_token("frank"))
             evidence.show(eve, wrong)

@@ -76,7 +76,7 @@ async def test_an_unreadable_stored_registration_is_replaced(virtual_clock: Virt
     case, store = next(c for c in CASES if c.name == "aws_sso"), MemoryStore()
     async with case.running(virtual_clock) as server:
         client = case.client_for(server, virtual_clock, store=store, on_code=deciding(server))
-        key = client._key_prefix + "//registration"
+        key = client.store_key("").rsplit("/", 1)[0] + "//registration"
         await store.put(key, b"not json", expected_version=None)
         async with client:
             token = await client.get_token()

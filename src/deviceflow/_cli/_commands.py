@@ -32,6 +32,7 @@ from ._store import (
     open_store,
     read_token,
     record_key,
+    signed_in,
     write_key_file,
 )
 from ._terminal import (
@@ -401,7 +402,7 @@ async def logout(settings: Settings, console: Console) -> int:
             return EXIT_OK
         current = await store.get(target.key)  # DecryptionError here: nothing is deleted
         revoked = False
-        if current is not None:
+        if signed_in(current.value if current is not None else None):
             async with _client(target, store) as client:
                 try:
                     revoked = await client.logout(target.account)
@@ -409,7 +410,7 @@ async def logout(settings: Settings, console: Console) -> int:
                     console.say(f"deviceflow: warning: could not revoke the grant: {exc}")
                     await store.delete(target.key)
         await index.remove(target.key)
-    if current is None:
+    if not signed_in(current.value if current is not None else None):
         console.say(f"Account {target.account!r} at {target.issuer} was not signed in.")
     elif revoked:
         console.say(

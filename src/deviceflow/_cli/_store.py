@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
 
 import attrs
 
 from deviceflow._models import Token
-from deviceflow.exceptions import ConflictError, ProtocolError, StoreError
+from deviceflow._records import RecordCodec, Tombstone, record_key
+from deviceflow.exceptions import ConflictError, StoreError
 from deviceflow.stores import EncryptedFileStore, KeySet, TokenStore, generate_key
 
 from ._errors import CliError
@@ -37,6 +36,7 @@ __all__ = [
     "open_store",
     "read_token",
     "record_key",
+    "signed_in",
     "write_key_file",
 ]
 
@@ -44,11 +44,6 @@ __all__ = [
 INDEX_KEY = "deviceflow-cli-index"
 _INDEX_VERSION = 1
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
-def record_key(identity: str, client_id: str, account: str) -> str:
-    """The store key DeviceFlowClient keeps ``account``'s token under."""
-    return "/".join(quote(part, safe="") for part in (identity, client_id, account))
 
 
 # --- the key ---------------------------------------------------------------------------------
@@ -260,19 +255,25 @@ class StoredToken:
 
 
 async def read_token(store: TokenStore, key: str) -> StoredToken | None:
-    """The token record under ``key`` (the client's JSON record), or None when there is none."""
+    """The token record under ``key``, or None when there is none (or the account signed out)."""
     current = await store.get(key)
     if current is None:
         return None
     try:
-        record = json.loads(current.value)
-        token = Token.from_dict(record["token"])
-    except (ValueError, RecursionError, KeyError, TypeError, ProtocolError):
+        content = RecordCodec.decode(current.value)
+    except StoreError:
         raise StoreError(f"the token record of {key!r} is damaged") from None
-    obtained = record.get("obtained_at")
-    when = (
-        datetime.fromtimestamp(obtained, timezone.utc)
-        if isinstance(obtained, (int, float)) and math.isfinite(obtained)
-        else None
-    )
-    return StoredToken(token=token, obtained_at=when)
+    if isinstance(content, Tombstone):
+        return None
+    return StoredToken(token=content.token, obtained_at=content.obtained)
+
+
+def signed_in(value: bytes | None) -> bool:
+    """True unless ``value`` (a stored record) is missing or a signed-out account's tombstone;
+    a damaged record counts as signed in (logout can still discard it)."""
+    if value is None:
+        return False
+    try:
+        return not isinstance(RecordCodec.decode(value), Tombstone)
+    except StoreError:
+        return True

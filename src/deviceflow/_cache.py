@@ -1,0 +1,115 @@
+"""Tokens in memory, and when each is due for a refresh.
+
+Each cached token has two deadlines on the monotonic clock:
+
+- ``refresh_at``: from here on, get_token() still returns it at once but starts one background
+  refresh. It lies ``refresh_skew`` seconds before expiry, but never in the first half of a
+  token's life (a 4 s token with a 60 s skew would otherwise be refreshed on every call);
+- ``usable_until``: from here on, callers wait for a new token (one second before expiry at
+  most, so that a token handed out is not already dead on arrival).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import attrs
+
+from ._clock import Clock
+from ._models import Token
+
+__all__ = ["CacheEntry", "TokenCache"]
+
+
+@attrs.define(kw_only=True)
+class CacheEntry:
+    """A token in memory with its deadlines on the monotonic clock."""
+
+    token: Token
+    refresh_at: float
+    usable_until: float
+    obtained: datetime | None = None
+    # The store record this token was read from or written as (see _records.stamp): when the
+    # store still holds that record, it need not be decoded again.
+    stamp: int | None = None
+    # That record's version (or the version its pending write will have): orders this token
+    # against the store's without trusting clocks.
+    version: int | None = None
+
+
+class TokenCache:
+    """The tokens of one client, by account."""
+
+    __slots__ = ("_clock", "_skew", "entries")
+
+    def __init__(self, clock: Clock, refresh_skew: float) -> None:
+        self._clock = clock
+        self._skew = refresh_skew
+        self.entries: dict[str, CacheEntry] = {}
+
+    def entry(
+        self,
+        token: Token,
+        obtained: datetime | None,
+        stamp: int | None = None,
+        version: int | None = None,
+    ) -> CacheEntry:
+        """A new entry for ``token`` (not yet cached)."""
+        if token.expires_at is None:
+            return CacheEntry(
+                token=token,
+                refresh_at=math.inf,
+                usable_until=math.inf,
+                obtained=obtained,
+                stamp=stamp,
+                version=version,
+            )
+        now = self._clock.monotonic()
+        remaining = (token.expires_at - self._clock.wall()).total_seconds()
+        lifetime = (token.expires_at - obtained).total_seconds() if obtained else remaining
+        ahead = min(self._skew, max(0.0, lifetime) / 2)
+        return CacheEntry(
+            token=token,
+            refresh_at=now + remaining - ahead,
+            usable_until=now + remaining - min(1.0, ahead),
+            obtained=obtained,
+            stamp=stamp,
+            version=version,
+        )
+
+    def remember(
+        self,
+        account: str,
+        token: Token,
+        obtained: datetime | None,
+        stamp: int | None = None,
+        version: int | None = None,
+    ) -> CacheEntry:
+        """Cache ``token`` as ``account``'s and return its entry."""
+        entry = self.entries[account] = self.entry(token, obtained, stamp, version)
+        return entry
+
+    def get(self, account: str) -> CacheEntry | None:
+        """``account``'s entry, or None."""
+        return self.entries.get(account)
+
+    def forget(self, account: str) -> None:
+        """Drop ``account``'s entry, if any."""
+        self.entries.pop(account, None)
+
+    def due(self, entry: CacheEntry) -> bool:
+        """True when ``entry`` should be refreshed now."""
+        return self._clock.monotonic() >= entry.refresh_at
+
+    def postpone(self, account: str) -> None:
+        """After a failed background refresh: try again halfway to the end of the token's usable
+        life (at least a second later), not on every call."""
+        entry = self.entries.get(account)
+        if entry is not None:
+            now = self._clock.monotonic()
+            later = now + max(1.0, (entry.usable_until - now) / 2)
+            entry.refresh_at = min(later, entry.usable_until)
+
+    def __len__(self) -> int:
+        return len(self.entries)

@@ -1,0 +1,243 @@
+"""The provider's endpoints as one client uses them: metadata, client registration, the refresh
+grant and revocation, all sent through one transport with one retry rule.
+
+A request that fails in a way a retry may cure (a dropped connection, a timeout, a 5xx or 429)
+is sent again after 0.25 s, 0.5 s, ... (at most 5 s apart) until its time budget is spent; the
+budget covers every attempt and every wait, so the caller knows when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+
+from ._clock import Clock
+from ._machine import (
+    Request,
+    RequestKind,
+    Response,
+    interpret_registration_response,
+    interpret_token_response,
+)
+from ._models import ProviderMetadata, RegisteredClient, Token
+from ._provider import Provider, fetch_metadata
+from ._transport import Transport
+from .exceptions import DeviceFlowError, ProtocolError, TransportError
+from .stores._protocol import TokenStore
+
+__all__ = ["Endpoints"]
+
+log = logging.getLogger("deviceflow")
+
+_T = TypeVar("_T")
+
+#: Register the client again this long before its registration expires, so that no device flow
+#: (device codes live some minutes) outlives the registration it started with. Refresh tokens are
+#: bound to the registration: after a new one, the next get_token() starts a device flow.
+REGISTRATION_SKEW = 900.0
+
+
+@attrs.define(kw_only=True)
+class Endpoints:
+    """Requests to ``provider`` on behalf of one client."""
+
+    provider: Provider
+    client_id: str
+    scope: str | None
+    transport: Transport
+    clock: Clock
+    store: TokenStore
+    registration_key: str
+    http_timeout: float
+    lock_ttl: float
+    lock_wait: float
+    metadata: ProviderMetadata | None = None
+    _metadata_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _registered: RegisteredClient | None = attrs.field(default=None, init=False)
+    _registration_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    async def settle(self) -> None:
+        """Discover the endpoints and register the client now, if still needed (before a store
+        lock is taken, so that the lock only has to cover the refresh itself)."""
+        await self.ensure_metadata()
+        if self.provider.registration is not None:
+            await self.registered_client()
+
+    async def ensure_metadata(self) -> ProviderMetadata:
+        """The provider's metadata, discovered once."""
+        if self.metadata is None:
+            async with self._metadata_lock:
+                if self.metadata is None:
+                    self.metadata = await fetch_metadata(
+                        self.transport, self.provider, clock=self.clock
+                    )
+        return self.metadata
+
+    async def send(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+    ) -> Response:
+        """Send through the transport, as the registered client when the provider needs one."""
+        if self.provider.registration is not None and request.kind not in (
+            RequestKind.DISCOVERY,
+            RequestKind.REGISTRATION,
+        ):
+            client = await self.registered_client()
+            params = {**request.params, "client_id": client.client_id}
+            if client.client_secret is not None:
+                params["client_secret"] = client.client_secret  # RFC 6749 2.3.1, in the body
+            request = attrs.evolve(request, params=params)
+        if timeout is None:
+            return await self.transport.send(request)
+        return await self.transport.send(request, timeout=timeout)
+
+    async def _retrying(
+        self,
+        request: Request,
+        interpret: Callable[[Response], _T],
+        *,
+        budget: float,
+        until: float | None = None,
+    ) -> _T:
+        """Send ``request`` until ``interpret`` accepts an answer or ``budget`` seconds (on the
+        client's clock) are spent; ``until`` (time.monotonic()) bounds it in real time too."""
+        clock = self.clock
+        deadline = clock.monotonic() + budget
+        delay = 0.25
+        while True:
+            remaining = deadline - clock.monotonic()
+            if until is not None:
+                remaining = min(remaining, until - time.monotonic())
+            try:
+                return interpret(await self.send(request, timeout=remaining))
+            except TransportError as exc:
+                late = clock.monotonic() + delay >= deadline or (
+                    until is not None and time.monotonic() + delay >= until
+                )
+                if late or not exc.retryable:
+                    raise
+                log.debug("%s failed (%s); retrying in %.2fs", request.kind.value, exc, delay)
+                await clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def refresh(self, token: Token, *, until: float | None = None) -> Token:
+        """RFC 6749 6: trade ``token``'s refresh token for a new access token.
+
+        Every attempt ends within ``http_timeout`` and, when given, before ``until`` (real
+        monotonic seconds: the end of the store lease the refresh runs under).
+        """
+        assert token.refresh_token is not None
+        metadata = await self.ensure_metadata()
+        request = Request(
+            kind=RequestKind.TOKEN,
+            method="POST",
+            url=metadata.token_endpoint,
+            params={
+                "grant_type": "refresh_token",
+                "refresh_token": token.refresh_token,
+                "client_id": self.client_id,
+            },
+        )
+        dialect = self.provider.dialect
+
+        def interpret(response: Response) -> Token:
+            return interpret_token_response(response, dialect, self.clock.wall(), previous=token)
+
+        return await self._retrying(request, interpret, budget=self.http_timeout, until=until)
+
+    async def revoke(self, token: Token) -> bool:
+        """RFC 7009: revoke ``token``'s grant (its refresh token, else its access token); True
+        when the server confirmed it. Failures are logged, never raised."""
+        try:
+            metadata = await self.ensure_metadata()
+        except DeviceFlowError as exc:
+            log.warning("cannot revoke: the provider's endpoints are unknown (%s)", exc)
+            return False
+        if metadata.revocation_endpoint is None:
+            return False
+        if token.refresh_token:
+            params = {"token": token.refresh_token, "token_type_hint": "refresh_token"}
+        else:
+            params = {"token": token.access_token, "token_type_hint": "access_token"}
+        params["client_id"] = self.client_id
+        request = Request(
+            kind=RequestKind.REVOCATION,
+            method="POST",
+            url=metadata.revocation_endpoint,
+            params=params,
+        )
+        try:
+            response = await self.send(request)
+        except DeviceFlowError as exc:
+            log.warning("token revocation failed: %s", exc)
+            return False
+        if response.status != 200:
+            log.warning("token revocation answered HTTP %d", response.status)
+        return response.status == 200
+
+    async def registered_client(self) -> RegisteredClient:
+        """This client's registration with the provider (AWS RegisterClient).
+
+        Registered once and kept in the store, under the store's lock, so that every process
+        sharing the store uses one registration (refresh tokens are bound to it); registered
+        again when it is about to expire.
+        """
+        client = self._registered
+        if client is not None and not client.expires_within(
+            REGISTRATION_SKEW, now=self.clock.wall()
+        ):
+            return client
+        async with self._registration_lock:
+            client = self._registered
+            if client is not None and not client.expires_within(
+                REGISTRATION_SKEW, now=self.clock.wall()
+            ):
+                return client
+            key = self.registration_key
+            async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
+                current = await self.store.get(key)
+                client = None
+                if current is not None:
+                    try:
+                        client = RegisteredClient.from_json(current.value)
+                    except ProtocolError:
+                        log.warning("the stored client registration is unreadable; registering")
+                if client is None or client.expires_within(
+                    REGISTRATION_SKEW, now=self.clock.wall()
+                ):
+                    client = await self._register()
+                    ttl = None
+                    if client.expires_at is not None:
+                        ttl = (client.expires_at - self.clock.wall()).total_seconds()
+                    await self.store.put(
+                        key,
+                        client.to_json(),
+                        expected_version=current.version if current else None,
+                        ttl=max(1.0, ttl) if ttl is not None else None,
+                    )
+            self._registered = client
+            return client
+
+    async def _register(self) -> RegisteredClient:
+        spec = self.provider.registration
+        assert spec is not None
+        params = {**spec.params, spec.name_param: self.client_id}
+        if spec.scope_param and self.scope:
+            params[spec.scope_param] = self.scope
+        request = Request(
+            kind=RequestKind.REGISTRATION, method="POST", url=spec.endpoint, params=params
+        )
+        log.info("registering client %r with the %s provider", self.client_id, self.provider.name)
+        dialect = self.provider.dialect
+
+        def interpret(response: Response) -> RegisteredClient:
+            return interpret_registration_response(response, dialect, self.clock.wall())
+
+        return await self._retrying(request, interpret, budget=self.http_timeout)

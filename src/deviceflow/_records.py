@@ -1,0 +1,169 @@
+"""Store records: the one codec for what DeviceFlowClient keeps in a TokenStore.
+
+A record is compact JSON under a key namespaced by issuer, client id and account::
+
+    {"v": 1, "issuer": ..., "client_id": ..., "account": ..., "obtained_at": <unix seconds>,
+     "token": {...Token.to_dict()...}}
+
+A logout leaves a tombstone instead of deleting the record, so that "signed out" and "gone"
+(a Redis restarted empty, a record deleted by hand) differ, and the record's version keeps
+growing instead of starting again at 1::
+
+    {"v": 1, "issuer": ..., "client_id": ..., "account": ..., "logged_out_at": <unix seconds>,
+     "reason": "logout" | "refused" | "expired"}
+
+("refused": the server refused the refresh token; "expired": the token expired with nothing to
+refresh it with.)
+
+The client and the CLI both read and write records through this module only. It does no I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import urllib.parse
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+from ._machine import MAX_TOKEN_LIFETIME, parse_seconds
+from ._models import Token, json_str
+from .exceptions import ProtocolError, StoreError
+from .stores._protocol import Versioned
+
+__all__ = [
+    "TOMBSTONE_TTL",
+    "Record",
+    "RecordCodec",
+    "Tombstone",
+    "record_key",
+    "stamp",
+]
+
+RECORD_FORMAT = 1
+#: How long a logout's tombstone stays (then the account reads as never signed in).
+TOMBSTONE_TTL = 90 * 24 * 3600.0
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote() leaves as it is
+
+
+def _quote(part: str) -> str:
+    return part if _PLAIN.fullmatch(part) else urllib.parse.quote(part, safe="")
+
+
+def record_key(identity: str, client_id: str, account: str) -> str:
+    """The store key of ``account``'s record: issuer, client id and account, each quoted."""
+    return f"{_quote(identity)}/{_quote(client_id)}/{_quote(account)}"
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """A decoded token record: the token and when it was obtained (None if unknown)."""
+
+    token: Token
+    obtained: datetime | None
+
+    def newer_than(self, other: Record) -> bool:
+        """True when this token was obtained after ``other``'s (unknown times count as old)."""
+        if self.obtained is None:
+            return False
+        return other.obtained is None or self.obtained > other.obtained
+
+
+@attrs.frozen(kw_only=True)
+class Tombstone:
+    """A decoded tombstone: the account's grant ended at ``at`` (signed out, refused, expired)."""
+
+    at: datetime | None
+    reason: str = "logout"
+
+
+def stamp(record: Versioned) -> int:
+    """Tells store records apart: their version and a hash of their bytes (versions alone can
+    repeat, e.g. after a store lost its data). bytes() is free for bytes and copies a store's
+    bytearray."""
+    return hash((record.version, bytes(record.value)))
+
+
+def _when(value: Any) -> datetime | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        with contextlib.suppress(OverflowError, OSError, ValueError):  # out of datetime's range
+            return datetime.fromtimestamp(value, timezone.utc)
+    return None
+
+
+class RecordCodec:
+    """Encodes and decodes the records of one issuer and client id."""
+
+    __slots__ = ("_head", "_prefix")
+
+    def __init__(self, identity: str, client_id: str) -> None:
+        self._prefix = f"{_quote(identity)}/{_quote(client_id)}/"
+        self._head = (
+            f'{{"v":{RECORD_FORMAT},"issuer":{json_str(identity)},'
+            f'"client_id":{json_str(client_id)},'
+        )
+
+    @property
+    def registration_key(self) -> str:
+        """The store key of the client's registration (providers that register clients)."""
+        return self._prefix[:-1] + "//registration"
+
+    def key(self, account: str) -> str:
+        """The store key of ``account``'s record (see :func:`record_key`)."""
+        return self._prefix + _quote(account)
+
+    def encode(self, account: str, token: Token, obtained: datetime) -> bytes:
+        """The record of ``token``, obtained at ``obtained``: compact JSON, written field by field
+        (byte for byte what json.dumps with compact separators writes)."""
+        return (
+            f'{self._head}"account":{json_str(account)},'
+            f'"obtained_at":{obtained.timestamp()!r},"token":{token.json_text()}}}'
+        ).encode()
+
+    def encode_tombstone(self, account: str, at: datetime, reason: str = "logout") -> bytes:
+        """The record left where a grant ended: a logout, a refused or an expired grant."""
+        return (
+            f'{self._head}"account":{json_str(account)},"logged_out_at":{at.timestamp()!r},'
+            f'"reason":{json_str(reason)}}}'
+        ).encode()
+
+    @staticmethod
+    def decode(value: bytes) -> Record | Tombstone:
+        """The record or tombstone in ``value``; StoreError when it is damaged."""
+        try:
+            document = json.loads(value)
+        except (ValueError, RecursionError):
+            raise StoreError("a stored token record is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise StoreError("a stored token record has an unknown format")
+        token = document.get("token")
+        if token is None and "logged_out_at" in document:
+            reason = document.get("reason")
+            return Tombstone(
+                at=_when(document["logged_out_at"]),
+                reason=reason if isinstance(reason, str) else "logout",
+            )
+        if not isinstance(token, dict):
+            raise StoreError("a stored token record has an unknown format")
+        try:
+            decoded = Token.from_dict(token)
+        except ProtocolError as exc:
+            raise StoreError(str(exc)) from None
+        return Record(token=decoded, obtained=_when(document.get("obtained_at")))
+
+    @staticmethod
+    def ttl(token: Token, now: datetime) -> float | None:
+        """How long the store may keep ``token``'s record: the refresh token's lifetime when the
+        server gave one, for good otherwise; an access token alone until a minute after expiry."""
+        if token.refresh_token:
+            # GitHub sends the refresh token's lifetime; whatever the server sends, parse it.
+            lifetime = parse_seconds(token.extra.get("refresh_token_expires_in"))
+            return min(lifetime, MAX_TOKEN_LIFETIME) if lifetime else None
+        if token.expires_at is None:
+            return None
+        return max(1.0, (token.expires_at - now).total_seconds() + 60.0)

@@ -1,0 +1,556 @@
+"""The refresh transaction: how a token is refreshed and stored without ever losing or replaying
+a rotated refresh token, whatever the store does.
+
+Theory of operation
+-------------------
+
+A rotating authorization server hands out a new refresh token with every refresh and revokes
+the whole grant when an old one comes back (RFC 9700 4.14.2). So the refresh token that a
+refresh returns must reach the store, and no process may refresh with the one it replaced.
+Every rule below serves that, and each is written once, here.
+
+1. **Lock, re-read, refresh, compare-and-set.** A refresh runs under the store's lock of the
+   account, on the record read under that lock, and is written with the version read. The lock
+   saves calls to the server; the version check catches a writer that did not hold the lock
+   (its lease ran out). A conflicting write of a fresh token overwrites what is there, unless
+   that is a tombstone: a logout is never undone.
+
+2. **The lease covers the request and the write.** The lease is counted from the instant before
+   the lock was asked for (``time.monotonic()``: store locks live in real time), for ``lock_ttl``
+   seconds. Of the time left after ``http_timeout``, half is kept for the store calls before the
+   request (waiting for the lock, the re-read) and half for the write after it:
+   ``reserve = (lock_ttl - http_timeout) / 2``. A refresh starts only if the lease still has
+   ``http_timeout + reserve`` seconds; otherwise the lock is given up and the transaction starts
+   over (three times at most, then LockTimeoutError). Every attempt of the request ends
+   ``reserve`` seconds before the lease does. With the defaults (lock_ttl 36 s, http_timeout
+   20 s) the reserve is 8 s on each side; RedisStore's calls end within its ``timeout`` (5 s),
+   which leaves 3 s for scheduling and clock drift.
+
+3. **A write that fails is retried until it lands.** The refreshed token goes to memory before
+   the write. If the write fails (disk full, Redis down), the token is kept as *unsaved*:
+   get_token() serves it, a background task retries the write with back-off (0.5 s doubling
+   to 30 s), and aclose() makes a last bounded attempt and logs one ERROR line per account it
+   could not save. While a token is unsaved, this process never refreshes from the store's
+   older record: the next transaction writes the unsaved token first, and if that fails again
+   it refreshes with the unsaved token's own refresh token, the newest there is.
+
+4. **Memory newer than the store is written back.** A logout leaves a tombstone (see
+   _records.py), so a record that is simply missing means the store lost it (Redis restarted
+   empty, a file deleted by hand). A process that still holds the account's token then writes
+   it back instead of asking a person for a new grant; and where the store holds an older
+   token than the one in memory, memory's goes back too. Newer is judged by record version
+   (a token in memory knows the version it was read or written at), not by clocks, which
+   differ between machines; obtained-at times only break a tie of equal versions.
+
+5. **After invalid_grant, trust nothing older.** A refused refresh means the grant is gone, and
+   every token obtained from it before the refusal may be revoked with it. The record is
+   replaced by a tombstone, and no token obtained before the refusal is handed out again, from
+   memory or from the store: the next token comes from a new device flow (or is one that some
+   process obtained after the refusal).
+
+What no client can recover: the answer to a refresh lost in transit (the server rotated the
+refresh token, the connection broke before the answer arrived). The old refresh token is then
+used up and the new one was never seen; a person must approve a new code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+
+import anyio
+import attrs
+
+from ._cache import TokenCache
+from ._clock import Clock
+from ._endpoints import Endpoints
+from ._models import Token
+from ._records import TOMBSTONE_TTL, Record, RecordCodec, Tombstone, stamp
+from .exceptions import (
+    ConflictError,
+    DecryptionError,
+    DeviceFlowError,
+    InvalidGrantError,
+    LockTimeoutError,
+    StoreError,
+)
+from .stores._protocol import TokenStore, Versioned
+
+__all__ = ["ANY_TOKEN", "Held", "NeedsGrant", "Stored", "TokenLedger"]
+
+log = logging.getLogger("deviceflow")
+
+#: refresh() with no particular stale token named.
+ANY_TOKEN = "\x00any"
+#: How many times a transaction whose lease ran short starts over before it gives up.
+_LEASE_TRIES = 3
+#: The longest aclose() spends on its last attempt to store unsaved tokens.
+_CLOSE_FLUSH = 10.0
+#: Back-off of the background retries of unsaved writes (real seconds).
+_FLUSH_FIRST, _FLUSH_MAX = 0.5, 30.0
+
+
+@attrs.frozen(kw_only=True)
+class NeedsGrant:
+    """No usable token: a device flow must run. Stored tokens obtained at or before
+    ``not_before`` must not be used (their grant was refused)."""
+
+    not_before: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Stored:
+    """What the store held for an account at one read."""
+
+    value: Versioned | None
+    content: Record | Tombstone | None
+    stamp: int | None = None
+
+    @property
+    def record(self) -> Record | None:
+        """The token record, or None for a tombstone or nothing."""
+        return self.content if isinstance(self.content, Record) else None
+
+    @property
+    def version(self) -> int | None:
+        """The store's version of the record, or None when there is none."""
+        return None if self.value is None else self.value.version
+
+
+@attrs.frozen(kw_only=True)
+class Held:
+    """A token in memory and the version its record has, or will have once written."""
+
+    record: Record
+    version: int
+
+    def newer_than(self, stored: Stored) -> bool:
+        """True when this token should replace what the store holds (see rule 4)."""
+        theirs = stored.record
+        if theirs is None or stored.version is None:
+            return True
+        if self.version != stored.version:
+            return self.version > stored.version
+        return self.record.newer_than(theirs)
+
+
+_NOTHING = Stored(value=None, content=None)
+
+
+class _LeaseShort(Exception):
+    """The lease has too little time left for a refresh: give the lock up and start over."""
+
+
+class TokenLedger:
+    """The tokens of one client in its store: reads, the refresh transaction, writes that must
+    land, logouts. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        store: TokenStore,
+        codec: RecordCodec,
+        cache: TokenCache,
+        endpoints: Endpoints,
+        clock: Clock,
+        finishing: Callable[[str], AbstractContextManager[None]],
+        lock_ttl: float,
+        lock_wait: float,
+        http_timeout: float,
+    ) -> None:
+        self.store = store
+        self.codec = codec
+        self.cache = cache
+        self.endpoints = endpoints
+        self.clock = clock
+        self._finishing = finishing
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+        self.http_timeout = http_timeout
+        self.reserve = (lock_ttl - http_timeout) / 2
+        self.unsaved: dict[str, Held] = {}  # refreshed, not yet stored: newer than the store
+        self.refused: dict[str, datetime] = {}  # when each account's grant was refused
+        self._flusher: asyncio.Task[None] | None = None
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def read(self, account: str, key: str, seen: Stored | None = None) -> Stored:
+        """What the store holds for ``account`` now (decoded once per distinct record)."""
+        return self._decode(account, await self.store.get(key), seen)
+
+    def _decode(self, account: str, current: Versioned | None, seen: Stored | None) -> Stored:
+        if current is None:
+            return _NOTHING
+        mark = stamp(current)
+        if seen is not None and seen.stamp == mark:
+            return seen
+        entry = self.cache.get(account)
+        if entry is not None and entry.stamp == mark:
+            content: Record | Tombstone = Record(token=entry.token, obtained=entry.obtained)
+        else:
+            content = self.codec.decode(current.value)
+        return Stored(value=current, content=content, stamp=mark)
+
+    def trusted(self, account: str, record: Record | None) -> Record | None:
+        """``record``, unless it was obtained before ``account``'s grant was refused."""
+        refused = self.refused.get(account)
+        if record is None or refused is None:
+            return record
+        if record.obtained is not None and record.obtained > refused:
+            return record
+        return None
+
+    def fresh(self, account: str, stored: Stored) -> Token | None:
+        """Cache and return the stored token if it is trusted and not due for refresh."""
+        record = self.trusted(account, stored.record)
+        if record is None:
+            return None
+        entry = self.cache.get(account)
+        if entry is None or entry.token is not record.token:  # not the record already in memory
+            entry = self.cache.entry(record.token, record.obtained, stored.stamp, stored.version)
+        if self.cache.due(entry):
+            return None
+        self.cache.entries[account] = entry
+        return record.token
+
+    def usable(self, account: str, stored: Stored, not_before: datetime | None) -> Token | None:
+        """Cache and return the stored token if it has not expired and was obtained after
+        ``not_before`` (when given)."""
+        record = self.trusted(account, stored.record)
+        if record is None or self._expired(record.token):
+            return None
+        if not_before is not None and (record.obtained is None or record.obtained <= not_before):
+            return None
+        self.cache.remember(account, record.token, record.obtained, stored.stamp, stored.version)
+        return record.token
+
+    def _expired(self, token: Token) -> bool:
+        return token.expires_within(0, now=self.clock.wall())
+
+    # --- the refresh transaction --------------------------------------------------------------
+
+    async def obtain(self, account: str, stale: str | None) -> Token | NeedsGrant:
+        """A usable token for ``account`` from the store or a refresh, or NeedsGrant.
+
+        ``stale`` forces a refresh: ANY_TOKEN, or the access token a server just rejected (then
+        a newer stored token is returned instead of refreshing again).
+        """
+        key = self.codec.key(account)
+        seen: Stored | None = None
+        if stale is None and account not in self.unsaved:
+            seen = await self.read(account, key)
+            token = self.fresh(account, seen)
+            if token is not None:
+                return token
+        if stale is not None or self._may_refresh(account, seen):
+            # Endpoints (discovery, client registration) are settled before the lock, so that
+            # the lock's ttl only has to cover the refresh.
+            await self.endpoints.settle()
+        for _ in range(_LEASE_TRIES):
+            started = time.monotonic()  # the lease ends no sooner than lock_ttl from here
+            try:
+                async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
+                    return await self._locked(account, key, stale, seen, started + self.lock_ttl)
+            except _LeaseShort:
+                log.warning(
+                    "account %r: the store took too long inside its lock (lock_ttl %.0f s); "
+                    "starting the refresh over",
+                    account,
+                    self.lock_ttl,
+                )
+        raise LockTimeoutError(
+            f"account {account!r}: the store was too slow to refresh within its lock "
+            f"{_LEASE_TRIES} times; raise lock_ttl (now {self.lock_ttl} s) or check the store"
+        )
+
+    def _may_refresh(self, account: str, seen: Stored | None) -> bool:
+        record = seen.record if seen is not None else None
+        entry = self.cache.get(account)
+        return bool(
+            seen is None
+            or (record is not None and record.token.refresh_token)
+            or (entry is not None and entry.token.refresh_token)
+        )
+
+    async def _locked(
+        self, account: str, key: str, stale: str | None, seen: Stored | None, lease_end: float
+    ) -> Token | NeedsGrant:
+        stored = await self.read(account, key, seen)
+        if isinstance(stored.content, Tombstone):  # signed out (or refused): never undone
+            self.unsaved.pop(account, None)
+            self.cache.forget(account)
+            return NeedsGrant(not_before=self.refused.get(account))
+        base = self.trusted(account, stored.record)
+        version = floor = stored.version  # what to compare-and-set with; what to order after
+        held = self._held(account, stored)
+        if held is not None:
+            # Memory is newer than the store (a write failed, or the store lost the record):
+            # store it first, and never refresh from the older record.
+            base = held.record
+            try:
+                with self._finishing(account):
+                    written = await self._write(key, account, held.record, version)
+            except ConflictError:
+                raise
+            except StoreError as exc:
+                log.warning("account %r: a newer token is still unsaved: %s", account, exc)
+                floor = held.version
+            else:
+                self._saved(account, held, written)
+                version = floor = written.version
+        elif self.unsaved.pop(account, None) is not None:
+            log.info("account %r: a newer token was stored elsewhere; using it", account)
+        if base is None:
+            return NeedsGrant(not_before=self.refused.get(account))
+        token = base.token
+        named = stale is not None and stale != ANY_TOKEN
+        changed = held is not None or seen is None or seen.stamp != stored.stamp
+        if (stale is None and changed) or (named and token.access_token != stale):
+            # Someone wrote while we waited (or memory was newer): that token may be fresh.
+            fresh = self._fresh_record(account, base, version)
+            if fresh is not None:
+                return fresh
+        if token.refresh_token:
+            return await self._refresh(account, key, base, version, floor, lease_end)
+        if not self._expired(token) and not (named and token.access_token == stale):
+            # Nothing to refresh with, but still valid (and not the token a server just
+            # rejected): keep using it.
+            self.cache.remember(account, token, base.obtained, stored.stamp, version)
+            return token
+        await self._bury(key, account, version, "expired")
+        return NeedsGrant()
+
+    def _fresh_record(self, account: str, record: Record, version: int | None) -> Token | None:
+        entry = self.cache.get(account)
+        if entry is None or entry.token is not record.token:
+            entry = self.cache.entry(record.token, record.obtained, None, version)
+        if self.cache.due(entry):
+            return None
+        self.cache.entries[account] = entry
+        return record.token
+
+    def _held(self, account: str, stored: Stored) -> Held | None:
+        """The token in memory, when it is newer than the store's and worth keeping."""
+        held = self.unsaved.get(account)
+        if held is None:
+            entry = self.cache.get(account)
+            if entry is None or (stored.stamp is not None and entry.stamp == stored.stamp):
+                return None
+            record = Record(token=entry.token, obtained=entry.obtained)
+            held = Held(record=record, version=entry.version or 0)
+        token = held.record.token
+        if self.trusted(account, held.record) is None:
+            return None
+        if not token.refresh_token and self._expired(token):
+            return None  # nothing left to keep
+        return held if held.newer_than(stored) else None
+
+    async def _refresh(
+        self,
+        account: str,
+        key: str,
+        base: Record,
+        version: int | None,
+        floor: int | None,
+        lease_end: float,
+    ) -> Token | NeedsGrant:
+        """Refresh ``base``, write the answer over ``version``; the new token is ordered after
+        ``floor`` (the newest version this process knows of)."""
+        if lease_end - time.monotonic() < self.http_timeout + self.reserve:
+            raise _LeaseShort
+        # Once the request is out, the server may already have rotated the refresh token: the
+        # answer must reach memory and the store, or every holder of the old token loses the
+        # grant. So aclose() waits for this step instead of cancelling it.
+        with self._finishing(account):
+            try:
+                new = await self.endpoints.refresh(base.token, until=lease_end - self.reserve)
+            except InvalidGrantError:
+                refused = self.clock.wall()
+                log.info("refresh token of account %r was rejected; need a new grant", account)
+                self.refused[account] = refused
+                self.unsaved.pop(account, None)
+                await self._bury(key, account, version, "refused")
+                return NeedsGrant(not_before=refused)
+            record = Record(token=new, obtained=self.clock.wall())
+            held = Held(record=record, version=max(version or 0, floor or 0) + 1)
+            self.cache.remember(account, new, held.record.obtained, None, held.version)
+            self.unsaved[account] = held
+            try:
+                written = await self._write(key, account, held.record, version)
+            except ConflictError:
+                self.unsaved.pop(account, None)
+                raise
+            except StoreError as exc:
+                log.warning(
+                    "account %r: the refreshed token could not be stored (%s); it is kept in "
+                    "memory and the write is retried in the background",
+                    account,
+                    exc,
+                )
+                self._schedule_flush()
+                return new
+            self._saved(account, held, written)
+            return new
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def _write(
+        self, key: str, account: str, record: Record, expected: int | None
+    ) -> Versioned:
+        """Compare-and-set ``record``; returns what was written and its version.
+
+        A conflict on a fresh token is overwritten (the new token is valid, and losing it would
+        lose a rotated refresh token), unless the record is a tombstone now: ConflictError.
+        """
+        value = self.codec.encode(account, record.token, record.obtained or self.clock.wall())
+        ttl = self.codec.ttl(record.token, self.clock.wall())
+        for attempt in range(4):
+            try:
+                version = await self.store.put(key, value, expected_version=expected, ttl=ttl)
+                return Versioned(value, version)
+            except ConflictError:
+                current = await self.store.get(key)
+                if attempt == 3 or self._is_tombstone(current):
+                    raise
+                log.warning("account %r was written concurrently; keeping the new token", account)
+                expected = current.version if current else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _is_tombstone(self, current: Versioned | None) -> bool:
+        if current is None:
+            return False
+        try:
+            return isinstance(self.codec.decode(current.value), Tombstone)
+        except StoreError:  # damaged: a valid token may replace it
+            return False
+
+    def _saved(self, account: str, held: Held, written: Versioned) -> None:
+        if self.unsaved.get(account) is held:
+            del self.unsaved[account]
+        entry = self.cache.get(account)
+        if entry is not None and entry.token is held.record.token:
+            entry.stamp = stamp(written)
+            entry.version = written.version
+
+    async def _bury(self, key: str, account: str, version: int | None, reason: str) -> None:
+        """Replace the record at ``version`` by a tombstone (nothing if it changed meanwhile)."""
+        self.cache.forget(account)
+        tombstone = self.codec.encode_tombstone(account, self.clock.wall(), reason)
+        with contextlib.suppress(ConflictError):
+            await self.store.put(key, tombstone, expected_version=version, ttl=TOMBSTONE_TTL)
+
+    async def save(self, account: str, token: Token) -> None:
+        """Store ``token`` as ``account``'s, whatever was there (save_token, a device flow)."""
+        key = self.codec.key(account)
+        record = Record(token=token, obtained=self.clock.wall())
+        async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
+            current = await self.store.get(key)
+            written = await self._write(key, account, record, current.version if current else None)
+        self.unsaved.pop(account, None)
+        self.refused.pop(account, None)
+        self.cache.remember(account, token, record.obtained, stamp(written), written.version)
+
+    async def logout(self, account: str, *, force: bool) -> bool:
+        """Revoke ``account``'s grant where possible and leave a tombstone; True if revoked.
+
+        The token revoked is the newest this process knows: the store's, or one in memory that
+        the store does not have (unsaved, or lost by the store).
+        """
+        key = self.codec.key(account)
+        held = self.unsaved.pop(account, None)
+        entry = self.cache.get(account)
+        self.cache.forget(account)
+        if held is None and entry is not None:
+            record = Record(token=entry.token, obtained=entry.obtained)
+            held = Held(record=record, version=entry.version or 0)
+        try:
+            exists = (await self.read(account, key)).record is not None
+        except StoreError:  # decided under the lock
+            exists = False
+        if exists or held is not None:
+            with contextlib.suppress(DeviceFlowError):  # endpoints settled before the lock
+                await self.endpoints.ensure_metadata()
+        async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
+            try:
+                current = await self.store.get(key)
+            except DecryptionError:
+                if not force:
+                    raise
+                log.warning("deleting account %r's undecryptable record unrevoked", account)
+                await self.store.delete(key)
+                current, held = None, None
+            try:
+                stored = self._decode(account, current, None)
+            except StoreError:  # unreadable (not undecryptable): nothing to revoke from it
+                stored = Stored(value=current, content=None)
+            if held is not None and held.newer_than(stored):
+                token: Token | None = held.record.token
+            else:
+                token = stored.record.token if stored.record is not None else None
+            if token is None and (current is None or isinstance(stored.content, Tombstone)):
+                return False  # nothing stored, nothing held: nothing to sign out
+            revoked = await self.endpoints.revoke(token) if token is not None else False
+            tombstone = self.codec.encode_tombstone(account, self.clock.wall(), "logout")
+            await self.store.put(key, tombstone, expected_version=stored.version, ttl=TOMBSTONE_TTL)
+        return revoked
+
+    # --- unsaved tokens -----------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        delay = _FLUSH_FIRST
+        while self.unsaved:
+            jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreads retries, not a secret
+            await anyio.sleep(delay * jitter)
+            if await self.flush():
+                return
+            delay = min(delay * 2, _FLUSH_MAX)
+
+    async def flush(self) -> bool:
+        """Try once to store every unsaved token; True when none is left unsaved."""
+        for account in list(self.unsaved):
+            try:
+                await self._flush_one(account)
+            except StoreError as exc:
+                log.debug("account %r: unsaved token still not stored: %s", account, exc)
+        return not self.unsaved
+
+    async def _flush_one(self, account: str) -> None:
+        key = self.codec.key(account)
+        async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
+            held = self.unsaved.get(account)
+            if held is None:
+                return
+            stored = await self.read(account, key)
+            if isinstance(stored.content, Tombstone) or not held.newer_than(stored):
+                # Signed out meanwhile, or a newer token was stored elsewhere: that one wins.
+                del self.unsaved[account]
+                return
+            written = await self._write(key, account, held.record, stored.version)
+            self._saved(account, held, written)
+            log.info("account %r: the unsaved token is stored now", account)
+
+    async def aclose(self) -> None:
+        """Stop the background retries, make a last bounded attempt to store unsaved tokens,
+        and log an ERROR line for each account whose token could not be stored."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self.unsaved:
+            with anyio.move_on_after(_CLOSE_FLUSH, shield=True):
+                await self.flush()
+        for account in self.unsaved:
+            log.error(
+                "account %r: its newest token could not be stored and is lost with this "
+                "process; the account may need a new sign-in",
+                account,
+            )
