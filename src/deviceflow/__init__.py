@@ -9,6 +9,7 @@ from ._client import DeviceFlowClient, OnCode
 from ._clock import Clock, SystemClock
 from ._models import DeviceCode, Dialect, FlowEvent, FlowState, ProviderMetadata, Token
 from ._provider import Provider
+from ._version import __version__
 from .exceptions import (
     AccessDeniedError,
     ConflictError,
@@ -26,8 +27,6 @@ from .exceptions import (
     StoreError,
     TransportError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",

@@ -19,6 +19,7 @@ import attrs
 
 from ._machine import Request, RequestKind, Response, require_secure_url
 from ._models import AuthMethod, Dialect
+from ._version import __version__
 from .exceptions import ProtocolError, TransportError
 
 __all__ = ["AiohttpTransport", "ClientAuth", "Transport"]
@@ -28,7 +29,6 @@ log = logging.getLogger("deviceflow")
 #: Answers larger than this are refused: no OAuth endpoint needs more.
 MAX_BODY = 1024 * 1024
 _CHUNK = 64 * 1024
-_VERSION = "0.1.0"
 _MAX_SECURE_URLS = 64
 
 
@@ -134,7 +134,7 @@ class AiohttpTransport:
         if self._session is None or (self._owns_session and self._session.closed):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit),
-                headers={"User-Agent": f"deviceflow/{_VERSION}"},
+                headers={"User-Agent": f"deviceflow/{__version__}"},
             )
         return self._session
 
