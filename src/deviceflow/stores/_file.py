@@ -379,7 +379,7 @@ class EncryptedFileStore:
             # The lease ends after ttl even if the holder is still inside the block.
             expiry = asyncio.get_running_loop().call_later(ttl, held.release)
             try:
-                yield Lease(key=key, token=token, ttl=ttl)
+                yield Lease(key=key, owner=token, ttl=ttl)
             finally:
                 expiry.cancel()
                 held.release()  # a non-blocking unlock, safe on the event loop

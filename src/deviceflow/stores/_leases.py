@@ -135,7 +135,7 @@ class LocalLock(AbstractAsyncContextManager[Lease]):
         self._token = await self._leases.acquire(
             self._key, ttl=self._ttl, deadline=deadline, name=self._key
         )
-        return Lease(key=self._key, token=self._token, ttl=self._ttl)
+        return Lease(key=self._key, owner=self._token, ttl=self._ttl)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._token is not None:

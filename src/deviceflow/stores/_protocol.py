@@ -20,10 +20,11 @@ class Versioned:
 
 @attrs.frozen(kw_only=True)
 class Lease:
-    """Proof of holding a store lock: the key, a unique token for this acquisition, and its ttl."""
+    """Proof of holding a store lock: the key, the owner (a value unique to this acquisition),
+    and the ttl."""
 
     key: str
-    token: str = attrs.field(repr=False)
+    owner: str = attrs.field(repr=False)
     ttl: float
 
 

@@ -340,7 +340,7 @@ class RedisStore:
                 await self._release(name, token)
             raise
         try:
-            yield Lease(key=key, token=token, ttl=ttl)
+            yield Lease(key=key, owner=token, ttl=ttl)
         finally:
             await self._release(name, token)
 
