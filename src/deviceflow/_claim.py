@@ -34,20 +34,13 @@ import attrs
 from ._clock import Clock
 from ._models import COMPACT_JSON
 from .exceptions import (
-    AccessDeniedError,
     ConflictError,
     DecryptionError,
     DeviceFlowError,
-    DiscoveryError,
-    ExpiredTokenError,
-    InsecureEndpointError,
-    InvalidClientError,
-    InvalidGrantError,
     OAuthError,
-    ProtocolError,
-    ReauthorizationRequiredError,
     StoreError,
-    TransportError,
+    error_class,
+    oauth_error_class,
 )
 from .stores._protocol import TokenStore, Versioned
 
@@ -58,25 +51,6 @@ log = logging.getLogger("deviceflow")
 #: How long a claim outlasts the next wait and request of its flow (and so, how long a stalled or
 #: dead process blocks others), and how long a failed flow's error stays readable.
 CLAIM_TTL = 30.0
-
-_OAUTH_ERRORS: dict[str, type[OAuthError]] = {
-    "access_denied": AccessDeniedError,
-    "expired_token": ExpiredTokenError,
-    "invalid_grant": InvalidGrantError,
-    "invalid_client": InvalidClientError,
-}
-_OTHER_ERRORS: dict[str, type[DeviceFlowError]] = {
-    cls.__name__: cls
-    for cls in (
-        DeviceFlowError,
-        DiscoveryError,
-        InsecureEndpointError,
-        ProtocolError,
-        ReauthorizationRequiredError,
-        StoreError,
-        TransportError,
-    )
-}
 
 
 @attrs.frozen(kw_only=True)
@@ -110,16 +84,20 @@ class Claim:
                 status=exc.status,
                 uri=exc.uri,
             )
-        name = type(exc).__name__ if type(exc).__name__ in _OTHER_ERRORS else "DeviceFlowError"
+        name = type(exc).__name__
+        if error_class(name) is not type(exc):
+            name = "DeviceFlowError"
         return cls(flow=flow, until=until, error=f"!{name}", description=str(exc))
 
     def failure(self) -> DeviceFlowError:
         """The error the flow ended with, of the class its own process raised."""
         assert self.error is not None
         if self.error.startswith("!"):
-            cls = _OTHER_ERRORS.get(self.error[1:], DeviceFlowError)
-            return cls(self.description or "the device flow failed")
-        oauth = _OAUTH_ERRORS.get(self.error, OAuthError)
+            named = error_class(self.error[1:])
+            if issubclass(named, OAuthError):  # OAuth errors travel by their code instead
+                named = DeviceFlowError
+            return named(self.description or "the device flow failed")
+        oauth = oauth_error_class(self.error)
         return oauth(self.error, self.description, self.uri, status=self.status)
 
     def encode(self) -> bytes:

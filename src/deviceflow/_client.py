@@ -33,7 +33,7 @@ from ._flights import Flights
 from ._models import AuthMethod, FlowEvent, Token
 from ._provider import Provider
 from ._records import RecordCodec
-from ._refresh import ANY_TOKEN, NeedsGrant, TokenLedger
+from ._refresh import Forced, NeedsGrant, Stale, TokenLedger
 from ._transport import AiohttpTransport, ClientAuth, Transport
 from .stores._protocol import TokenStore
 
@@ -226,7 +226,7 @@ class DeviceFlowClient:
         With ``stale`` (the token a resource server just rejected), nothing is refreshed when
         another caller has already replaced that token: the newer one is returned.
         """
-        named = stale.access_token if stale is not None else ANY_TOKEN
+        named: Stale = stale.access_token if stale is not None else Forced.ANY
         return await self._flights.join(account, self._obtain, account, named)
 
     async def save_token(self, account: str, token: Token) -> None:
@@ -281,7 +281,7 @@ class DeviceFlowClient:
 
     # --- the work of one flight ---------------------------------------------------------------
 
-    async def _obtain(self, account: str, stale: str | None) -> Token:
+    async def _obtain(self, account: str, stale: Stale | None) -> Token:
         outcome = await self._ledger.obtain(account, stale)
         if not isinstance(outcome, NeedsGrant):
             return outcome

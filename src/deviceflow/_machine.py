@@ -52,16 +52,14 @@ from ._models import (
     Token,
 )
 from .exceptions import (
-    AccessDeniedError,
     DeviceFlowError,
     DiscoveryError,
     ExpiredTokenError,
     InsecureEndpointError,
-    InvalidClientError,
-    InvalidGrantError,
     OAuthError,
     ProtocolError,
     TransportError,
+    oauth_error_class,
 )
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -77,12 +75,6 @@ MAX_USER_CODE_LENGTH = 128
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
 _RETRYABLE_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
-_ERROR_CLASSES: Mapping[str, type[OAuthError]] = {
-    "access_denied": AccessDeniedError,
-    "expired_token": ExpiredTokenError,
-    "invalid_grant": InvalidGrantError,
-    "invalid_client": InvalidClientError,
-}
 
 
 class RequestKind(enum.Enum):
@@ -389,7 +381,7 @@ def oauth_error(
     extra = {
         k: v for k, v in fields.items() if k not in ("error", "error_description", "error_uri")
     }
-    cls = _ERROR_CLASSES.get(code, OAuthError)
+    cls = oauth_error_class(code)
     return cls(
         code,
         displayable(description[:1024]) if isinstance(description, str) else None,

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 import time
@@ -82,12 +83,19 @@ from .exceptions import (
 )
 from .stores._protocol import TokenStore, Versioned
 
-__all__ = ["ANY_TOKEN", "Held", "NeedsGrant", "Stored", "TokenLedger"]
+__all__ = ["Forced", "Held", "NeedsGrant", "Stale", "Stored", "TokenLedger"]
 
 log = logging.getLogger("deviceflow")
 
-#: refresh() with no particular stale token named.
-ANY_TOKEN = "\x00any"
+
+class Forced(enum.Enum):
+    """A forced refresh that names no particular stale token (``refresh(account)``)."""
+
+    ANY = "any"
+
+
+#: What forces a refresh: the access token a server rejected, or Forced.ANY.
+Stale = str | Forced
 #: How many times a transaction whose lease ran short starts over before it gives up.
 _LEASE_TRIES = 3
 #: The longest aclose() spends on its last attempt to store unsaved tokens.
@@ -235,10 +243,10 @@ class TokenLedger:
 
     # --- the refresh transaction --------------------------------------------------------------
 
-    async def obtain(self, account: str, stale: str | None) -> Token | NeedsGrant:
+    async def obtain(self, account: str, stale: Stale | None) -> Token | NeedsGrant:
         """A usable token for ``account`` from the store or a refresh, or NeedsGrant.
 
-        ``stale`` forces a refresh: ANY_TOKEN, or the access token a server just rejected (then
+        ``stale`` forces a refresh: Forced.ANY, or the access token a server just rejected (then
         a newer stored token is returned instead of refreshing again).
         """
         key = self.codec.key(account)
@@ -279,7 +287,7 @@ class TokenLedger:
         )
 
     async def _locked(
-        self, account: str, key: str, stale: str | None, seen: Stored | None, lease_end: float
+        self, account: str, key: str, stale: Stale | None, seen: Stored | None, lease_end: float
     ) -> Token | NeedsGrant:
         stored = await self.read(account, key, seen)
         if isinstance(stored.content, Tombstone):  # signed out (or refused): never undone
@@ -309,7 +317,7 @@ class TokenLedger:
         if base is None:
             return NeedsGrant(not_before=self.refused.get(account))
         token = base.token
-        named = stale is not None and stale != ANY_TOKEN
+        named = isinstance(stale, str)
         changed = held is not None or seen is None or seen.stamp != stored.stamp
         if (stale is None and changed) or (named and token.access_token != stale):
             # Someone wrote while we waited (or memory was newer): that token may be fresh.

@@ -38,10 +38,12 @@ class DeviceFlowError(Exception):
 class OAuthError(DeviceFlowError):
     """The authorization server answered with an OAuth error (RFC 6749 5.2, RFC 8628 3.5).
 
-    ``error`` is the canonical error code (provider aliases are mapped, e.g. Entra's
-    ``authorization_declined`` becomes ``access_denied``); ``server_error`` keeps the code exactly
-    as the server sent it. ``extra`` holds any other fields of the error body (e.g. Entra's
-    ``error_codes``).
+    Each subclass names the code it stands for as its class attribute ``error``
+    (``AccessDeniedError.error == "access_denied"``); :func:`oauth_error_class` finds the class
+    for a code. On an instance, ``error`` is the canonical error code (provider aliases are
+    mapped, e.g. Entra's ``authorization_declined`` becomes ``access_denied``); ``server_error``
+    keeps the code exactly as the server sent it. ``extra`` holds any other fields of the error
+    body (e.g. Entra's ``error_codes``).
     """
 
     def __init__(
@@ -104,6 +106,8 @@ def _rebuild_oauth_error(
 class AccessDeniedError(OAuthError):
     """The user (or policy) declined the authorization request (RFC 8628 3.5 ``access_denied``)."""
 
+    error = "access_denied"
+
 
 class ExpiredTokenError(OAuthError):
     """The device code expired before the user approved it (RFC 8628 3.5 ``expired_token``).
@@ -111,13 +115,19 @@ class ExpiredTokenError(OAuthError):
     Start a new flow when the user asks for it.
     """
 
+    error = "expired_token"
+
 
 class InvalidGrantError(OAuthError):
     """The refresh token or device code is no longer valid (RFC 6749 5.2 ``invalid_grant``)."""
 
+    error = "invalid_grant"
+
 
 class InvalidClientError(OAuthError):
     """Client authentication failed (RFC 6749 5.2 ``invalid_client``): check id and secret."""
+
+    error = "invalid_client"
 
 
 class DiscoveryError(DeviceFlowError):
@@ -173,3 +183,23 @@ class ConflictError(StoreError):
 
 class LockTimeoutError(StoreError):
     """A store lock could not be acquired within the allowed wait."""
+
+
+_BY_CODE: dict[str, type[OAuthError]] = {
+    cls.error: cls
+    for cls in (AccessDeniedError, ExpiredTokenError, InvalidGrantError, InvalidClientError)
+}
+
+
+def oauth_error_class(code: str) -> type[OAuthError]:
+    """The OAuthError subclass whose ``error`` is ``code`` (OAuthError itself for the others)."""
+    return _BY_CODE.get(code, OAuthError)
+
+
+def error_class(name: str) -> type[DeviceFlowError]:
+    """The public error class called ``name`` (DeviceFlowError when there is none): for errors
+    passed between processes by name."""
+    found = globals().get(name)
+    if name in __all__ and isinstance(found, type) and issubclass(found, DeviceFlowError):
+        return found
+    return DeviceFlowError
