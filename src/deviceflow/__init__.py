@@ -7,8 +7,19 @@ True
 
 from ._client import DeviceFlowClient, OnCode
 from ._clock import Clock, SystemClock
-from ._models import DeviceCode, Dialect, FlowEvent, FlowState, ProviderMetadata, Token
+from ._machine import Request, RequestKind, Response
+from ._models import (
+    AuthMethod,
+    ClientRegistration,
+    DeviceCode,
+    Dialect,
+    FlowEvent,
+    FlowState,
+    ProviderMetadata,
+    Token,
+)
 from ._provider import Provider
+from ._transport import Transport
 from ._version import __version__
 from .exceptions import (
     AccessDeniedError,
@@ -30,6 +41,8 @@ from .exceptions import (
 
 __all__ = [
     "AccessDeniedError",
+    "AuthMethod",
+    "ClientRegistration",
     "Clock",
     "ConflictError",
     "DecryptionError",
@@ -51,9 +64,13 @@ __all__ = [
     "Provider",
     "ProviderMetadata",
     "ReauthorizationRequiredError",
+    "Request",
+    "RequestKind",
+    "Response",
     "StoreError",
     "SystemClock",
     "Token",
+    "Transport",
     "TransportError",
     "__version__",
 ]

@@ -53,7 +53,6 @@ from ._cli._terminal import (
     can_open_browser,
     describe_token,
     open_link,
-    redact,
 )
 from ._client import DeviceFlowClient
 from ._models import DeviceCode
@@ -72,12 +71,7 @@ __all__ = [
     "EXIT_STORE",
     "EXIT_USAGE",
     "build_parser",
-    "can_open_browser",
-    "describe_token",
-    "exit_code_for",
     "main",
-    "open_link",
-    "redact",
 ]
 
 

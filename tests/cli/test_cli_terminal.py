@@ -13,7 +13,7 @@ import pytest
 import segno
 from cli_harness import COMMAND, Cli, ServerThread
 
-from deviceflow.cli import open_link
+from deviceflow._cli._terminal import open_link
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _COUNTDOWN = re.compile(r"expires in (?:\x1b\[[0-9;]*m)?(\d+):(\d\d)")

@@ -8,8 +8,7 @@ import webbrowser
 import pytest
 from hostile_flows import UNSAFE_LINKS
 
-from deviceflow._cli._terminal import open_link_in_background
-from deviceflow.cli import can_open_browser, open_link
+from deviceflow._cli._terminal import can_open_browser, open_link, open_link_in_background
 
 
 class FakeBrowser:
