@@ -33,7 +33,7 @@ from ._flights import Flights
 from ._models import AuthMethod, FlowEvent, Token
 from ._provider import Provider
 from ._records import RecordCodec
-from ._refresh import Forced, NeedsGrant, Stale, TokenLedger
+from ._refresh import Forced, NeedsGrant, RefreshTransaction, Stale, TokenLedger
 from ._transport import AiohttpTransport, ClientAuth, Transport
 from .stores._protocol import TokenStore
 
@@ -145,9 +145,13 @@ class DeviceFlowClient:
             cache=self._cache,
             endpoints=self._endpoints,
             clock=clock,
-            finishing=self._flights.finishing,
             lock_ttl=lock_ttl,
             lock_wait=lock_wait,
+        )
+        self._refresh = RefreshTransaction(
+            ledger=self._ledger,
+            endpoints=self._endpoints,
+            finishing=self._flights.finishing,
             http_timeout=http_timeout,
         )
         self._flows = DeviceFlowDriver(
@@ -188,7 +192,7 @@ class DeviceFlowClient:
 
     async def _shut_down(self) -> None:
         await self._flights.aclose()
-        await self._ledger.aclose()
+        await self._refresh.aclose()
         await self._transport.aclose()
 
     # --- public API ---------------------------------------------------------------------------
@@ -249,7 +253,7 @@ class DeviceFlowClient:
         get_token() keeps serving such a token and retries the write in the background with
         back-off; aclose() makes a last attempt. Returns True when no token is left unsaved.
         """
-        return await self._ledger.flush()
+        return await self._refresh.flush()
 
     def unsaved_accounts(self) -> frozenset[str]:
         """The accounts whose newest token is in memory only (a store write failed): a process
@@ -282,7 +286,7 @@ class DeviceFlowClient:
     # --- the work of one flight ---------------------------------------------------------------
 
     async def _obtain(self, account: str, stale: Stale | None) -> Token:
-        outcome = await self._ledger.obtain(account, stale)
+        outcome = await self._refresh.obtain(account, stale)
         if not isinstance(outcome, NeedsGrant):
             return outcome
         if self._flights.closed:  # a refresh that aclose() let finish was refused: stop there

@@ -62,7 +62,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime
 
 import anyio
@@ -81,9 +81,9 @@ from .exceptions import (
     LockTimeoutError,
     StoreError,
 )
-from .stores._protocol import TokenStore, Versioned
+from .stores._protocol import Lease, TokenStore, Versioned
 
-__all__ = ["Forced", "Held", "NeedsGrant", "Stale", "Stored", "TokenLedger"]
+__all__ = ["Forced", "Held", "NeedsGrant", "RefreshTransaction", "Stale", "Stored", "TokenLedger"]
 
 log = logging.getLogger("deviceflow")
 
@@ -156,8 +156,8 @@ class _LeaseShort(Exception):
 
 
 class TokenLedger:
-    """The tokens of one client in its store: reads, the refresh transaction, writes that must
-    land, logouts. See the module docstring for the rules."""
+    """The records of one client's accounts in its store, and what this process knows beyond
+    them: reads, writes, saves and logouts. The refresh transaction runs on it."""
 
     def __init__(
         self,
@@ -167,24 +167,22 @@ class TokenLedger:
         cache: TokenCache,
         endpoints: Endpoints,
         clock: Clock,
-        finishing: Callable[[str], AbstractContextManager[None]],
         lock_ttl: float,
         lock_wait: float,
-        http_timeout: float,
     ) -> None:
         self.store = store
         self.codec = codec
         self.cache = cache
         self.endpoints = endpoints
         self.clock = clock
-        self._finishing = finishing
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
-        self.http_timeout = http_timeout
-        self.reserve = (lock_ttl - http_timeout) / 2
         self.unsaved: dict[str, Held] = {}  # refreshed, not yet stored: newer than the store
         self.refused: dict[str, datetime] = {}  # when each account's grant was refused
-        self._flusher: asyncio.Task[None] | None = None
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[Lease]:
+        """The store's lock of ``key``, with the client's ttl and wait."""
+        return self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -231,184 +229,19 @@ class TokenLedger:
         """Cache and return the stored token if it has not expired and was obtained after
         ``not_before`` (when given)."""
         record = self.trusted(account, stored.record)
-        if record is None or self._expired(record.token):
+        if record is None or self.expired(record.token):
             return None
         if not_before is not None and (record.obtained is None or record.obtained <= not_before):
             return None
         self.cache.remember(account, record.token, record.obtained, stored.stamp, stored.version)
         return record.token
 
-    def _expired(self, token: Token) -> bool:
+    def expired(self, token: Token) -> bool:
         return token.expires_within(0, now=self.clock.wall())
-
-    # --- the refresh transaction --------------------------------------------------------------
-
-    async def obtain(self, account: str, stale: Stale | None) -> Token | NeedsGrant:
-        """A usable token for ``account`` from the store or a refresh, or NeedsGrant.
-
-        ``stale`` forces a refresh: Forced.ANY, or the access token a server just rejected (then
-        a newer stored token is returned instead of refreshing again).
-        """
-        key = self.codec.key(account)
-        seen: Stored | None = None
-        if stale is None and account not in self.unsaved:
-            seen = await self.read(account, key)
-            token = self.fresh(account, seen)
-            if token is not None:
-                return token
-        if stale is not None or self._may_refresh(account, seen):
-            # Endpoints (discovery, client registration) are settled before the lock, so that
-            # the lock's ttl only has to cover the refresh.
-            await self.endpoints.settle()
-        for _ in range(_LEASE_TRIES):
-            started = time.monotonic()  # the lease ends no sooner than lock_ttl from here
-            try:
-                async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
-                    return await self._locked(account, key, stale, seen, started + self.lock_ttl)
-            except _LeaseShort:
-                log.warning(
-                    "account %r: the store took too long inside its lock (lock_ttl %.0f s); "
-                    "starting the refresh over",
-                    account,
-                    self.lock_ttl,
-                )
-        raise LockTimeoutError(
-            f"account {account!r}: the store was too slow to refresh within its lock "
-            f"{_LEASE_TRIES} times; raise lock_ttl (now {self.lock_ttl} s) or check the store"
-        )
-
-    def _may_refresh(self, account: str, seen: Stored | None) -> bool:
-        record = seen.record if seen is not None else None
-        entry = self.cache.get(account)
-        return bool(
-            seen is None
-            or (record is not None and record.token.refresh_token)
-            or (entry is not None and entry.token.refresh_token)
-        )
-
-    async def _locked(
-        self, account: str, key: str, stale: Stale | None, seen: Stored | None, lease_end: float
-    ) -> Token | NeedsGrant:
-        stored = await self.read(account, key, seen)
-        if isinstance(stored.content, Tombstone):  # signed out (or refused): never undone
-            self.unsaved.pop(account, None)
-            self.cache.forget(account)
-            return NeedsGrant(not_before=self.refused.get(account))
-        base = self.trusted(account, stored.record)
-        version = floor = stored.version  # what to compare-and-set with; what to order after
-        held = self._held(account, stored)
-        if held is not None:
-            # Memory is newer than the store (a write failed, or the store lost the record):
-            # store it first, and never refresh from the older record.
-            base = held.record
-            try:
-                with self._finishing(account):
-                    written = await self._write(key, account, held.record, version)
-            except ConflictError:
-                raise
-            except StoreError as exc:
-                log.warning("account %r: a newer token is still unsaved: %s", account, exc)
-                floor = held.version
-            else:
-                self._saved(account, held, written)
-                version = floor = written.version
-        elif self.unsaved.pop(account, None) is not None:
-            log.info("account %r: a newer token was stored elsewhere; using it", account)
-        if base is None:
-            return NeedsGrant(not_before=self.refused.get(account))
-        token = base.token
-        named = isinstance(stale, str)
-        changed = held is not None or seen is None or seen.stamp != stored.stamp
-        if (stale is None and changed) or (named and token.access_token != stale):
-            # Someone wrote while we waited (or memory was newer): that token may be fresh.
-            fresh = self._fresh_record(account, base, version)
-            if fresh is not None:
-                return fresh
-        if token.refresh_token:
-            return await self._refresh(account, key, base, version, floor, lease_end)
-        if not self._expired(token) and not (named and token.access_token == stale):
-            # Nothing to refresh with, but still valid (and not the token a server just
-            # rejected): keep using it.
-            self.cache.remember(account, token, base.obtained, stored.stamp, version)
-            return token
-        await self._bury(key, account, version, "expired")
-        return NeedsGrant()
-
-    def _fresh_record(self, account: str, record: Record, version: int | None) -> Token | None:
-        entry = self.cache.get(account)
-        if entry is None or entry.token is not record.token:
-            entry = self.cache.entry(record.token, record.obtained, None, version)
-        if self.cache.due(entry):
-            return None
-        self.cache.entries[account] = entry
-        return record.token
-
-    def _held(self, account: str, stored: Stored) -> Held | None:
-        """The token in memory, when it is newer than the store's and worth keeping."""
-        held = self.unsaved.get(account)
-        if held is None:
-            entry = self.cache.get(account)
-            if entry is None or (stored.stamp is not None and entry.stamp == stored.stamp):
-                return None
-            record = Record(token=entry.token, obtained=entry.obtained)
-            held = Held(record=record, version=entry.version or 0)
-        token = held.record.token
-        if self.trusted(account, held.record) is None:
-            return None
-        if not token.refresh_token and self._expired(token):
-            return None  # nothing left to keep
-        return held if held.newer_than(stored) else None
-
-    async def _refresh(
-        self,
-        account: str,
-        key: str,
-        base: Record,
-        version: int | None,
-        floor: int | None,
-        lease_end: float,
-    ) -> Token | NeedsGrant:
-        """Refresh ``base``, write the answer over ``version``; the new token is ordered after
-        ``floor`` (the newest version this process knows of)."""
-        if lease_end - time.monotonic() < self.http_timeout + self.reserve:
-            raise _LeaseShort
-        # Once the request is out, the server may already have rotated the refresh token: the
-        # answer must reach memory and the store, or every holder of the old token loses the
-        # grant. So aclose() waits for this step instead of cancelling it.
-        with self._finishing(account):
-            try:
-                new = await self.endpoints.refresh(base.token, until=lease_end - self.reserve)
-            except InvalidGrantError:
-                refused = self.clock.wall()
-                log.info("refresh token of account %r was rejected; need a new grant", account)
-                self.refused[account] = refused
-                self.unsaved.pop(account, None)
-                await self._bury(key, account, version, "refused")
-                return NeedsGrant(not_before=refused)
-            record = Record(token=new, obtained=self.clock.wall())
-            held = Held(record=record, version=max(version or 0, floor or 0) + 1)
-            self.cache.remember(account, new, held.record.obtained, None, held.version)
-            self.unsaved[account] = held
-            try:
-                written = await self._write(key, account, held.record, version)
-            except ConflictError:
-                self.unsaved.pop(account, None)
-                raise
-            except StoreError as exc:
-                log.warning(
-                    "account %r: the refreshed token could not be stored (%s); it is kept in "
-                    "memory and the write is retried in the background",
-                    account,
-                    exc,
-                )
-                self._schedule_flush()
-                return new
-            self._saved(account, held, written)
-            return new
 
     # --- writing ------------------------------------------------------------------------------
 
-    async def _write(
+    async def write(
         self, key: str, account: str, record: Record, expected: int | None
     ) -> Versioned:
         """Compare-and-set ``record``; returns what was written and its version.
@@ -424,13 +257,13 @@ class TokenLedger:
                 return Versioned(value, version)
             except ConflictError:
                 current = await self.store.get(key)
-                if attempt == 3 or self._is_tombstone(current):
+                if attempt == 3 or self.is_tombstone(current):
                     raise
                 log.warning("account %r was written concurrently; keeping the new token", account)
                 expected = current.version if current else None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _is_tombstone(self, current: Versioned | None) -> bool:
+    def is_tombstone(self, current: Versioned | None) -> bool:
         if current is None:
             return False
         try:
@@ -438,7 +271,7 @@ class TokenLedger:
         except StoreError:  # damaged: a valid token may replace it
             return False
 
-    def _saved(self, account: str, held: Held, written: Versioned) -> None:
+    def saved(self, account: str, held: Held, written: Versioned) -> None:
         if self.unsaved.get(account) is held:
             del self.unsaved[account]
         entry = self.cache.get(account)
@@ -446,7 +279,7 @@ class TokenLedger:
             entry.stamp = stamp(written)
             entry.version = written.version
 
-    async def _bury(self, key: str, account: str, version: int | None, reason: str) -> None:
+    async def bury(self, key: str, account: str, version: int | None, reason: str) -> None:
         """Replace the record at ``version`` by a tombstone (nothing if it changed meanwhile)."""
         self.cache.forget(account)
         tombstone = self.codec.encode_tombstone(account, self.clock.wall(), reason)
@@ -457,9 +290,9 @@ class TokenLedger:
         """Store ``token`` as ``account``'s, whatever was there (save_token, a device flow)."""
         key = self.codec.key(account)
         record = Record(token=token, obtained=self.clock.wall())
-        async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
+        async with self.lock(key):
             current = await self.store.get(key)
-            written = await self._write(key, account, record, current.version if current else None)
+            written = await self.write(key, account, record, current.version if current else None)
         self.unsaved.pop(account, None)
         self.refused.pop(account, None)
         self.cache.remember(account, token, record.obtained, stamp(written), written.version)
@@ -484,7 +317,7 @@ class TokenLedger:
         if exists or held is not None:
             with contextlib.suppress(DeviceFlowError):  # endpoints settled before the lock
                 await self.endpoints.ensure_metadata()
-        async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
+        async with self.lock(key):
             try:
                 current = await self.store.get(key)
             except DecryptionError:
@@ -508,6 +341,196 @@ class TokenLedger:
             await self.store.put(key, tombstone, expected_version=stored.version, ttl=TOMBSTONE_TTL)
         return revoked
 
+
+class RefreshTransaction:
+    """The refresh transaction of one client (rules 1 to 5 of the module docstring), and the
+    retries of the writes it could not make."""
+
+    def __init__(
+        self,
+        *,
+        ledger: TokenLedger,
+        endpoints: Endpoints,
+        finishing: Callable[[str], AbstractContextManager[None]],
+        http_timeout: float,
+    ) -> None:
+        self.ledger = ledger
+        self.endpoints = endpoints
+        self._finishing = finishing
+        self.http_timeout = http_timeout
+        self.reserve = (ledger.lock_ttl - http_timeout) / 2
+        self._flusher: asyncio.Task[None] | None = None
+
+    # --- the refresh transaction --------------------------------------------------------------
+
+    async def obtain(self, account: str, stale: Stale | None) -> Token | NeedsGrant:
+        """A usable token for ``account`` from the store or a refresh, or NeedsGrant.
+
+        ``stale`` forces a refresh: Forced.ANY, or the access token a server just rejected (then
+        a newer stored token is returned instead of refreshing again).
+        """
+        key = self.ledger.codec.key(account)
+        seen: Stored | None = None
+        if stale is None and account not in self.ledger.unsaved:
+            seen = await self.ledger.read(account, key)
+            token = self.ledger.fresh(account, seen)
+            if token is not None:
+                return token
+        if stale is not None or self._may_refresh(account, seen):
+            # Endpoints (discovery, client registration) are settled before the lock, so that
+            # the lock's ttl only has to cover the refresh.
+            await self.endpoints.settle()
+        for _ in range(_LEASE_TRIES):
+            started = time.monotonic()  # the lease ends no sooner than lock_ttl from here
+            try:
+                async with self.ledger.store.lock(
+                    key, ttl=self.ledger.lock_ttl, wait=self.ledger.lock_wait
+                ):
+                    return await self._locked(
+                        account, key, stale, seen, started + self.ledger.lock_ttl
+                    )
+            except _LeaseShort:
+                log.warning(
+                    "account %r: the store took too long inside its lock (lock_ttl %.0f s); "
+                    "starting the refresh over",
+                    account,
+                    self.ledger.lock_ttl,
+                )
+        raise LockTimeoutError(
+            f"account {account!r}: the store was too slow to refresh within its lock "
+            f"{_LEASE_TRIES} times; raise lock_ttl (now {self.ledger.lock_ttl} s) or check the "
+            "store"
+        )
+
+    def _may_refresh(self, account: str, seen: Stored | None) -> bool:
+        record = seen.record if seen is not None else None
+        entry = self.ledger.cache.get(account)
+        return bool(
+            seen is None
+            or (record is not None and record.token.refresh_token)
+            or (entry is not None and entry.token.refresh_token)
+        )
+
+    async def _locked(
+        self, account: str, key: str, stale: Stale | None, seen: Stored | None, lease_end: float
+    ) -> Token | NeedsGrant:
+        stored = await self.ledger.read(account, key, seen)
+        if isinstance(stored.content, Tombstone):  # signed out (or refused): never undone
+            self.ledger.unsaved.pop(account, None)
+            self.ledger.cache.forget(account)
+            return NeedsGrant(not_before=self.ledger.refused.get(account))
+        base = self.ledger.trusted(account, stored.record)
+        version = floor = stored.version  # what to compare-and-set with; what to order after
+        held = self._held(account, stored)
+        if held is not None:
+            # Memory is newer than the store (a write failed, or the store lost the record):
+            # store it first, and never refresh from the older record.
+            base = held.record
+            try:
+                with self._finishing(account):
+                    written = await self.ledger.write(key, account, held.record, version)
+            except ConflictError:
+                raise
+            except StoreError as exc:
+                log.warning("account %r: a newer token is still unsaved: %s", account, exc)
+                floor = held.version
+            else:
+                self.ledger.saved(account, held, written)
+                version = floor = written.version
+        elif self.ledger.unsaved.pop(account, None) is not None:
+            log.info("account %r: a newer token was stored elsewhere; using it", account)
+        if base is None:
+            return NeedsGrant(not_before=self.ledger.refused.get(account))
+        token = base.token
+        named = isinstance(stale, str)
+        changed = held is not None or seen is None or seen.stamp != stored.stamp
+        if (stale is None and changed) or (named and token.access_token != stale):
+            # Someone wrote while we waited (or memory was newer): that token may be fresh.
+            fresh = self._fresh_record(account, base, version)
+            if fresh is not None:
+                return fresh
+        if token.refresh_token:
+            return await self._refresh(account, key, base, version, floor, lease_end)
+        if not self.ledger.expired(token) and not (named and token.access_token == stale):
+            # Nothing to refresh with, but still valid (and not the token a server just
+            # rejected): keep using it.
+            self.ledger.cache.remember(account, token, base.obtained, stored.stamp, version)
+            return token
+        await self.ledger.bury(key, account, version, "expired")
+        return NeedsGrant()
+
+    def _fresh_record(self, account: str, record: Record, version: int | None) -> Token | None:
+        entry = self.ledger.cache.get(account)
+        if entry is None or entry.token is not record.token:
+            entry = self.ledger.cache.entry(record.token, record.obtained, None, version)
+        if self.ledger.cache.due(entry):
+            return None
+        self.ledger.cache.entries[account] = entry
+        return record.token
+
+    def _held(self, account: str, stored: Stored) -> Held | None:
+        """The token in memory, when it is newer than the store's and worth keeping."""
+        held = self.ledger.unsaved.get(account)
+        if held is None:
+            entry = self.ledger.cache.get(account)
+            if entry is None or (stored.stamp is not None and entry.stamp == stored.stamp):
+                return None
+            record = Record(token=entry.token, obtained=entry.obtained)
+            held = Held(record=record, version=entry.version or 0)
+        token = held.record.token
+        if self.ledger.trusted(account, held.record) is None:
+            return None
+        if not token.refresh_token and self.ledger.expired(token):
+            return None  # nothing left to keep
+        return held if held.newer_than(stored) else None
+
+    async def _refresh(
+        self,
+        account: str,
+        key: str,
+        base: Record,
+        version: int | None,
+        floor: int | None,
+        lease_end: float,
+    ) -> Token | NeedsGrant:
+        """Refresh ``base``, write the answer over ``version``; the new token is ordered after
+        ``floor`` (the newest version this process knows of)."""
+        if lease_end - time.monotonic() < self.http_timeout + self.reserve:
+            raise _LeaseShort
+        # Once the request is out, the server may already have rotated the refresh token: the
+        # answer must reach memory and the store, or every holder of the old token loses the
+        # grant. So aclose() waits for this step instead of cancelling it.
+        with self._finishing(account):
+            try:
+                new = await self.endpoints.refresh(base.token, until=lease_end - self.reserve)
+            except InvalidGrantError:
+                refused = self.ledger.clock.wall()
+                log.info("refresh token of account %r was rejected; need a new grant", account)
+                self.ledger.refused[account] = refused
+                self.ledger.unsaved.pop(account, None)
+                await self.ledger.bury(key, account, version, "refused")
+                return NeedsGrant(not_before=refused)
+            record = Record(token=new, obtained=self.ledger.clock.wall())
+            held = Held(record=record, version=max(version or 0, floor or 0) + 1)
+            self.ledger.cache.remember(account, new, held.record.obtained, None, held.version)
+            self.ledger.unsaved[account] = held
+            try:
+                written = await self.ledger.write(key, account, held.record, version)
+            except ConflictError:
+                self.ledger.unsaved.pop(account, None)
+                raise
+            except StoreError as exc:
+                log.warning(
+                    "account %r: the refreshed token could not be stored (%s); it is kept in "
+                    "memory and the write is retried in the background",
+                    account,
+                    exc,
+                )
+                self._schedule_flush()
+                return new
+            self.ledger.saved(account, held, written)
+            return new
+
     # --- unsaved tokens -----------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
@@ -516,7 +539,7 @@ class TokenLedger:
 
     async def _flush_later(self) -> None:
         delay = _FLUSH_FIRST
-        while self.unsaved:
+        while self.ledger.unsaved:
             jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreads retries, not a secret
             await anyio.sleep(delay * jitter)
             if await self.flush():
@@ -525,26 +548,28 @@ class TokenLedger:
 
     async def flush(self) -> bool:
         """Try once to store every unsaved token; True when none is left unsaved."""
-        for account in list(self.unsaved):
+        for account in list(self.ledger.unsaved):
             try:
                 await self._flush_one(account)
             except StoreError as exc:
                 log.debug("account %r: unsaved token still not stored: %s", account, exc)
-        return not self.unsaved
+        return not self.ledger.unsaved
 
     async def _flush_one(self, account: str) -> None:
-        key = self.codec.key(account)
-        async with self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait):
-            held = self.unsaved.get(account)
+        key = self.ledger.codec.key(account)
+        async with self.ledger.store.lock(
+            key, ttl=self.ledger.lock_ttl, wait=self.ledger.lock_wait
+        ):
+            held = self.ledger.unsaved.get(account)
             if held is None:
                 return
-            stored = await self.read(account, key)
+            stored = await self.ledger.read(account, key)
             if isinstance(stored.content, Tombstone) or not held.newer_than(stored):
                 # Signed out meanwhile, or a newer token was stored elsewhere: that one wins.
-                del self.unsaved[account]
+                del self.ledger.unsaved[account]
                 return
-            written = await self._write(key, account, held.record, stored.version)
-            self._saved(account, held, written)
+            written = await self.ledger.write(key, account, held.record, stored.version)
+            self.ledger.saved(account, held, written)
             log.info("account %r: the unsaved token is stored now", account)
 
     async def aclose(self) -> None:
@@ -553,10 +578,10 @@ class TokenLedger:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        if self.unsaved:
+        if self.ledger.unsaved:
             with anyio.move_on_after(_CLOSE_FLUSH, shield=True):
                 await self.flush()
-        for account in self.unsaved:
+        for account in self.ledger.unsaved:
             log.error(
                 "account %r: its newest token could not be stored and is lost with this "
                 "process; the account may need a new sign-in",
