@@ -282,7 +282,7 @@ async def test_refresh_ahead_returns_cached_token_and_refreshes_in_background(
     server.configure(access_token_lifetime=600)
     async with make_client(on_code=approver(server), refresh_skew=60) as client:
         first = await client.get_token()
-        virtual_clock.advance(550)
+        virtual_clock.advance(586)  # past every account's refresh moment (540 to 585 s)
         same = await asyncio.gather(*(client.get_token() for _ in range(10)))
         assert all(t is first for t in same)
         for _ in range(20):
@@ -324,15 +324,16 @@ async def test_failed_background_refresh_keeps_the_token_and_retries_later(
         return sum("background refresh" in r.getMessage() for r in caplog.records)
 
     async with make_client(on_code=approver(server), refresh_skew=60) as client:
-        first = await client.get_token()  # refresh ahead from 540 s, usable until 599 s
+        # Refresh ahead from somewhere in 540 s to 585 s (spread by account), usable until 599 s.
+        first = await client.get_token()
         server.faults.add(rejected)
-        for advance, tries in ((550, 1), (0, 1), (25, 2), (23.5, 3)):
-            virtual_clock.advance(advance)  # 550: try; 575: next try (574.5); 598.5: last try
+        for advance, tries in ((586, 1), (0, 1), (6.5, 2), (3.25, 3)):
+            virtual_clock.advance(advance)  # 586: try; 592.5: next try; 595.75: the next
             assert first is await client.get_token()
             await background_done(client)
             assert tries == failures()
         server.faults.clear()
-        virtual_clock.advance(0.7)  # 599.2 s: past its usable life, callers wait for a refresh
+        virtual_clock.advance(3.45)  # 599.2 s: past its usable life, callers wait for a refresh
         newer = await client.get_token()
     assert newer.access_token != first.access_token
     assert server.is_valid_access_token(newer.access_token)

@@ -3,8 +3,12 @@
 Each cached token has two deadlines on the monotonic clock:
 
 - ``refresh_at``: from here on, get_token() still returns it at once but starts one background
-  refresh. It lies ``refresh_skew`` seconds before expiry, but never in the first half of a
-  token's life (a 4 s token with a 60 s skew would otherwise be refreshed on every call);
+  refresh. It lies up to ``refresh_skew`` seconds before expiry, but never in the first half of
+  a token's life (a 4 s token with a 60 s skew would otherwise be refreshed on every call).
+  Tokens obtained together (a bulk sign-in, a restart) would all be refreshed in the same
+  instant, so each account's moment is spread over the window: between the whole skew and a
+  quarter of it before expiry, at a point fixed by a hash of the account name (every replica
+  picks the same one, so they do not refresh one account at different times);
 - ``usable_until``: from here on, callers wait for a new token (one second before expiry at
   most, so that a token handed out is not already dead on arrival).
 """
@@ -12,6 +16,7 @@ Each cached token has two deadlines on the monotonic clock:
 from __future__ import annotations
 
 import math
+import zlib
 from datetime import datetime
 
 import attrs
@@ -19,7 +24,12 @@ import attrs
 from ._clock import Clock
 from ._models import Token
 
-__all__ = ["CacheEntry", "TokenCache"]
+__all__ = ["CacheEntry", "TokenCache", "spread"]
+
+
+def spread(account: str) -> float:
+    """A number in [0, 1) fixed by ``account``'s name, the same in every process."""
+    return zlib.crc32(account.encode("utf-8", "surrogatepass")) / 2**32
 
 
 @attrs.define(kw_only=True)
@@ -50,6 +60,7 @@ class TokenCache:
 
     def entry(
         self,
+        account: str,
         token: Token,
         obtained: datetime | None,
         stamp: int | None = None,
@@ -71,7 +82,7 @@ class TokenCache:
         ahead = min(self._skew, max(0.0, lifetime) / 2)
         return CacheEntry(
             token=token,
-            refresh_at=now + remaining - ahead,
+            refresh_at=now + remaining - ahead * (1.0 - 0.75 * spread(account)),
             usable_until=now + remaining - min(1.0, ahead),
             obtained=obtained,
             stamp=stamp,
@@ -87,7 +98,7 @@ class TokenCache:
         version: int | None = None,
     ) -> CacheEntry:
         """Cache ``token`` as ``account``'s and return its entry."""
-        entry = self.entries[account] = self.entry(token, obtained, stamp, version)
+        entry = self.entries[account] = self.entry(account, token, obtained, stamp, version)
         return entry
 
     def get(self, account: str) -> CacheEntry | None:

@@ -4,14 +4,22 @@ grant and revocation, all sent through one transport with one retry rule.
 A request that fails in a way a retry may cure (a dropped connection, a timeout, a 5xx or 429)
 is sent again after 0.25 s, 0.5 s, ... (at most 5 s apart) until its time budget is spent; the
 budget covers every attempt and every wait, so the caller knows when it ends.
+
+Refreshes pass one gate per token endpoint, shared by every account of the client: at most
+``limit`` of them are in flight at once (below the transport's connection limit, so that a
+request's timeout measures the server rather than a queue for connections), and a 429 or 503
+with Retry-After closes the gate for that long, for every account: a refresh that meets a closed
+gate raises GateClosed, and the refresh transaction waits at the gate, outside the store's lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import attrs
@@ -23,6 +31,7 @@ from ._machine import (
     Response,
     interpret_registration_response,
     interpret_token_response,
+    retry_after,
 )
 from ._models import ProviderMetadata, RegisteredClient, Token
 from ._provider import Provider, fetch_metadata
@@ -30,7 +39,7 @@ from ._transport import Transport
 from .exceptions import DeviceFlowError, ProtocolError, TransportError
 from .stores._protocol import TokenStore
 
-__all__ = ["Endpoints"]
+__all__ = ["Endpoints", "Gate", "GateClosed"]
 
 log = logging.getLogger("deviceflow")
 
@@ -40,6 +49,50 @@ _T = TypeVar("_T")
 #: (device codes live some minutes) outlives the registration it started with. Refresh tokens are
 #: bound to the registration: after a new one, the next get_token() starts a device flow.
 REGISTRATION_SKEW = 900.0
+
+
+#: At most this many refreshes in flight per client (the transport keeps 100 connections).
+REFRESH_LIMIT = 64
+#: Retry-After values above this are taken as this (a misbehaving server cannot park us for days).
+MAX_RETRY_AFTER = 300.0
+
+
+class GateClosed(TransportError):
+    """The token endpoint asked to wait (429 or 503 with Retry-After): try again once the gate
+    opens; the refresh token was not used."""
+
+
+class Gate:
+    """The token endpoint's gate: a cap on refreshes in flight, and a closing time."""
+
+    def __init__(self, clock: Clock, limit: int = REFRESH_LIMIT) -> None:
+        self._clock = clock
+        self._slots = asyncio.Semaphore(limit)
+        self._opens_at = -math.inf  # the client clock's monotonic time
+        self.closures = 0
+
+    def close_for(self, seconds: float) -> None:
+        """Keep the gate closed for ``seconds`` from now (never shortens a closure)."""
+        opens_at = self._clock.monotonic() + min(seconds, MAX_RETRY_AFTER)
+        if opens_at > self._opens_at:
+            if self._opens_at <= self._clock.monotonic():
+                self.closures += 1
+            self._opens_at = opens_at
+
+    def closed_for(self) -> float:
+        """Seconds until the gate opens (0 when open)."""
+        return max(0.0, self._opens_at - self._clock.monotonic())
+
+    async def wait_open(self) -> None:
+        """Return once the gate is open."""
+        while (wait := self.closed_for()) > 0:
+            await self._clock.sleep(wait)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the gate's places for a refresh (waits while all are taken)."""
+        async with self._slots:
+            yield
 
 
 @attrs.define(kw_only=True)
@@ -57,9 +110,13 @@ class Endpoints:
     lock_ttl: float
     lock_wait: float
     metadata: ProviderMetadata | None = None
+    gate: Gate = attrs.field(init=False)
     _metadata_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _registered: RegisteredClient | None = attrs.field(default=None, init=False)
     _registration_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.gate = Gate(self.clock)
 
     async def settle(self) -> None:
         """Discover the endpoints and register the client now, if still needed (before a store
@@ -117,6 +174,8 @@ class Endpoints:
                 remaining = min(remaining, until - time.monotonic())
             try:
                 return interpret(await self.send(request, timeout=remaining))
+            except GateClosed:
+                raise
             except TransportError as exc:
                 late = clock.monotonic() + delay >= deadline or (
                     until is not None and time.monotonic() + delay >= until
@@ -146,10 +205,21 @@ class Endpoints:
             },
         )
         dialect = self.provider.dialect
+        gate = self.gate
 
         def interpret(response: Response) -> Token:
-            return interpret_token_response(response, dialect, self.clock.wall(), previous=token)
+            wall = self.clock.wall()
+            try:
+                return interpret_token_response(response, dialect, wall, previous=token)
+            except TransportError as exc:
+                wait = retry_after(response, wall) if response.status in (429, 503) else None
+                if wait is None or wait <= 0:
+                    raise
+                gate.close_for(wait)
+                raise GateClosed(f"{exc}; asked to wait {wait:.0f} s") from None
 
+        if gate.closed_for() > 0:
+            raise GateClosed("the token endpoint asked to wait; not sent")
         return await self._retrying(request, interpret, budget=self.http_timeout, until=until)
 
     async def revoke(self, token: Token) -> bool:

@@ -70,7 +70,7 @@ import attrs
 
 from ._cache import TokenCache
 from ._clock import Clock
-from ._endpoints import Endpoints
+from ._endpoints import Endpoints, GateClosed
 from ._models import Token
 from ._records import TOMBSTONE_TTL, Record, RecordCodec, Tombstone, stamp
 from .exceptions import (
@@ -98,6 +98,8 @@ class Forced(enum.Enum):
 Stale = str | Forced
 #: How many times a transaction whose lease ran short starts over before it gives up.
 _LEASE_TRIES = 3
+#: How many times a refresh waits at a closed gate (Retry-After) before its callers get the error.
+_GATE_TRIES = 10
 #: The longest aclose() spends on its last attempt to store unsaved tokens.
 _CLOSE_FLUSH = 10.0
 #: Back-off of the background retries of unsaved writes (real seconds).
@@ -219,7 +221,9 @@ class TokenLedger:
             return None
         entry = self.cache.get(account)
         if entry is None or entry.token is not record.token:  # not the record already in memory
-            entry = self.cache.entry(record.token, record.obtained, stored.stamp, stored.version)
+            entry = self.cache.entry(
+                account, record.token, record.obtained, stored.stamp, stored.version
+            )
         if self.cache.due(entry):
             return None
         self.cache.entries[account] = entry
@@ -376,26 +380,38 @@ class RefreshTransaction:
             token = self.ledger.fresh(account, seen)
             if token is not None:
                 return token
-        if stale is not None or self._may_refresh(account, seen):
+        refreshing = stale is not None or self._may_refresh(account, seen)
+        if refreshing:
             # Endpoints (discovery, client registration) are settled before the lock, so that
             # the lock's ttl only has to cover the refresh.
             await self.endpoints.settle()
-        for _ in range(_LEASE_TRIES):
-            started = time.monotonic()  # the lease ends no sooner than lock_ttl from here
-            try:
-                async with self.ledger.store.lock(
-                    key, ttl=self.ledger.lock_ttl, wait=self.ledger.lock_wait
-                ):
-                    return await self._locked(
-                        account, key, stale, seen, started + self.ledger.lock_ttl
+        gate = self.endpoints.gate
+        short = closed = 0
+        while True:
+            if refreshing:  # wait at the token endpoint's gate outside the lock
+                await gate.wait_open()
+            async with gate.slot() if refreshing else contextlib.nullcontext():
+                started = time.monotonic()  # the lease ends no sooner than lock_ttl from here
+                try:
+                    async with self.ledger.lock(key):
+                        return await self._locked(
+                            account, key, stale, seen, started + self.ledger.lock_ttl
+                        )
+                except _LeaseShort:
+                    short += 1
+                    if short == _LEASE_TRIES:
+                        break
+                    log.warning(
+                        "account %r: the store took too long inside its lock (lock_ttl %.0f s); "
+                        "starting the refresh over",
+                        account,
+                        self.ledger.lock_ttl,
                     )
-            except _LeaseShort:
-                log.warning(
-                    "account %r: the store took too long inside its lock (lock_ttl %.0f s); "
-                    "starting the refresh over",
-                    account,
-                    self.ledger.lock_ttl,
-                )
+                except GateClosed:
+                    closed += 1
+                    if closed == _GATE_TRIES:
+                        raise
+                    refreshing = True
         raise LockTimeoutError(
             f"account {account!r}: the store was too slow to refresh within its lock "
             f"{_LEASE_TRIES} times; raise lock_ttl (now {self.ledger.lock_ttl} s) or check the "
@@ -462,7 +478,7 @@ class RefreshTransaction:
     def _fresh_record(self, account: str, record: Record, version: int | None) -> Token | None:
         entry = self.ledger.cache.get(account)
         if entry is None or entry.token is not record.token:
-            entry = self.ledger.cache.entry(record.token, record.obtained, None, version)
+            entry = self.ledger.cache.entry(account, record.token, record.obtained, None, version)
         if self.ledger.cache.due(entry):
             return None
         self.ledger.cache.entries[account] = entry
