@@ -110,8 +110,15 @@ class TokenCache:
         self.entries.pop(account, None)
 
     def due(self, entry: CacheEntry) -> bool:
-        """True when ``entry`` should be refreshed now."""
-        return self._clock.monotonic() >= entry.refresh_at
+        """True when ``entry`` should be refreshed now by a flight: inside its refresh window
+        at all (the spread moment only staggers the background refreshes the hot path starts;
+        a caller that waits anyway gets a token with the whole window ahead of it)."""
+        expires_at = entry.token.expires_at
+        if expires_at is None:
+            return False
+        remaining = (expires_at - self._clock.wall()).total_seconds()
+        lifetime = (expires_at - entry.obtained).total_seconds() if entry.obtained else remaining
+        return remaining <= min(self._skew, max(0.0, lifetime) / 2)
 
     def postpone(self, account: str) -> None:
         """After a failed background refresh: try again halfway to the end of the token's usable
