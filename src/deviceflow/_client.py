@@ -21,8 +21,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 
 from ._cache import TokenCache
@@ -36,6 +36,9 @@ from ._records import RecordCodec
 from ._refresh import Forced, NeedsGrant, RefreshTransaction, Stale, TokenLedger
 from ._transport import AiohttpTransport, ClientAuth, Transport
 from .stores._protocol import TokenStore
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["DeviceFlowClient", "OnCode"]
 

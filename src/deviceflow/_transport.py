@@ -12,15 +12,17 @@ import base64
 import logging
 import ssl
 import urllib.parse
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import attrs
 
 from ._machine import Request, RequestKind, Response, require_secure_url
 from ._models import AuthMethod, Dialect
 from ._version import __version__
 from .exceptions import ProtocolError, TransportError
+
+if TYPE_CHECKING:  # aiohttp is imported when the first request is made (CLI start-up time)
+    import aiohttp
 
 __all__ = ["AiohttpTransport", "ClientAuth", "Transport"]
 
@@ -85,6 +87,8 @@ class ClientAuth:
 
 
 def _is_tls_failure(exc: BaseException) -> bool:
+    import aiohttp
+
     return isinstance(
         exc,
         (
@@ -120,9 +124,8 @@ class AiohttpTransport:
         self._dialect = dialect or Dialect()
         self._session = session
         self._owns_session = session is None
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout, sock_connect=connect_timeout, sock_read=timeout
-        )
+        self._timeouts = (timeout, connect_timeout)
+        self._client_timeout: aiohttp.ClientTimeout | None = None
         self._max_body = max_body
         self._limit = connection_limit
         # URLs that passed require_secure_url (a pure check): every poll and refresh goes to
@@ -130,7 +133,20 @@ class AiohttpTransport:
         # of the request's own preparation.
         self._secure_urls: set[str] = set()
 
+    @property
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        if self._client_timeout is None:
+            import aiohttp
+
+            total, connect = self._timeouts
+            self._client_timeout = aiohttp.ClientTimeout(
+                total=total, sock_connect=connect, sock_read=total
+            )
+        return self._client_timeout
+
     def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or (self._owns_session and self._session.closed):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit),
@@ -166,6 +182,8 @@ class AiohttpTransport:
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
                 kwargs["data"] = urllib.parse.urlencode(params).encode()
         session = self._get_session()
+        import aiohttp
+
         try:
             async with session.request(
                 request.method,
@@ -194,6 +212,8 @@ class AiohttpTransport:
             ) from exc
 
     def _shorter(self, seconds: float) -> aiohttp.ClientTimeout:
+        import aiohttp
+
         seconds = max(0.001, seconds)
         total = self._timeout.total
         if total is not None and total <= seconds:
