@@ -15,11 +15,11 @@ import pytest
 from yarl import URL
 
 from deviceflow import DeviceFlowClient, Provider, StoreError, Token
-from deviceflow._machine import Request, RequestKind, Response
+from deviceflow._machine import RequestKind
 from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import Lease, MemoryStore, Versioned
-from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
+from deviceflow.testing import AuthorizationServer, Fault, ScriptedTransport, VirtualClock
 from helpers import stored_token
 
 
@@ -162,28 +162,16 @@ async def test_bearer_auth_does_not_retry_other_401s(
     assert 0 == server.stats.refreshes
 
 
-class HoldAnswers:
+def hold_answers() -> ScriptedTransport:
     """A transport that sends for real, then holds token answers until released."""
-
-    def __init__(self) -> None:
-        self.inner = AiohttpTransport(auth=ClientAuth(client_id="svc"))
-        self.sent = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def send(self, request: Request, *, timeout: float | None = None) -> Response:
-        response = await self.inner.send(request, timeout=timeout)
-        if request.kind is RequestKind.TOKEN:
-            self.sent.set()
-            await self.release.wait()
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    transport = ScriptedTransport(fallback=AiohttpTransport(auth=ClientAuth(client_id="svc")))
+    transport.hold(RequestKind.TOKEN)
+    return transport
 
 
 async def refresh_on_the_wire(
     server: AuthorizationServer, clock: VirtualClock
-) -> tuple[DeviceFlowClient, MemoryStore, HoldAnswers, asyncio.Future[Token]]:
+) -> tuple[DeviceFlowClient, MemoryStore, ScriptedTransport, asyncio.Future[Token]]:
     """A client whose refresh of account "a" has reached the server; its answer is held."""
     store = MemoryStore()
     async with DeviceFlowClient(
@@ -191,7 +179,7 @@ async def refresh_on_the_wire(
     ) as seeding:
         await seed(seeding, server, clock, "a")
     clock.advance(400)
-    transport = HoldAnswers()
+    transport = hold_answers()
     client = DeviceFlowClient(
         Provider(issuer=server.issuer),
         client_id="svc",
@@ -200,7 +188,7 @@ async def refresh_on_the_wire(
         transport=transport,
     )
     waiter = asyncio.ensure_future(client.get_token("a"))
-    await transport.sent.wait()  # the server has rotated the refresh token by now
+    await transport.wait_held()  # the server has rotated the refresh token by now
     return client, store, transport, waiter
 
 
@@ -212,7 +200,7 @@ async def test_refresh_cancelled_after_sending_still_stores_rotated_token(
     provider = Provider(issuer=server.issuer)
     closing = asyncio.ensure_future(client.aclose())
     await asyncio.sleep(0.01)
-    transport.release.set()
+    transport.release()
     await closing
     refreshed = await waiter  # the refresh on the wire was not cut off
     assert server.is_valid_access_token(refreshed.access_token)
@@ -327,7 +315,7 @@ async def test_aclose_cancelled_mid_refresh_still_stores_rotated_token(
     await asyncio.sleep(0.01)
     closing.cancel()  # the shutdown's own timeout
     await asyncio.sleep(0.01)
-    transport.release.set()
+    transport.release()
     with pytest.raises(asyncio.CancelledError):
         await closing  # cancelled, but only once the refresh was stored
     assert server.is_valid_access_token((await waiter).access_token)
@@ -425,7 +413,7 @@ async def test_callers_that_time_out_leave_no_waiter_behind(
     server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
     """Callers timing out during a long flight do not pile up in it."""
-    transport = HoldAnswers()
+    transport = hold_answers()
     provider = Provider(issuer=server.issuer)
     async with DeviceFlowClient(
         provider, client_id="svc", clock=virtual_clock, transport=transport
@@ -436,7 +424,7 @@ async def test_callers_that_time_out_leave_no_waiter_behind(
             with pytest.raises(TimeoutError):
                 await client.get_token("a", timeout=0.001)
         assert 0 == client._flights.waiting("a")
-        transport.release.set()
+        transport.release()
         assert server.is_valid_access_token((await client.get_token("a")).access_token)
 
 

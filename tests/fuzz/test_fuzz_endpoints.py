@@ -11,7 +11,6 @@ fuzzer that is still a bug, and is asserted against.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ from deviceflow._machine import (
     require_secure_url,
 )
 from deviceflow._provider import fetch_metadata
-from deviceflow.testing import VirtualClock
+from deviceflow.testing import ScriptedTransport, VirtualClock
 from helpers import stored_token
 
 WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
@@ -163,30 +162,21 @@ def test_fuzz_refresh_answers(response: Response) -> None:
 # --- through the client's transport seam ----------------------------------------------------
 
 
-class ScriptedTransport:
+Script = Mapping[RequestKind, Sequence[Response | TransportError]]
+
+
+def refuse(request: Request) -> Response:
+    """Answers a request its kind's script has no answer left for."""
+    raise TransportError("script exhausted", retryable=False)
+
+
+def scripted(script: Script) -> ScriptedTransport:
     """A fake Transport: answers each request kind from its own script, in order.
 
     When a kind's script runs out, the request fails with a non-retryable TransportError, so
     every run ends.
     """
-
-    def __init__(self, script: Mapping[RequestKind, Sequence[Response | TransportError]]) -> None:
-        self._script = {kind: list(items) for kind, items in script.items()}
-        self.sent: list[Request] = []
-
-    async def send(self, request: Request, *, timeout: float | None = None) -> Response:
-        self.sent.append(request)
-        await asyncio.sleep(0)
-        items = self._script.get(request.kind) or []
-        if not items:
-            raise TransportError("script exhausted", retryable=False)
-        item = items.pop(0)
-        if isinstance(item, TransportError):
-            raise item
-        return item
-
-    async def aclose(self) -> None:
-        pass
+    return ScriptedTransport(script, fallback=refuse)
 
 
 def client(transport: ScriptedTransport, provider: Provider = PROVIDER) -> DeviceFlowClient:
@@ -212,7 +202,7 @@ async def test_fuzz_client_device_flow(
         headers={"content-type": "application/json"},
         body=json.dumps(VALID["discovery"]).encode(),
     )
-    transport = ScriptedTransport(
+    transport = scripted(
         {
             RequestKind.DISCOVERY: [*discovery, good_discovery],
             RequestKind.DEVICE_AUTHORIZATION: [*device, GOOD_CODE],
@@ -235,7 +225,7 @@ async def test_fuzz_client_device_flow(
 @given(st.lists(responses("token") | failures, min_size=1, max_size=4))
 async def test_fuzz_client_refresh(answers: list[Response | TransportError]) -> None:
     """get_token() refreshing through any answers returns a token or raises typed."""
-    transport = ScriptedTransport({RequestKind.TOKEN: answers})
+    transport = scripted({RequestKind.TOKEN: answers})
     async with client(transport) as flow:
         await flow.save_token("fuzz", STORED)
         try:
@@ -250,14 +240,14 @@ async def test_fuzz_client_refresh(answers: list[Response | TransportError]) -> 
         else:
             assert "Bearer" == token.token_type
             assert token.refresh_token  # a rotated one, or the one it had
-    assert all(r.kind is RequestKind.TOKEN for r in transport.sent)
+    assert all(r.kind is RequestKind.TOKEN for r in transport.requests)
 
 
 @FUZZ
 @given(st.lists(responses("revocation") | failures, min_size=1, max_size=2))
 async def test_fuzz_client_revocation(answers: list[Response | TransportError]) -> None:
     """logout() over any revocation answer returns a bool, never raises, and forgets the token."""
-    transport = ScriptedTransport({RequestKind.REVOCATION: answers})
+    transport = scripted({RequestKind.REVOCATION: answers})
     async with client(transport) as flow:
         await flow.save_token("fuzz", STORED)
         revoked = await flow.logout("fuzz")
@@ -269,7 +259,7 @@ async def test_fuzz_client_revocation(answers: list[Response | TransportError]) 
 @given(st.lists(responses("discovery") | failures, min_size=1, max_size=4))
 async def test_fuzz_fetch_metadata(answers: list[Response | TransportError]) -> None:
     """Provider discovery (fetch_metadata) over any answers gives metadata or raises typed."""
-    transport = ScriptedTransport({RequestKind.DISCOVERY: answers})
+    transport = scripted({RequestKind.DISCOVERY: answers})
     try:
         metadata = await fetch_metadata(transport, Provider(issuer=IDP), clock=VirtualClock())
     except DeviceFlowError as exc:

@@ -11,12 +11,14 @@ Downstream projects test their own device-flow clients with it::
 
 With pytest, the ``authorization_server`` and ``virtual_clock`` fixtures come with the package
 (the plugin registers itself). ``python -m deviceflow.testing`` runs the server on its own.
+:class:`ScriptedTransport` answers a client's requests from a script instead of a server.
 """
 
 from ._clock import VirtualClock
 from ._faults import Fault, FaultList
 from ._faulty_store import FaultyStore
 from ._profiles import PROFILES, RFC, Profile
+from ._scripted_transport import ScriptedTransport, ScriptExhaustedError
 from ._server import AuthorizationServer, RecordedRequest
 from ._state import ServerStats
 
@@ -29,6 +31,8 @@ __all__ = [
     "FaultyStore",
     "Profile",
     "RecordedRequest",
+    "ScriptExhaustedError",
+    "ScriptedTransport",
     "ServerStats",
     "VirtualClock",
 ]
