@@ -37,8 +37,10 @@ from .stores._protocol import Versioned
 
 __all__ = [
     "TOMBSTONE_TTL",
+    "Held",
     "Record",
     "RecordCodec",
+    "Stored",
     "Tombstone",
     "record_key",
     "stamp",
@@ -167,3 +169,39 @@ class RecordCodec:
         if token.expires_at is None:
             return None
         return max(1.0, (token.expires_at - now).total_seconds() + 60.0)
+
+
+@attrs.frozen(kw_only=True)
+class Stored:
+    """What the store held for an account at one read."""
+
+    value: Versioned | None
+    content: Record | Tombstone | None
+    stamp: int | None = None
+
+    @property
+    def record(self) -> Record | None:
+        """The token record, or None for a tombstone or nothing."""
+        return self.content if isinstance(self.content, Record) else None
+
+    @property
+    def version(self) -> int | None:
+        """The store's version of the record, or None when there is none."""
+        return None if self.value is None else self.value.version
+
+
+@attrs.frozen(kw_only=True)
+class Held:
+    """A token in memory and the version its record has, or will have once written."""
+
+    record: Record
+    version: int
+
+    def newer_than(self, stored: Stored) -> bool:
+        """True when this token should replace what the store holds (rule 4 of _refresh.py)."""
+        theirs = stored.record
+        if theirs is None or stored.version is None:
+            return True
+        if self.version != stored.version:
+            return self.version > stored.version
+        return self.record.newer_than(theirs)

@@ -72,7 +72,7 @@ from ._cache import TokenCache
 from ._clock import Clock
 from ._endpoints import Endpoints, GateClosed
 from ._models import Token
-from ._records import TOMBSTONE_TTL, Record, RecordCodec, Tombstone, stamp
+from ._records import TOMBSTONE_TTL, Held, Record, RecordCodec, Stored, Tombstone, stamp
 from .exceptions import (
     ConflictError,
     DecryptionError,
@@ -83,7 +83,7 @@ from .exceptions import (
 )
 from .stores._protocol import Lease, TokenStore, Versioned
 
-__all__ = ["Forced", "Held", "NeedsGrant", "RefreshTransaction", "Stale", "Stored", "TokenLedger"]
+__all__ = ["Forced", "NeedsGrant", "RefreshTransaction", "Stale", "TokenLedger"]
 
 log = logging.getLogger("deviceflow")
 
@@ -112,42 +112,6 @@ class NeedsGrant:
     ``not_before`` must not be used (their grant was refused)."""
 
     not_before: datetime | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Stored:
-    """What the store held for an account at one read."""
-
-    value: Versioned | None
-    content: Record | Tombstone | None
-    stamp: int | None = None
-
-    @property
-    def record(self) -> Record | None:
-        """The token record, or None for a tombstone or nothing."""
-        return self.content if isinstance(self.content, Record) else None
-
-    @property
-    def version(self) -> int | None:
-        """The store's version of the record, or None when there is none."""
-        return None if self.value is None else self.value.version
-
-
-@attrs.frozen(kw_only=True)
-class Held:
-    """A token in memory and the version its record has, or will have once written."""
-
-    record: Record
-    version: int
-
-    def newer_than(self, stored: Stored) -> bool:
-        """True when this token should replace what the store holds (see rule 4)."""
-        theirs = stored.record
-        if theirs is None or stored.version is None:
-            return True
-        if self.version != stored.version:
-            return self.version > stored.version
-        return self.record.newer_than(theirs)
 
 
 _NOTHING = Stored(value=None, content=None)
