@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from deviceflow import (
+    ClientAuth,
     DeviceCode,
     DeviceFlowClient,
     DiscoveryError,
@@ -30,7 +31,6 @@ from deviceflow import (
     TransportError,
 )
 from deviceflow._machine import DeviceFlowMachine, Done, Fail, Response, Send, discovery_urls
-from deviceflow._transport import ClientAuth
 from deviceflow.testing import AuthorizationServer, Fault, RecordedRequest, VirtualClock
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

@@ -14,9 +14,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from deviceflow import DeviceFlowClient, Provider, StoreError, Token
+from deviceflow import AiohttpTransport, ClientAuth, DeviceFlowClient, Provider, StoreError, Token
 from deviceflow._machine import RequestKind
-from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import Lease, MemoryStore, Versioned
 from deviceflow.testing import AuthorizationServer, Fault, ScriptedTransport, VirtualClock

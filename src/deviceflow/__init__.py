@@ -19,7 +19,7 @@ from ._models import (
     Token,
 )
 from ._provider import Provider
-from ._transport import Transport
+from ._transport import AiohttpTransport, ClientAuth, Transport
 from ._version import __version__
 from .exceptions import (
     AccessDeniedError,
@@ -41,7 +41,9 @@ from .exceptions import (
 
 __all__ = [
     "AccessDeniedError",
+    "AiohttpTransport",
     "AuthMethod",
+    "ClientAuth",
     "ClientRegistration",
     "Clock",
     "ConflictError",

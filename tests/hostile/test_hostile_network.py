@@ -27,6 +27,8 @@ from hostile_flows import (
 from hostile_server import DISCOVERY, HostileServer, answer, hang, redirect, self_signed_context
 
 from deviceflow import (
+    AiohttpTransport,
+    ClientAuth,
     DeviceFlowClient,
     DeviceFlowError,
     DiscoveryError,
@@ -38,7 +40,6 @@ from deviceflow import (
 )
 from deviceflow._machine import Request, RequestKind
 from deviceflow._provider import fetch_metadata
-from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.testing import VirtualClock
 
 

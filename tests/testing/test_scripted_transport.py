@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from deviceflow import (
+    AiohttpTransport,
+    ClientAuth,
     DeviceFlowClient,
     DeviceFlowError,
     Provider,
@@ -19,7 +21,6 @@ from deviceflow import (
     Token,
     TransportError,
 )
-from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.testing import (
     AuthorizationServer,
     ScriptedTransport,
