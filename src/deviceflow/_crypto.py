@@ -52,6 +52,7 @@ __all__ = [
     "Record",
     "Sealer",
     "generate_key",
+    "key_arg",
 ]
 
 #: The environment variable :meth:`KeySet.from_env` reads by default.
@@ -108,11 +109,20 @@ class Passphrase:
     ``work_factor`` (scrypt's ``n``) applies when the salt is first created.
     """
 
-    secret: str = attrs.field(repr=False, validator=attrs.validators.min_len(1))
+    secret: str = attrs.field(repr=False)
     work_factor: int = attrs.field(default=2**15)
 
+    @secret.validator
+    def _check_secret(self, _: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"the passphrase secret must be a str, not {type(value).__name__}")
+        if not value:
+            raise ValueError("the passphrase secret must not be empty")
+
     @work_factor.validator
-    def _check_work_factor(self, _: attrs.Attribute[int], value: int) -> None:
+    def _check_work_factor(self, _: attrs.Attribute[int], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"work_factor must be an int, not {type(value).__name__}")
         if value < 2**10 or value & (value - 1):
             raise ValueError("work_factor must be a power of two, at least 2**10")
 
@@ -266,6 +276,19 @@ class KeySet:
             else:
                 keys.append(_resolved(key))
         return tuple(keys)
+
+
+def key_arg(key: object) -> KeySet:
+    """A store's ``key=`` argument as a KeySet; TypeError or ValueError naming ``key`` else."""
+    if not isinstance(key, (str, bytes, Passphrase, KeySet)):
+        raise TypeError(
+            "key must be a key from generate_key() (str or 32 bytes), a Passphrase or a KeySet, "
+            f"not {type(key).__name__}"
+        )
+    try:
+        return KeySet.coerce(key)
+    except ValueError as exc:
+        raise ValueError(f"key: {exc}") from None
 
 
 @attrs.frozen

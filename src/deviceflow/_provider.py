@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import attrs
 
+from ._checks import (
+    auth_method,
+    flag,
+    optional_printable_text,
+    positive_finite,
+    printable_text,
+    scope_text,
+    string_map,
+)
 from ._clock import Clock, SystemClock
 from ._machine import (
     Request,
@@ -21,7 +30,7 @@ from ._machine import (
     require_secure_url,
 )
 from ._models import AuthMethod, ClientRegistration, Dialect, ProviderMetadata
-from .exceptions import DiscoveryError, ProtocolError, TransportError
+from .exceptions import DiscoveryError, InsecureEndpointError, ProtocolError, TransportError
 
 if TYPE_CHECKING:
     from ._transport import Transport
@@ -29,29 +38,50 @@ if TYPE_CHECKING:
 __all__ = ["Provider", "fetch_metadata"]
 
 
-def _check_url(value: str | None, name: str) -> None:
-    if value is not None:
-        require_secure_url(value, name)
+def _url_arg(value: object, what: str) -> str:
+    """``value`` if it is an https URL (http only to a loopback host), given by the caller.
+
+    TypeError for a value that is not a string, ValueError for one that is not an absolute http(s)
+    URL, InsecureEndpointError for plain http to a host that is not loopback.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a URL string, not {type(value).__name__}")
+    try:
+        return require_secure_url(value, what)
+    except InsecureEndpointError:
+        raise
+    except ProtocolError as exc:  # the caller's value, not a server's answer
+        raise ValueError(str(exc)) from None
 
 
-def _https(value: str, what: str) -> str:
+def _optional_url(what: str) -> Callable[[Any, attrs.Attribute[Any], object], None]:
+    def check(_: Any, __: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            _url_arg(value, what)
+
+    return check
+
+
+def _https(value: object, what: str) -> str:
     """An absolute URL from a URL or a bare host name (``example.com`` -> https).
 
-    ValueError for an empty value; InsecureEndpointError for plain http to a host that is not
-    loopback (tests point presets at ``http://127.0.0.1:PORT``).
+    TypeError for a value that is not a string, ValueError for an empty one; InsecureEndpointError
+    for plain http to a host that is not loopback (tests point presets at
+    ``http://127.0.0.1:PORT``).
     """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
     value = value.strip()
     if not value:
         raise ValueError(f"{what} is empty")
     if "://" not in value:
         value = "https://" + value
-    require_secure_url(value, what)
-    return value
+    return _url_arg(value, what)
 
 
-def _segment(value: str, what: str) -> str:
+def _segment(value: object, what: str) -> str:
     """One path segment (an Entra tenant, a Keycloak realm), percent-encoded."""
-    value = value.strip()
+    value = printable_text(what, value).strip()
     if not value or value in (".", ".."):
         raise ValueError(f"{what} is empty")
     return urllib.parse.quote(value, safe="")
@@ -106,6 +136,38 @@ AWS_SSO = Dialect(
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 
 
+# --- checks of the constructor's arguments (TypeError or ValueError naming the argument) ------
+
+
+def _text(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    printable_text(attribute.name, value)
+
+
+def _optional_text(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    optional_printable_text(attribute.name, value)
+
+
+def _flag(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    flag(attribute.name, value)
+
+
+def _auth_method(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    auth_method(attribute.name, value)
+
+
+def _mapping(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{attribute.name} must be a mapping, not {type(value).__name__}")
+
+
+def _default_scope(value: str | Iterable[str] | None) -> str | None:
+    return scope_text("default_scope", value)
+
+
+def _device_params(value: Mapping[str, str]) -> Mapping[str, str]:
+    return string_map("device_params", value)
+
+
 @attrs.frozen(kw_only=True)
 class Provider:
     """An authorization server: its endpoints (known or to discover) and its quirks.
@@ -130,20 +192,29 @@ class Provider:
     default where there is one), so it also reaches a private deployment or a test server.
     """
 
-    name: str = "custom"
-    issuer: str | None = None
-    device_authorization_endpoint: str | None = None
-    token_endpoint: str | None = None
-    revocation_endpoint: str | None = None
-    expected_issuer: str | None = None
-    check_issuer: bool = True
-    dialect: Dialect = attrs.field(factory=Dialect)
-    default_scope: str | None = None
-    device_params: Mapping[str, str] = attrs.field(factory=dict)
-    requires_client_secret: bool = False
-    client_auth: AuthMethod | None = None
-    registration: ClientRegistration | None = None
-    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    name: str = attrs.field(default="custom", validator=_text)
+    issuer: str | None = attrs.field(default=None, validator=_optional_url("issuer"))
+    device_authorization_endpoint: str | None = attrs.field(
+        default=None, validator=_optional_url("device_authorization_endpoint")
+    )
+    token_endpoint: str | None = attrs.field(
+        default=None, validator=_optional_url("token_endpoint")
+    )
+    revocation_endpoint: str | None = attrs.field(
+        default=None, validator=_optional_url("revocation_endpoint")
+    )
+    expected_issuer: str | None = attrs.field(default=None, validator=_optional_text)
+    check_issuer: bool = attrs.field(default=True, validator=_flag)
+    dialect: Dialect = attrs.field(factory=Dialect, validator=attrs.validators.instance_of(Dialect))
+    default_scope: str | None = attrs.field(default=None, converter=_default_scope)
+    device_params: Mapping[str, str] = attrs.field(factory=dict, converter=_device_params)
+    requires_client_secret: bool = attrs.field(default=False, validator=_flag)
+    client_auth: AuthMethod | None = attrs.field(default=None, validator=_auth_method)
+    registration: ClientRegistration | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of(ClientRegistration)),
+    )
+    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False, validator=_mapping)
 
     def __attrs_post_init__(self) -> None:
         if self.issuer is None and (
@@ -153,12 +224,8 @@ class Provider:
                 "a Provider needs an issuer to discover, or both "
                 "device_authorization_endpoint and token_endpoint"
             )
-        _check_url(self.issuer, "issuer")
-        _check_url(self.device_authorization_endpoint, "device_authorization_endpoint")
-        _check_url(self.token_endpoint, "token_endpoint")
-        _check_url(self.revocation_endpoint, "revocation_endpoint")
         if self.registration is not None:
-            _check_url(self.registration.endpoint, "registration endpoint")
+            _url_arg(self.registration.endpoint, "registration endpoint")
 
     @property
     def metadata(self) -> ProviderMetadata | None:
@@ -208,6 +275,7 @@ class Provider:
         """
         from ._transport import AiohttpTransport, ClientAuth
 
+        positive_finite("timeout", timeout)
         provider = cls(issuer=issuer, check_issuer=check_issuer, **options)
         transport = AiohttpTransport(
             auth=ClientAuth(client_id=""),
@@ -344,6 +412,7 @@ class Provider:
         slow_down with 429, and expired_token once, then invalid_grant.
         """
         root = _https(domain, "domain").rstrip("/")
+        optional_printable_text("audience", audience)
         return cls(
             name="auth0",
             device_authorization_endpoint=f"{root}/oauth/device/code",
@@ -398,10 +467,10 @@ class Provider:
         then. Requests are JSON with camelCase names. ``base_url`` overrides
         ``https://oidc.{region}.amazonaws.com`` (other partitions, tests).
         """
-        region = region.strip()
+        region = printable_text("region", region).strip()
         if not _AWS_REGION.fullmatch(region):
             raise ValueError(f"{region!r} is not an AWS region name such as 'us-east-1'")
-        require_secure_url(start_url, "start_url")
+        _url_arg(start_url, "start_url")
         root = _https(base_url or f"https://oidc.{region}.amazonaws.com", "base_url").rstrip("/")
         return cls(
             name="aws_sso",

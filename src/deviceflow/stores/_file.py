@@ -37,7 +37,8 @@ import anyio
 import anyio.to_thread
 import filelock
 
-from deviceflow._crypto import KdfParams, KeyMaterial, KeySet, Record, Sealer
+from deviceflow._checks import path_arg, positive_finite, printable_text
+from deviceflow._crypto import KdfParams, KeyMaterial, Record, Sealer, key_arg
 from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
 
 from ._leases import KeyedLocks, LocalLeases, check_lock_args, check_ttl
@@ -192,10 +193,10 @@ class EncryptedFileStore:
         namespace: str = "deviceflow",
         lock_timeout: float = 30.0,
     ) -> None:
-        self._root = Path(path).expanduser().absolute()
-        self._keys = KeySet.coerce(key)
-        self._namespace = namespace
-        self._lock_timeout = lock_timeout
+        self._root = Path(path_arg("path", path)).expanduser().absolute()
+        self._keys = key_arg(key)
+        self._namespace = printable_text("namespace", namespace)
+        self._lock_timeout = positive_finite("lock_timeout", lock_timeout)
         self._sealer: Sealer | None = None
         self._setup_lock = anyio.Lock()
         self._shards: set[str] = set()

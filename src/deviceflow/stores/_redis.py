@@ -29,7 +29,8 @@ import anyio.to_thread
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from deviceflow._crypto import KdfParams, KeyMaterial, KeySet, Record, Sealer
+from deviceflow._checks import flag, positive_finite, printable_text
+from deviceflow._crypto import KdfParams, KeyMaterial, Record, Sealer, key_arg
 from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
 
 from ._leases import check_lock_args, check_ttl
@@ -136,6 +137,18 @@ class RedisStore:
         timeout: float = 5.0,
         cluster: bool = False,
     ) -> None:
+        keys = key_arg(key)
+        prefix = printable_text("prefix", prefix)
+        namespace = printable_text("namespace", namespace)
+        timeout = positive_finite("timeout", timeout)
+        flag("cluster", cluster)
+        if isinstance(client, str):
+            printable_text("client", client)
+        elif not isinstance(client, (Redis, RedisCluster)):
+            raise TypeError(
+                "client must be a redis:// URL, a redis.asyncio.Redis or a RedisCluster, "
+                f"not {type(client).__name__}"
+            )
         self._owned = isinstance(client, str)
         if isinstance(client, str):
             sockets = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
@@ -149,7 +162,7 @@ class RedisStore:
         if client.get_encoder().decode_responses:
             raise ValueError("RedisStore needs a Redis client with decode_responses=False")
         self._client: RedisClient = client
-        self._keys = KeySet.coerce(key)
+        self._keys = keys
         self._prefix = prefix
         self._namespace = namespace
         self._timeout = timeout
