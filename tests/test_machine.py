@@ -513,11 +513,38 @@ def test_discovery_urls_follow_rfc8414_path_insertion() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:1/x", "https://a.example/"],
+    [
+        "http://127.0.0.1:8080/x",
+        "http://127.255.0.9/x",
+        "http://localhost/x",
+        "http://LocalHost:1/x",
+        "http://[::1]:1/x",
+        "https://a.example/",
+        "https://evil.localhost/x",
+    ],
 )
 def test_secure_urls_accepted(url: str) -> None:
     """https anywhere, plain http only on loopback hosts."""
     assert url == require_secure_url(url, "endpoint")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://evil.localhost/x",
+        "http://localhost.localhost:8080/x",
+        "http://LOCALHOST.evil.example/x",
+        "http://localhost./x",
+        "http://127.0.0.1.nip.io/x",
+        "http://127.1/x",
+        "http://[::2]/x",
+        "http://0.0.0.0/x",
+    ],
+)
+def test_plain_http_only_to_localhost_and_literal_loopback_addresses(url: str) -> None:
+    """Names other than localhost itself (``*.localhost`` too) are not loopback: no plain http."""
+    with pytest.raises(InsecureEndpointError):
+        require_secure_url(url, "endpoint")
 
 
 def test_parse_body_rejects_deep_json() -> None:

@@ -176,11 +176,18 @@ TRANSITIONS: Mapping[FlowState, Mapping[Event, FlowState]] = {
 
 
 def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    """True for ``localhost`` itself and literal loopback IP addresses (127.0.0.0/8, ::1).
+
+    No other name counts, ``*.localhost`` included: whether a name reaches this machine is the
+    resolver's answer, and this module does no I/O. RFC 6761 6.3 asks resolvers to keep
+    ``.localhost`` names local, but many send them to DNS, where anyone may answer them.
+    """
     if not host:
         return False
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -110,6 +110,7 @@ UNSAFE_LINKS = [
     "HTTP://evil.example/device",
     "http://127.0.0.1.evil.example/device",
     "http://localhost.evil.example/device",
+    "http://evil.localhost/device",
     "//evil.example/device",
     "/device",
     "https:///no-host",
