@@ -50,6 +50,7 @@ from ._models import (
     ProviderMetadata,
     RegisteredClient,
     Token,
+    is_b64token,
 )
 from .exceptions import (
     DeviceFlowError,
@@ -509,6 +510,20 @@ def parse_token(
     if token_type.lower() != "bearer":
         raise ProtocolError(
             f"the server issued a token of type {token_type[:32]!r}; only Bearer is supported"
+        )
+    # A refresh gives a token of the grant's type (RFC 9449 5: a DPoP grant stays DPoP).
+    if previous is not None and previous.token_type.lower() != token_type.lower():
+        raise ProtocolError(
+            f"the refresh answered a token of type {token_type[:32]!r} for a grant of "
+            f"{previous.token_type[:32]!r} tokens"
+        )
+    # RFC 6750 2.1 (and RFC 9449 7.1): the token goes into an Authorization header as a
+    # b64token. Anything else (CR LF, NUL, spaces) could inject headers into an HTTP stack
+    # that does not refuse them; it is not passed on.
+    if not is_b64token(access_token):
+        raise ProtocolError(
+            "the server's access_token is not an RFC 6750 b64token (letters, digits and "
+            "-._~+/ with trailing '=')"
         )
     expires_at = None
     if fields.get("expires_in") is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -56,6 +57,16 @@ COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 json_str = json.encoder.encode_basestring_ascii
 
 
+#: RFC 6750 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
+#: The syntax of a Bearer (and a DPoP, RFC 9449 7.1) access token in an Authorization header.
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def is_b64token(value: str) -> bool:
+    """True when ``value`` may follow ``Bearer`` in an Authorization header (RFC 6750 2.1)."""
+    return B64TOKEN.fullmatch(value) is not None
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError("expires_at must be an aware datetime (use timezone.utc)")
@@ -101,7 +112,15 @@ class Token:
 
     @property
     def authorization(self) -> str:
-        """The value of an ``Authorization`` header for this token: ``Bearer <access_token>``."""
+        """The value of an ``Authorization`` header for this token: ``Bearer <access_token>``.
+
+        ProtocolError when the access token is not an RFC 6750 b64token: a token with CR, LF or
+        NUL in it would inject headers into an HTTP stack that does not refuse them.
+        """
+        if not is_b64token(self.access_token):
+            raise ProtocolError(
+                "the access token is not an RFC 6750 b64token; it is not put in a header"
+            )
         return f"{self.token_type} {self.access_token}"
 
     def to_dict(self) -> dict[str, Any]:

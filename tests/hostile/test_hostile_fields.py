@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
@@ -32,9 +32,10 @@ from deviceflow import (
     ProtocolError,
     Token,
 )
-from deviceflow._machine import MAX_CODE_LIFETIME, MAX_TOKEN_LIFETIME
+from deviceflow._machine import MAX_CODE_LIFETIME, MAX_TOKEN_LIFETIME, parse_token
 from deviceflow.testing import VirtualClock
 
+WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
 #: A token answer every field of which is right (RFC 6749 5.1).
 TOKEN: dict[str, Any] = {
     "access_token": "hostile-access-token",
@@ -371,6 +372,74 @@ async def test_token_type_is_case_insensitive(
         events = await flow_events(client)
     assert events[-1].token is not None
     assert "Bearer" == events[-1].token.token_type
+
+
+#: Access tokens outside RFC 6750's b64token: each could inject or split a header.
+NOT_B64TOKENS = [
+    "at\r\nX-Injected: yes",
+    "at\n",
+    "at\x00",
+    "a t",
+    " at",
+    "at\t",
+    "tok\u00e9n",
+    "\u202eat",
+    "=abc",
+    "a=b",
+    "tok;en",
+    '"at"',
+    "at,bt",
+]
+
+
+@pytest.mark.parametrize("access_token", NOT_B64TOKENS)
+async def test_access_token_outside_b64token_is_refused(
+    access_token: str, hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """An access token that is not an RFC 6750 b64token is never returned: poll and refresh."""
+    hostile.on("/token", answer({**TOKEN, "access_token": access_token}))
+    async with make_client(provider=explicit_provider(hostile), on_code=None) as client:
+        error = final_error(await flow_events(client))
+        assert isinstance(error, ProtocolError)
+        assert "b64token" in str(error)
+        await client.save_token("refresh", expired_token())
+        error, _ = await typed_error(client.get_token("refresh"))
+        assert isinstance(error, ProtocolError)
+
+
+@pytest.mark.parametrize(
+    "access_token",
+    [
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln-_",
+        "gho_16C7e42F292c6912E7710c838347Ae178B4a",
+        "abc+/def==",
+        "a~b.c-d_e",
+        "x",
+    ],
+)
+async def test_access_token_in_b64token_syntax_is_used(
+    access_token: str, hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """JWTs, GitHub tokens and base64 with padding are b64tokens: granted and sent as they are."""
+    hostile.on("/token", answer({**TOKEN, "access_token": access_token}))
+    async with make_client(provider=explicit_provider(hostile)) as client:
+        events = await flow_events(client)
+    assert events[-1].token is not None
+    assert f"Bearer {access_token}" == events[-1].token.authorization
+
+
+@pytest.mark.parametrize("access_token", NOT_B64TOKENS)
+def test_token_outside_b64token_never_becomes_a_header(access_token: str) -> None:
+    """A token stored or saved by other means is not put into an Authorization header either."""
+    with pytest.raises(ProtocolError, match="b64token"):
+        _ = Token(access_token=access_token).authorization
+
+
+def test_refresh_of_another_token_type_is_refused() -> None:
+    """A refresh must give a token of the grant's type: Bearer for a DPoP grant is refused."""
+    grant = Token(access_token="dpop-bound", token_type="DPoP", refresh_token="rt")
+    with pytest.raises(ProtocolError, match="type"):
+        parse_token(TOKEN, WALL, previous=grant)
 
 
 @pytest.mark.parametrize(
