@@ -547,6 +547,41 @@ def test_plain_http_only_to_localhost_and_literal_loopback_addresses(url: str) -
         require_secure_url(url, "endpoint")
 
 
+def test_endpoints_given_by_hand_win_and_discovery_fills_in_the_rest() -> None:
+    """A machine given a device endpoint uses it; the token endpoint comes from discovery."""
+    machine = DeviceFlowMachine(
+        client_id="c",
+        issuer="https://idp.example",
+        endpoints={"device_authorization_endpoint": "https://idp.example/by-hand"},
+    )
+    machine.start(now=0.0, wall=WALL)
+    document = {
+        "issuer": "https://idp.example",
+        "device_authorization_endpoint": "https://idp.example/listed",
+        "token_endpoint": "https://idp.example/token",
+    }
+    action = machine.receive_response(resp(200, document), now=0.0, wall=WALL)
+    assert isinstance(action, Send)
+    assert "https://idp.example/by-hand" == action.request.url
+    assert machine.metadata is not None
+    assert "https://idp.example/token" == machine.metadata.token_endpoint
+
+
+def test_metadata_without_device_endpoint_names_it_and_how_to_give_it() -> None:
+    """No device endpoint listed: DiscoveryError naming it and Provider's argument for it."""
+    document = {"issuer": "https://idp.example", "token_endpoint": "https://idp.example/t"}
+    with pytest.raises(DiscoveryError) as caught:
+        parse_metadata(document, expected_issuer="https://idp.example")
+    assert "no device_authorization_endpoint" in str(caught.value)
+    assert "device_authorization_endpoint=..." in str(caught.value)
+    given = {"device_authorization_endpoint": "https://idp.example/d"}
+    metadata = parse_metadata(document, expected_issuer="https://idp.example", given=given)
+    assert ("https://idp.example/d", "https://idp.example/t") == (
+        metadata.device_authorization_endpoint,
+        metadata.token_endpoint,
+    )
+
+
 def test_parse_body_rejects_deep_json() -> None:
     """Deeply nested JSON is a ProtocolError, not a RecursionError."""
     deep = b"{" + b'"a":[' * 100_000 + b"]" * 100_000 + b"}"

@@ -400,13 +400,23 @@ def oauth_error(
     )
 
 
+#: The endpoints a Provider may be given by hand, each winning over the discovered one.
+ENDPOINT_NAMES = ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint")
+
+
 def parse_metadata(
-    fields: Mapping[str, Any], *, expected_issuer: str | None, check_issuer: bool = True
+    fields: Mapping[str, Any],
+    *,
+    expected_issuer: str | None,
+    check_issuer: bool = True,
+    given: Mapping[str, str] | None = None,
 ) -> ProviderMetadata:
     """Validate a discovery document (OpenID Connect Discovery 4.3, RFC 8414 3.3).
 
     The document's ``issuer`` must be identical to the one asked for, or it is not used
-    (``check_issuer=False`` is the explicit opt-out). Raises DiscoveryError naming what is wrong.
+    (``check_issuer=False`` is the explicit opt-out). ``given`` holds the endpoints the Provider
+    was given by hand (see :data:`ENDPOINT_NAMES`): they win over the document's, which only
+    fills in the rest. Raises DiscoveryError naming what is wrong or missing.
     """
     issuer = fields.get("issuer")
     if check_issuer:
@@ -418,29 +428,31 @@ def parse_metadata(
             )
     elif issuer is not None and not isinstance(issuer, str):
         raise DiscoveryError("the discovery document's issuer is not a string")
-    endpoints = {}
-    for name in ("device_authorization_endpoint", "token_endpoint"):
+    given = given or {}
+    endpoints: dict[str, str | None] = {}
+    for name in ENDPOINT_NAMES:
         value = fields.get(name)
-        if not isinstance(value, str) or not value:
+        if name in given:
+            endpoints[name] = given[name]
+        elif isinstance(value, str) and value:
+            endpoints[name] = _discovered_url(value, name)
+        elif name == "revocation_endpoint":
+            endpoints[name] = None  # optional (RFC 7009); a malformed one is dropped
+        else:
             raise DiscoveryError(
-                f"the discovery document has no {name}"
-                + (
-                    "; this provider does not offer the device flow"
-                    if name == "device_authorization_endpoint"
-                    else ""
-                )
+                f"the discovery document of {expected_issuer!r} has no {name}. If the server "
+                "has one (some offer the device flow without listing it, as django-oauth-toolkit "
+                f"does), give it to the Provider: Provider(issuer=..., {name}=...) or "
+                f"Provider.discover(issuer, {name}=...); the rest is still discovered."
             )
-        endpoints[name] = _discovered_url(value, name)
-    revocation = fields.get("revocation_endpoint")
+    device, token = endpoints["device_authorization_endpoint"], endpoints["token_endpoint"]
+    assert device is not None
+    assert token is not None
     return ProviderMetadata(
         issuer=issuer if isinstance(issuer, str) else expected_issuer,
-        device_authorization_endpoint=endpoints["device_authorization_endpoint"],
-        token_endpoint=endpoints["token_endpoint"],
-        revocation_endpoint=(
-            _discovered_url(revocation, "revocation_endpoint")
-            if isinstance(revocation, str) and revocation
-            else None
-        ),
+        device_authorization_endpoint=device,
+        token_endpoint=token,
+        revocation_endpoint=endpoints["revocation_endpoint"],
         extra=dict(fields),
     )
 
@@ -686,9 +698,12 @@ class DeviceFlowMachine:
         poll_margin: float = 0.1,
         max_backoff: float = 60.0,
         setup_timeout: float = 60.0,
+        endpoints: Mapping[str, str] | None = None,
     ) -> None:
         if metadata is None and issuer is None:
             raise ValueError("give the provider's metadata or an issuer to discover")
+        # Endpoints given by hand: discovery fills in only the others (Provider.endpoints).
+        self._given = {k: v for k, v in (endpoints or {}).items() if k in ENDPOINT_NAMES}
         self._client_id = client_id
         self._scope = scope
         self._dialect = dialect or Dialect()
@@ -846,7 +861,10 @@ class DeviceFlowMachine:
         if response.status != 200:
             raise DiscoveryError(f"discovery answered HTTP {response.status}")
         self.metadata = parse_metadata(
-            fields, expected_issuer=self._expected_issuer, check_issuer=self._check_issuer
+            fields,
+            expected_issuer=self._expected_issuer,
+            check_issuer=self._check_issuer,
+            given=self._given,
         )
         return _Classified(event=Event.METADATA)
 

@@ -179,9 +179,12 @@ class Provider:
             token_endpoint="https://idp.example.com/token",
         )
 
-    A provider that has an ``issuer`` but no endpoints is discovered the first time a client
-    needs it. ``expected_issuer`` is the issuer the discovery document must name (by default
-    ``issuer`` itself, OpenID Connect Discovery 4.3); ``check_issuer=False`` turns that check off.
+    A provider that has an ``issuer`` but not both endpoints is discovered the first time a
+    client needs it; endpoints given explicitly win over discovered ones, and discovery fills
+    in the rest (a server whose metadata does not list its device endpoint, as
+    django-oauth-toolkit's does not, works with ``device_authorization_endpoint=`` given).
+    ``expected_issuer`` is the issuer the discovery document must name (by default ``issuer``
+    itself, OpenID Connect Discovery 4.3); ``check_issuer=False`` turns that check off.
     ``registration`` describes a client registration the provider needs first (AWS SSO OIDC).
     ``client_auth`` is how a client with a secret authenticates when the client does not say
     (default: HTTP Basic, as RFC 6749 2.3.1 recommends).
@@ -240,6 +243,21 @@ class Provider:
         )
 
     @property
+    def endpoints(self) -> dict[str, str]:
+        """The endpoints this Provider was given (by name): they win over discovered ones.
+
+        >>> Provider(issuer="https://idp.example",
+        ...          device_authorization_endpoint="https://idp.example/device").endpoints
+        {'device_authorization_endpoint': 'https://idp.example/device'}
+        """
+        given = {
+            "device_authorization_endpoint": self.device_authorization_endpoint,
+            "token_endpoint": self.token_endpoint,
+            "revocation_endpoint": self.revocation_endpoint,
+        }
+        return {name: url for name, url in given.items() if url is not None}
+
+    @property
     def identity(self) -> str:
         """What names this server in store keys: the issuer, else the token endpoint."""
         return self.issuer or self.token_endpoint or ""
@@ -269,7 +287,9 @@ class Provider:
         Tries OpenID Connect Discovery (``{issuer}/.well-known/openid-configuration``), then
         RFC 8414 (``/.well-known/oauth-authorization-server`` inserted before the issuer's
         path). The document's ``issuer`` must equal ``issuer`` exactly unless
-        ``check_issuer=False``. Raises DiscoveryError (or TransportError when unreachable).
+        ``check_issuer=False``. Endpoints given in ``options``
+        (``device_authorization_endpoint=``, ...) win over the document's. Raises
+        DiscoveryError (or TransportError when unreachable).
 
         >>> provider = await Provider.discover("https://idp.example.com")  # doctest: +SKIP
         """
@@ -519,7 +539,10 @@ async def fetch_metadata(
                 except ProtocolError as exc:
                     raise DiscoveryError(f"the discovery document is unusable: {exc}") from None
                 return parse_metadata(
-                    fields, expected_issuer=expected, check_issuer=provider.check_issuer
+                    fields,
+                    expected_issuer=expected,
+                    check_issuer=provider.check_issuer,
+                    given=provider.endpoints,
                 )
             raise DiscoveryError(
                 f"no discovery document for issuer {provider.issuer!r} (tried "

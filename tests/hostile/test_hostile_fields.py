@@ -30,6 +30,7 @@ from deviceflow import (
     FlowState,
     InsecureEndpointError,
     ProtocolError,
+    Provider,
     Token,
 )
 from deviceflow._machine import MAX_CODE_LIFETIME, MAX_TOKEN_LIFETIME, parse_token
@@ -474,3 +475,89 @@ async def test_discovered_endpoint_that_is_not_https_is_refused(
         error = final_error(await flow_events(client))
     assert isinstance(error, (DiscoveryError, InsecureEndpointError))
     assert 0 == hostile.count("/device")
+
+
+# --- endpoints given by hand, the rest discovered ---------------------------------------------
+
+
+async def test_missing_device_endpoint_error_says_how_to_give_it(
+    hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """Metadata without a device endpoint: the error names it and how to pass it by hand."""
+    hostile.on(DISCOVERY, answer(hostile.metadata(device_authorization_endpoint=None)))
+    async with make_client() as client:
+        error = final_error(await flow_events(client))
+    assert isinstance(error, DiscoveryError)
+    assert "no device_authorization_endpoint" in str(error)
+    assert "Provider.discover(issuer, device_authorization_endpoint=...)" in str(error)
+    assert "does not offer" not in str(error)
+    with pytest.raises(DiscoveryError, match=r"Provider\(issuer=\.\.\., device_authoriz"):
+        await Provider.discover(hostile.url)
+
+
+async def test_discover_keeps_a_device_endpoint_given_by_hand(
+    hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """Provider.discover(X, device_authorization_endpoint=Y) uses Y and discovers the rest."""
+    hostile.on(DISCOVERY, answer(hostile.metadata(device_authorization_endpoint=None)))
+    hostile.on("/by-hand/device", answer(hostile.code()))
+    hostile.on("/token", answer(TOKEN))
+    given = hostile.url + "/by-hand/device"
+    provider = await Provider.discover(hostile.url, device_authorization_endpoint=given)
+    assert (given, hostile.url + "/token") == (
+        provider.device_authorization_endpoint,
+        provider.token_endpoint,
+    )
+    async with make_client(provider=provider) as client:
+        events = await flow_events(client)
+    assert FlowState.GRANTED is events[-1].state
+    assert (1, 0) == (hostile.count("/by-hand/device"), hostile.count("/device"))
+
+
+async def test_endpoints_given_by_hand_win_over_discovered_ones(
+    hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """A token endpoint given by hand is used even where the metadata names another one."""
+    hostile.on("/by-hand/token", answer(TOKEN))
+    given = hostile.url + "/by-hand/token"
+    provider = await Provider.discover(hostile.url, token_endpoint=given)
+    assert given == provider.token_endpoint
+    async with make_client(provider=provider) as client:
+        await client.save_token("refresh", expired_token())
+        token = await client.get_token("refresh")
+    assert "hostile-access-token" == token.access_token
+    assert (1, 0) == (hostile.count("/by-hand/token"), hostile.count("/token"))
+
+
+async def test_half_specified_provider_refreshes_with_the_discovered_rest(
+    hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """Provider(issuer=X, device_authorization_endpoint=Y): a refresh discovers the rest."""
+    hostile.on(DISCOVERY, answer(hostile.metadata(device_authorization_endpoint=None)))
+    hostile.on("/token", answer(TOKEN))
+    provider = Provider(issuer=hostile.url, device_authorization_endpoint=hostile.url + "/x")
+    async with make_client(provider=provider) as client:
+        await client.save_token("refresh", expired_token())
+        token = await client.get_token("refresh")
+    assert "hostile-access-token" == token.access_token
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DeviceFlowClient._authorize must pass endpoints=self.provider.endpoints to "
+    "DeviceFlowMachine; remove this marker with that change",
+)
+async def test_half_specified_provider_runs_the_device_flow(
+    hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
+) -> None:
+    """Provider(issuer=X, device_authorization_endpoint=Y): the flow uses Y, discovers the rest."""
+    hostile.on(DISCOVERY, answer(hostile.metadata(device_authorization_endpoint=None)))
+    hostile.on("/by-hand/device", answer(hostile.code()))
+    hostile.on("/token", answer(TOKEN))
+    provider = Provider(
+        issuer=hostile.url, device_authorization_endpoint=hostile.url + "/by-hand/device"
+    )
+    async with make_client(provider=provider) as client:
+        events = await flow_events(client)
+    assert FlowState.GRANTED is events[-1].state
+    assert 1 == hostile.count("/by-hand/device")
