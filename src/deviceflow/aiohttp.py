@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._client import DeviceFlowClient
 from ._machine import is_loopback_host
+
+if TYPE_CHECKING:
+    from yarl import URL  # aiohttp's URL type
 
 __all__ = ["BearerAuth"]
 
@@ -40,9 +44,17 @@ class BearerAuth:
     the token is refreshed once (shared with every other request that saw the same rejection)
     and the request is retried once.
 
-    ``hosts`` limits the header to those host names; without it every https request of the
-    session carries the token, so give ``hosts`` when the session talks to more than your API.
-    Plain http requests never carry it (loopback hosts excepted, for tests).
+    Where the token goes:
+
+    - by default, only to one origin (scheme, host and port): that of the first request it is
+      added to. Requests to any other origin, redirects included (a CDN, a presigned URL, an
+      open redirect), go without it. aiohttp drops the header on a redirect to another origin,
+      but runs the middleware again for the next hop, which must not put it back;
+    - with ``hosts``, to https requests for those host names (any port), and to no other:
+      the way to widen it to an API spread over several hosts, or to bind it before the first
+      request;
+    - never over plain http (an https -> http redirect included), loopback addresses excepted
+      for tests.
     """
 
     def __init__(
@@ -55,16 +67,24 @@ class BearerAuth:
         self._client = client
         self._account = account
         self._hosts = frozenset(h.lower() for h in hosts) if hosts is not None else None
+        self._origin: tuple[str, str, int | None] | None = None  # bound on first use
 
     def __repr__(self) -> str:
         return f"BearerAuth(account={self._account!r}, hosts={self._hosts!r})"
 
+    def _carries_token(self, url: URL) -> bool:
+        host = (url.host or "").lower()
+        if url.scheme != "https" and not is_loopback_host(host):
+            return False  # never in cleartext
+        if self._hosts is not None:
+            return host in self._hosts
+        origin = (url.scheme, host, url.port)
+        if self._origin is None:
+            self._origin = origin  # the first request binds the token to its origin
+        return origin == self._origin
+
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        host = (request.url.host or "").lower()
-        if (self._hosts is not None and host not in self._hosts) or (
-            request.url.scheme != "https" and not is_loopback_host(host)
-        ):
-            # Never to other hosts, and never in cleartext (an https -> http redirect included).
+        if not self._carries_token(request.url):
             return await handler(request)
         token = await self._client.get_token(self._account)
         request.headers["Authorization"] = token.authorization

@@ -1,0 +1,144 @@
+"""BearerAuth sends the token only to the origin it is meant for, redirects included."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow.aiohttp import BearerAuth
+from deviceflow.testing import AuthorizationServer, VirtualClock
+
+
+class Recorder:
+    """A loopback web server that records the Authorization header of every request it gets.
+
+    ``/to?url=...`` redirects (302) to ``url``; every other path answers 200.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.path, request.headers.get("Authorization")))
+        if request.path == "/to":
+            raise web.HTTPFound(request.query["url"])
+        return web.Response(text="ok")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Recorder]:
+    recorder = Recorder()
+    await recorder.start()
+    yield recorder
+    await recorder.aclose()
+
+
+@pytest.fixture
+async def elsewhere() -> AsyncIterator[Recorder]:
+    recorder = Recorder()
+    await recorder.start()
+    yield recorder
+    await recorder.aclose()
+
+
+@pytest.fixture
+async def client(virtual_clock: VirtualClock) -> AsyncIterator[DeviceFlowClient]:
+    """A client holding a fresh token for account "api"."""
+    async with (
+        AuthorizationServer(clock=virtual_clock) as server,
+        DeviceFlowClient(
+            Provider(issuer=server.issuer), client_id="svc", clock=virtual_clock
+        ) as flows,
+    ):
+        token = Token(
+            access_token="the-access-token",
+            expires_at=virtual_clock.wall() + timedelta(hours=1),
+        )
+        await flows.save_token("api", token)
+        yield flows
+
+
+BEARER = "Bearer the-access-token"
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> int:
+    """GET ``url`` (following redirects) and return the final status."""
+    async with session.get(url) as response:
+        return response.status
+
+
+async def test_redirect_to_another_origin_gets_no_token(
+    client: DeviceFlowClient, api: Recorder, elsewhere: Recorder
+) -> None:
+    """By default the token goes to the first request's origin; a redirect elsewhere has none."""
+    auth = BearerAuth(client, "api")
+    async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+        assert 200 == await get(session, f"{api.url}/to?url={elsewhere.url}/landing")
+    assert [("/to", BEARER)] == api.seen
+    assert [("/landing", None)] == elsewhere.seen
+
+
+async def test_redirect_within_the_origin_keeps_the_token(
+    client: DeviceFlowClient, api: Recorder
+) -> None:
+    """A redirect to another path of the same origin still carries the token."""
+    auth = BearerAuth(client, "api")
+    async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+        assert 200 == await get(session, f"{api.url}/to?url={api.url}/landing")
+    assert [("/to", BEARER), ("/landing", BEARER)] == api.seen
+
+
+async def test_later_requests_to_another_origin_get_no_token(
+    client: DeviceFlowClient, api: Recorder, elsewhere: Recorder
+) -> None:
+    """Once bound to an origin, the middleware sends no token to others, and keeps it there."""
+    auth = BearerAuth(client, "api")
+    async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+        await get(session, f"{api.url}/first")
+        await get(session, f"{elsewhere.url}/other")
+        await get(session, f"{api.url}/again")
+    assert [("/first", BEARER), ("/again", BEARER)] == api.seen
+    assert [("/other", None)] == elsewhere.seen
+
+
+async def test_hosts_widens_where_the_token_goes(
+    client: DeviceFlowClient, api: Recorder, elsewhere: Recorder
+) -> None:
+    """With hosts, every listed host name gets the token, on any port, redirects included."""
+    auth = BearerAuth(client, "api", hosts={"127.0.0.1"})
+    async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+        assert 200 == await get(session, f"{api.url}/to?url={elsewhere.url}/landing")
+    assert [("/to", BEARER)] == api.seen
+    assert [("/landing", BEARER)] == elsewhere.seen
+
+
+async def test_hosts_keeps_the_token_from_unlisted_redirect_targets(
+    client: DeviceFlowClient, api: Recorder, elsewhere: Recorder
+) -> None:
+    """With hosts, a redirect to a host name not listed gets no token."""
+    auth = BearerAuth(client, "api", hosts={"127.0.0.1"})
+    target = elsewhere.url.replace("127.0.0.1", "localhost")
+    async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+        assert 200 == await get(session, f"{api.url}/to?url={target}/landing")
+    assert [("/landing", None)] == elsewhere.seen
