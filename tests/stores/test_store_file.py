@@ -75,21 +75,89 @@ async def test_modes_are_private(tmp_path: Path) -> None:
     finally:
         os.umask(old_umask)
     root = tmp_path / "a" / "s"
-    dirs = [root, *(p for p in root.rglob("*") if p.is_dir())]
+    dirs = [tmp_path / "a", root, *(p for p in root.rglob("*") if p.is_dir())]
     assert {0o700} == {stat.S_IMODE(d.stat().st_mode) for d in dirs}
     found = files(root)
     assert {".tok", ".wlock", ".lock", ".json"} == {Path(name).suffix for name in found}
     assert {0o600} == {stat.S_IMODE(p.stat().st_mode) for p in found.values()}
 
 
+def mode(path: Path) -> int:
+    """The permission bits of ``path`` (following a symbolic link)."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 @posix_only
-async def test_existing_open_folder_is_made_private(tmp_path: Path) -> None:
-    """A store folder that exists with group/other access is tightened to 0700."""
+async def test_missing_parent_folders_are_created_private(tmp_path: Path) -> None:
+    """Every folder the store creates, parents included, is 0700 even under umask 000."""
+    before = mode(tmp_path)
+    old_umask = os.umask(0)
+    try:
+        store = EncryptedFileStore(tmp_path / "x" / "y" / "z" / "s", key=generate_key())
+        await store.put("k", b"v", expected_version=None)
+    finally:
+        os.umask(old_umask)
+    created = [tmp_path / "x", tmp_path / "x" / "y", tmp_path / "x" / "y" / "z", store.path]
+    assert [0o700] * 4 == [mode(folder) for folder in created]
+    assert before == mode(tmp_path)
+
+
+@posix_only
+@pytest.mark.parametrize("open_mode", [0o755, 0o750, 0o707, 0o1777])
+async def test_existing_open_folder_is_refused_and_left_as_it_is(
+    tmp_path: Path, open_mode: int
+) -> None:
+    """A store folder that exists with group/other access is refused, its mode unchanged."""
     root = tmp_path / "s"
     root.mkdir()
-    root.chmod(0o755)
-    await EncryptedFileStore(root, key=generate_key()).put("k", b"v", expected_version=None)
-    assert 0o700 == stat.S_IMODE(root.stat().st_mode)
+    root.chmod(open_mode)
+    with pytest.raises(StoreError, match="chmod 700"):
+        await EncryptedFileStore(root, key=generate_key()).put("k", b"v", expected_version=None)
+    assert open_mode == mode(root)
+    assert [] == list(root.iterdir())
+
+
+@posix_only
+async def test_existing_private_folder_is_used(tmp_path: Path) -> None:
+    """An existing 0700 folder is used as it is."""
+    root = tmp_path / "s"
+    root.mkdir(mode=0o700)
+    store = EncryptedFileStore(root, key=generate_key())
+    await store.put("k", b"v", expected_version=None)
+    assert Versioned(b"v", 1) == await store.get("k")
+
+
+@posix_only
+async def test_symlinked_root_is_refused_unless_followed(tmp_path: Path) -> None:
+    """A store path that is a symbolic link is refused; follow_symlinks=True uses its target."""
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(StoreError, match="symbolic link"):
+        await EncryptedFileStore(link, key=generate_key()).get("k")
+    assert [] == list(target.iterdir())
+    store = EncryptedFileStore(link, key=generate_key(), follow_symlinks=True)
+    await store.put("k", b"v", expected_version=None)
+    assert 1 == len(list(target.rglob("*.tok")))
+
+
+@posix_only
+@pytest.mark.parametrize("follow_symlinks", [False, True])
+async def test_shared_target_of_a_symlink_is_never_tightened(
+    tmp_path: Path, follow_symlinks: bool
+) -> None:
+    """A link to a shared 1777 folder is refused, and the shared folder keeps its mode."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    link = tmp_path / "link"
+    link.symlink_to(shared)
+    store = EncryptedFileStore(link, key=generate_key(), follow_symlinks=follow_symlinks)
+    with pytest.raises(StoreError):
+        await store.put("k", b"v", expected_version=None)
+    assert 0o1777 == mode(shared)
+    assert [] == list(shared.iterdir())
 
 
 def damage_flip(path: Path) -> None:

@@ -1,6 +1,7 @@
 """EncryptedFileStore: one encrypted file per key, safe across the processes of one machine.
 
-Layout (every folder 0700, every file 0600; modes are applied where the OS has them)::
+Layout (every folder 0700, every file 0600; modes are applied where the OS has them, and only
+to what the store creates)::
 
     <path>/kdf.json, kdf.lock       salt and scrypt costs, only when a key is a Passphrase
     <path>/ab/<record id>.tok       the record (an envelope, see deviceflow._crypto)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,7 +39,7 @@ import anyio
 import anyio.to_thread
 import filelock
 
-from deviceflow._checks import path_arg, positive_finite, printable_text
+from deviceflow._checks import flag, path_arg, positive_finite, printable_text
 from deviceflow._crypto import KdfParams, KeyMaterial, Record, Sealer, key_arg
 from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
 
@@ -59,16 +61,49 @@ _POSIX = os.name == "posix"
 
 
 def _private_dir(path: Path) -> bool:
-    """Create ``path`` (mode 0700) if needed; True if it was created."""
+    """Create ``path`` with mode 0700 if it is missing; True if this call created it.
+
+    Only a folder created here gets its mode set (mkdir's mode passes through the umask, which
+    may take away owner bits): a folder that already exists is never changed.
+    """
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
-        created = False
-    else:
-        created = True
-    if _POSIX and path.stat().st_mode & 0o077:
+        return False
+    if _POSIX and stat.S_IMODE(os.lstat(path).st_mode) != 0o700:
         os.chmod(path, 0o700)
-    return created
+    return True
+
+
+def _private_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents, each 0700; the folders created, outermost first.
+
+    ``Path.mkdir(parents=True)`` would create the parents with the umask's mode (0777 under
+    umask 000). A symbolic link counts as existing, even a dangling one.
+    """
+    missing: list[Path] = []
+    folder = path
+    while not os.path.lexists(folder) and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return [folder for folder in reversed(missing) if _private_dir(folder)]
+
+
+def _refuse_open_root(root: Path) -> None:
+    """StoreError unless ``root`` is a folder that group and others cannot use (POSIX).
+
+    The store never changes the mode of a folder it did not create: a folder shared on purpose
+    (``/tmp``, a team folder) must not be turned private behind its owner's back.
+    """
+    info = os.stat(root)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"file store {str(root)!r}: not a folder")
+    mode = stat.S_IMODE(info.st_mode)
+    if _POSIX and mode & 0o077:
+        raise StoreError(
+            f"file store {str(root)!r}: the folder is accessible by group or others "
+            f"(mode {mode:04o}); use a private folder, or run: chmod 700 {root}"
+        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -175,6 +210,11 @@ class EncryptedFileStore:
     never decrypt under another. ``lock_timeout`` bounds the wait for another process's
     compare-and-set (held for milliseconds; a dead holder frees it at once).
 
+    Every folder the store creates (``path`` and its missing parents included) is 0700. A
+    ``path`` that already exists must be a folder that group and others cannot use (POSIX): the
+    store refuses it otherwise, and never changes the mode of a folder it did not create. A
+    ``path`` that is a symbolic link is refused unless ``follow_symlinks=True``.
+
     Locks and compare-and-set hold across the processes of one machine. Use a local disk: network
     file systems do not all honour the locks, renames and fsyncs the store relies on.
 
@@ -192,8 +232,10 @@ class EncryptedFileStore:
         key: KeyMaterial,
         namespace: str = "deviceflow",
         lock_timeout: float = 30.0,
+        follow_symlinks: bool = False,
     ) -> None:
         self._root = Path(path_arg("path", path)).expanduser().absolute()
+        self._follow_symlinks = flag("follow_symlinks", follow_symlinks)
         self._keys = key_arg(key)
         self._namespace = printable_text("namespace", namespace)
         self._lock_timeout = positive_finite("lock_timeout", lock_timeout)
@@ -221,8 +263,13 @@ class EncryptedFileStore:
         return self._sealer
 
     def _setup(self) -> Sealer:
-        self._root.parent.mkdir(parents=True, exist_ok=True)
-        _private_dir(self._root)
+        if self._root.is_symlink() and not self._follow_symlinks:
+            raise StoreError(
+                f"file store {str(self._root)!r}: the folder is a symbolic link; give its "
+                "target as the path, or pass follow_symlinks=True to use it as it is"
+            )
+        if self._root not in _private_dirs(self._root):
+            _refuse_open_root(self._root)
         params = self._kdf_params() if self._keys.needs_kdf else None
         return Sealer(self._keys.resolve(params), self._namespace)
 
