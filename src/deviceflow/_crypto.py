@@ -41,10 +41,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .exceptions import DecryptionError, StoreError
+from .exceptions import DecryptionError, KeyDerivationError, StoreError
 
 __all__ = [
     "DEFAULT_KEY_ENV",
+    "KDF_MAX_MEMORY",
+    "KDF_MAX_N",
+    "KDF_MIN_N",
+    "KDF_P_RANGE",
+    "KDF_R_RANGE",
+    "KDF_SALT_RANGE",
     "KdfParams",
     "KeyMaterial",
     "KeySet",
@@ -66,6 +72,19 @@ _NONCE_LEN = 12
 _TAG_LEN = 16
 _KEY_LEN = 32
 _MIN_ENVELOPE = _HEADER.size + _NONCE_LEN + _TAG_LEN + _META.size
+
+#: The bounds on scrypt parameters: a Passphrase's work_factor, and the parameters a store reads
+#: back from beside its data (where anyone who can write there could change them). Below the
+#: floor a guess at the passphrase is cheap; above the ceiling one derivation takes gigabytes of
+#: memory or many seconds. n is a power of two in [KDF_MIN_N, KDF_MAX_N], r in [8, 16], p in
+#: [1, 4], the memory scrypt needs (128 * n * r bytes) at most 1 GiB, and the salt 16-64 bytes.
+KDF_MIN_N = 2**10
+KDF_MAX_N = 2**20
+KDF_R_RANGE = (8, 16)
+KDF_P_RANGE = (1, 4)
+KDF_MAX_MEMORY = 2**30
+KDF_SALT_RANGE = (16, 64)
+_KDF_CHECK = b"deviceflow kdf check\0"
 
 
 def generate_key() -> str:
@@ -106,7 +125,15 @@ class Passphrase:
     The salt and the scrypt parameters are kept beside the data (a ``kdf.json`` file in the
     folder of an :class:`~deviceflow.stores.EncryptedFileStore`, a key in Redis for a
     :class:`~deviceflow.stores.RedisStore`): lose them and the data cannot be decrypted.
-    ``work_factor`` (scrypt's ``n``) applies when the salt is first created.
+    ``work_factor`` (scrypt's ``n``, a power of two from 2**10 to 2**20) applies when the salt is
+    first created.
+
+    The stored parameters carry a key check: an HMAC, under the key derived from them, of the
+    parameters themselves. A store refuses parameters outside the bounds (``KDF_MIN_N`` to
+    ``KDF_MAX_N`` for n, r 8-16, p 1-4, at most 1 GiB of memory, a 16-64 byte salt) with
+    :class:`~deviceflow.exceptions.KeyDerivationError` before deriving anything, and parameters
+    whose key check does not match the passphrase (changed, or a wrong passphrase) with
+    :class:`~deviceflow.exceptions.DecryptionError`.
     """
 
     secret: str = attrs.field(repr=False)
@@ -123,50 +150,112 @@ class Passphrase:
     def _check_work_factor(self, _: attrs.Attribute[int], value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"work_factor must be an int, not {type(value).__name__}")
-        if value < 2**10 or value & (value - 1):
-            raise ValueError("work_factor must be a power of two, at least 2**10")
+        if not KDF_MIN_N <= value <= KDF_MAX_N or value & (value - 1):
+            raise ValueError("work_factor must be a power of two from 2**10 to 2**20")
 
     def derive(self, params: KdfParams) -> bytes:
-        """The 32-byte key for ``params`` (salt and scrypt costs)."""
+        """The 32-byte key for ``params`` (salt and scrypt costs), which must be in bounds."""
+        params.check_bounds()
         kdf = Scrypt(salt=params.salt, length=_KEY_LEN, n=params.n, r=params.r, p=params.p)
-        return kdf.derive(self.secret.encode("utf-8"))
+        try:
+            return kdf.derive(self.secret.encode("utf-8"))
+        except MemoryError:  # OpenSSL could not get the memory scrypt asks for
+            raise KeyDerivationError(
+                f"scrypt with n={params.n}, r={params.r} needs more memory than is available"
+            ) from None
 
 
 @attrs.frozen(kw_only=True)
 class KdfParams:
-    """The salt and scrypt costs a :class:`Passphrase` is stretched with; not secret."""
+    """The salt and scrypt costs a :class:`Passphrase` is stretched with; not secret.
+
+    ``check`` is the key check (see :class:`Passphrase`): None only for parameters that are
+    never stored.
+    """
 
     salt: bytes
     n: int
     r: int = 8
     p: int = 1
+    check: bytes | None = None
 
     @classmethod
     def new(cls, n: int) -> KdfParams:
-        """Fresh parameters with a random 16-byte salt."""
+        """Fresh parameters with a random 16-byte salt (and no key check yet)."""
         return cls(salt=secrets.token_bytes(16), n=n)
 
-    def to_json(self) -> bytes:
-        """The parameters as JSON, as stored beside the data."""
+    def check_bounds(self) -> None:
+        """KeyDerivationError, saying which, when a parameter is outside the library's bounds."""
+        problems = []
+        if not KDF_MIN_N <= self.n <= KDF_MAX_N or self.n & (self.n - 1):
+            problems.append(f"n={self.n} is not a power of two from 2**10 to 2**20")
+        if not KDF_R_RANGE[0] <= self.r <= KDF_R_RANGE[1]:
+            problems.append(f"r={self.r} is not from {KDF_R_RANGE[0]} to {KDF_R_RANGE[1]}")
+        if not KDF_P_RANGE[0] <= self.p <= KDF_P_RANGE[1]:
+            problems.append(f"p={self.p} is not from {KDF_P_RANGE[0]} to {KDF_P_RANGE[1]}")
+        if 128 * self.n * self.r > KDF_MAX_MEMORY:
+            problems.append(f"n={self.n} with r={self.r} needs more than 1 GiB")
+        if not KDF_SALT_RANGE[0] <= len(self.salt) <= KDF_SALT_RANGE[1]:
+            problems.append(f"a salt of {len(self.salt)} bytes is not 16 to 64")
+        if problems:
+            raise KeyDerivationError(
+                "the stored scrypt parameters are outside deviceflow's bounds ("
+                + "; ".join(problems)
+                + "): weakened or damaged. Nothing was derived or written; restore them from a "
+                "backup, or remove them together with the records they protect."
+            )
+
+    def _signed(self) -> bytes:
         doc = {"kdf": "scrypt", "salt": base64.b64encode(self.salt).decode(), "n": self.n}
         doc.update(r=self.r, p=self.p)
         return json.dumps(doc, sort_keys=True).encode()
 
+    def key_check(self, raw: bytes) -> bytes:
+        """The key check of these parameters for ``raw``, the key derived from them."""
+        return hmac.new(raw, _KDF_CHECK + self._signed(), hashlib.sha256).digest()
+
+    def to_json(self) -> bytes:
+        """The parameters (and key check) as JSON, as stored beside the data."""
+        if self.check is None:
+            return self._signed()
+        doc = json.loads(self._signed())
+        doc["check"] = base64.b64encode(self.check).decode()
+        return json.dumps(doc, sort_keys=True).encode()
+
     @classmethod
     def from_json(cls, data: bytes) -> KdfParams:
-        """The inverse of :meth:`to_json`; StoreError when the document is damaged."""
+        """The inverse of :meth:`to_json`; KeyDerivationError when the document is damaged,
+        has no key check, or is outside the bounds (see :meth:`check_bounds`)."""
         try:
             doc = json.loads(data)
             if doc["kdf"] != "scrypt":
                 raise ValueError(doc["kdf"])
-            return cls(
+            check = doc.get("check")
+            params = cls(
                 salt=base64.b64decode(doc["salt"], validate=True),
-                n=int(doc["n"]),
-                r=int(doc["r"]),
-                p=int(doc["p"]),
+                n=_strict_int(doc["n"]),
+                r=_strict_int(doc["r"]),
+                p=_strict_int(doc["p"]),
+                check=None if check is None else base64.b64decode(check, validate=True),
             )
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise StoreError("the stored scrypt parameters (kdf.json) are damaged") from None
+        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+            raise KeyDerivationError(
+                "the stored scrypt parameters (kdf.json, or the kdf key in Redis) are damaged"
+            ) from None
+        if params.check is None:
+            raise KeyDerivationError(
+                "the stored scrypt parameters carry no key check, so a change to them could not "
+                "be detected: they were written by an earlier deviceflow, or the check was "
+                "removed. Nothing was derived or written."
+            )
+        params.check_bounds()
+        return params
+
+
+def _strict_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("not an integer")
+    return value
 
 
 @attrs.frozen
@@ -266,16 +355,50 @@ class KeySet:
         return next(k.work_factor for k in self._keys if isinstance(k, Passphrase))
 
     def resolve(self, params: KdfParams | None = None) -> tuple[_Key, ...]:
-        """The usable keys, deriving passphrases with ``params``."""
+        """The usable keys, deriving passphrases with ``params``.
+
+        When ``params`` has a key check, one of the passphrases must match it: otherwise the
+        parameters were changed (or every passphrase is wrong) and DecryptionError is raised.
+        """
         keys: list[_Key] = []
+        derived: list[bytes] = []
         for key in self._keys:
             if isinstance(key, Passphrase):
                 if params is None:
                     raise ValueError("a passphrase needs the store's scrypt parameters")
-                keys.append(_resolved(key.derive(params)))
+                derived.append(key.derive(params))
+                keys.append(_resolved(derived[-1]))
             else:
                 keys.append(_resolved(key))
+        if params is not None and params.check is not None and derived:
+            expected = params.check
+            if not any(hmac.compare_digest(expected, params.key_check(raw)) for raw in derived):
+                raise DecryptionError(
+                    "the store's scrypt parameters do not match their key check for any of "
+                    "the passphrases: a wrong passphrase, or the parameters were changed. "
+                    "Nothing was written."
+                )
         return tuple(keys)
+
+    def new_kdf_params(self) -> KdfParams:
+        """Fresh scrypt parameters with the key check of the first passphrase."""
+        params = KdfParams.new(self.work_factor)
+        return attrs.evolve(params, check=params.key_check(self._first_passphrase(params)))
+
+    def _first_passphrase(self, params: KdfParams) -> bytes:
+        first = next(k for k in self._keys if isinstance(k, Passphrase))
+        return first.derive(params)
+
+    def rechecked(self, params: KdfParams) -> KdfParams | None:
+        """``params`` with the key check of the first passphrase, or None if they have it.
+
+        After a rotation to a new passphrase, the check must be the new one's, so that the old
+        passphrase can be dropped (stores call this from ``rotate()``).
+        """
+        check = params.key_check(self._first_passphrase(params))
+        if params.check is not None and hmac.compare_digest(params.check, check):
+            return None
+        return attrs.evolve(params, check=check)
 
 
 def key_arg(key: object) -> KeySet:

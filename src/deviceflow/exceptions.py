@@ -22,6 +22,7 @@ __all__ = [
     "InsecureEndpointError",
     "InvalidClientError",
     "InvalidGrantError",
+    "KeyDerivationError",
     "LockTimeoutError",
     "OAuthError",
     "ProtocolError",
@@ -175,6 +176,15 @@ class StoreError(DeviceFlowError):
 
 class DecryptionError(StoreError):
     """A stored value could not be decrypted: wrong key or tampered data. Nothing was deleted."""
+
+
+class KeyDerivationError(StoreError):
+    """A store's key-derivation (scrypt) parameters were refused before anything was derived.
+
+    They are damaged, carry no key check, or lie outside deviceflow's bounds (see
+    :class:`deviceflow.stores.Passphrase`): planted to make guessing the passphrase cheap, or
+    to make every start-up exhaust memory. Nothing was written with them.
+    """
 
 
 class ConflictError(StoreError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import sys
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deviceflow._crypto import KdfParams, Record, Sealer
-from deviceflow.exceptions import DecryptionError, StoreError
+from deviceflow.exceptions import DecryptionError, KeyDerivationError, StoreError
 from deviceflow.stores import KeySet, Passphrase, generate_key
 
 RAW = bytes(range(32))
@@ -115,9 +116,11 @@ def test_passphrase_keys_depend_on_salt() -> None:
         sealer(Passphrase("wrong horse")).open("r", envelope, name="k")
 
 
-@pytest.mark.parametrize(("secret", "cost"), [("", 2**15), ("pw", 2**9), ("pw", 3 * 2**10)])
+@pytest.mark.parametrize(
+    ("secret", "cost"), [("", 2**15), ("pw", 2**9), ("pw", 3 * 2**10), ("pw", 2**21)]
+)
 def test_bad_passphrase_settings_are_refused(secret: str, cost: int) -> None:
-    """An empty passphrase, or a scrypt cost that is small or not a power of two, is refused."""
+    """An empty passphrase, or a scrypt cost out of bounds or not a power of two, is refused."""
     with pytest.raises(ValueError, match=r"secret|work_factor"):
         Passphrase(secret, work_factor=cost)
 
@@ -131,12 +134,91 @@ def test_passphrase_needs_kdf_params() -> None:
 
 
 def test_kdf_params_round_trip_and_damage() -> None:
-    """KDF parameters survive JSON, and damaged JSON is a StoreError."""
-    params = KdfParams.new(FAST)
+    """KDF parameters survive JSON, and damaged JSON is a KeyDerivationError."""
+    params = KeySet(Passphrase("pw", work_factor=FAST)).new_kdf_params()
     assert params == KdfParams.from_json(params.to_json())
-    for damaged in (b"{", b"{}", b'{"kdf": "argon2"}', b'{"kdf":"scrypt","salt":"!","n":1}'):
-        with pytest.raises(StoreError, match="damaged"):
+    for damaged in (
+        b"{",
+        b"{}",
+        b'{"kdf": "argon2"}',
+        b'{"kdf":"scrypt","salt":"!","n":1}',
+        b'{"kdf":"scrypt","salt":"c2FsdHNhbHRzYWx0c2FsdA==","n":"1024","r":8,"p":1,"check":""}',
+        b'{"kdf":"scrypt","salt":"c2FsdHNhbHRzYWx0c2FsdA==","n":1024.0,"r":8,"p":1,"check":""}',
+        b'{"kdf":"scrypt","salt":"c2FsdHNhbHRzYWx0c2FsdA==","n":1024,"r":8,"p":1,"check":"!"}',
+    ):
+        with pytest.raises(KeyDerivationError, match="damaged"):
             KdfParams.from_json(damaged)
+
+
+def stored(params: KdfParams, **changes: object) -> bytes:
+    """``params`` as stored, with ``changes`` written over the JSON (a planted document)."""
+    doc = json.loads(params.to_json())
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+GOOD = KeySet(Passphrase("pw", work_factor=FAST)).new_kdf_params()
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"n": 2}, "n=2 is not"),
+        ({"n": 2**9}, "n=512 is not"),
+        ({"n": 3 * 2**10}, "n=3072 is not"),
+        ({"n": 2**40}, "n=1099511627776 is not"),
+        ({"n": 2**21}, "n=2097152 is not"),
+        ({"n": 2**20, "r": 16}, "needs more than 1 GiB"),
+        ({"r": 1}, "r=1 is not"),
+        ({"r": 10**9}, "r=1000000000 is not"),
+        ({"p": 0}, "p=0 is not"),
+        ({"p": 1000}, "p=1000 is not"),
+        ({"salt": base64.b64encode(b"s" * 4).decode()}, "salt of 4 bytes"),
+        ({"salt": ""}, "salt of 0 bytes"),
+    ],
+)
+def test_kdf_params_outside_the_bounds_are_refused(changes: dict[str, object], reason: str) -> None:
+    """Stored scrypt parameters below the floor or above the ceiling are refused, saying why."""
+    with pytest.raises(KeyDerivationError, match=reason):
+        KdfParams.from_json(stored(GOOD, **changes))
+
+
+def test_huge_kdf_params_are_refused_before_any_derivation() -> None:
+    """n=2**40 is a KeyDerivationError at once, not a MemoryError from scrypt."""
+    huge = KdfParams(salt=b"s" * 16, n=2**40, check=b"c" * 32)
+    with pytest.raises(KeyDerivationError, match="outside deviceflow's bounds"):
+        KeySet(Passphrase("pw")).resolve(huge)
+
+
+def test_kdf_params_without_a_key_check_are_refused() -> None:
+    """A document whose key check was removed cannot be trusted: KeyDerivationError."""
+    doc = json.loads(GOOD.to_json())
+    del doc["check"]
+    with pytest.raises(KeyDerivationError, match="no key check"):
+        KdfParams.from_json(json.dumps(doc).encode())
+
+
+def test_changed_kdf_params_fail_their_key_check() -> None:
+    """Parameters changed within the bounds (a new salt, a smaller n) fail the key check."""
+    keys = KeySet(Passphrase("pw", work_factor=2**11))
+    params = keys.new_kdf_params()
+    assert len(keys.resolve(params)) == 1
+    for changes in ({"n": FAST}, {"salt": base64.b64encode(b"t" * 16).decode()}, {"r": 9}):
+        with pytest.raises(DecryptionError, match="key check"):
+            keys.resolve(KdfParams.from_json(stored(params, **changes)))
+    with pytest.raises(DecryptionError, match="key check"):
+        KeySet(Passphrase("wrong", work_factor=2**11)).resolve(params)
+
+
+def test_any_passphrase_of_the_set_may_match_the_key_check() -> None:
+    """A set mid-rotation (new passphrase first) accepts the check made by the old one."""
+    params = KeySet(Passphrase("old", work_factor=FAST)).new_kdf_params()
+    rotating = KeySet(Passphrase("new", work_factor=FAST), Passphrase("old", work_factor=FAST))
+    assert 2 == len(rotating.resolve(params))
+    rechecked = rotating.rechecked(params)
+    assert rechecked is not None
+    assert 1 == len(KeySet(Passphrase("new", work_factor=FAST)).resolve(rechecked))
+    assert None is rotating.rechecked(rechecked)
 
 
 def test_keys_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import stat
 import sys
@@ -10,7 +12,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from deviceflow.exceptions import ConflictError, DecryptionError, StoreError
+from deviceflow.exceptions import (
+    ConflictError,
+    DecryptionError,
+    KeyDerivationError,
+    StoreError,
+)
 from deviceflow.stores import EncryptedFileStore, KeySet, Passphrase, Versioned, generate_key
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
@@ -291,6 +298,69 @@ async def test_passphrase_salt_lives_beside_the_data(tmp_path: Path) -> None:
     wrong = EncryptedFileStore(tmp_path / "s", key=Passphrase("wrong", work_factor=2**10))
     with pytest.raises(DecryptionError):
         await wrong.get("k")
+
+
+def plant(path: Path, **changes: object) -> bytes:
+    """Rewrite the kdf.json at ``path`` with ``changes`` (as someone with write access could)."""
+    doc = json.loads(path.read_bytes())
+    doc.update(changes)
+    planted = json.dumps(doc).encode()
+    path.write_bytes(planted)
+    return planted
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [({"n": 2}, "n=2 is not"), ({"n": 2**40}, "n=1099511627776"), ({"r": 1}, "r=1 is not")],
+)
+async def test_planted_kdf_params_out_of_bounds_are_refused(
+    tmp_path: Path, changes: dict[str, object], reason: str
+) -> None:
+    """kdf.json with n=2 (cheap guessing) or n=2**40 (memory) is refused; nothing is written."""
+    key = Passphrase("correct horse battery staple", work_factor=2**10)
+    await EncryptedFileStore(tmp_path / "s", key=key).put("k", b"v", expected_version=None)
+    planted = plant(tmp_path / "s" / "kdf.json", **changes)
+    before = {name: snapshot(path) for name, path in files(tmp_path / "s").items()}
+    store = EncryptedFileStore(tmp_path / "s", key=key)
+    with pytest.raises(KeyDerivationError, match=reason):
+        await store.put("new", b"under a weak key", expected_version=None)
+    with pytest.raises(KeyDerivationError):
+        await store.get("k")
+    assert before == {name: snapshot(path) for name, path in files(tmp_path / "s").items()}
+    assert planted == (tmp_path / "s" / "kdf.json").read_bytes()
+
+
+async def test_swapped_kdf_params_are_detected(tmp_path: Path) -> None:
+    """kdf.json replaced within the bounds (new salt, lower n) fails its key check: no writes."""
+    key = Passphrase("correct horse battery staple", work_factor=2**11)
+    await EncryptedFileStore(tmp_path / "s", key=key).put("k", b"v", expected_version=None)
+    plant(tmp_path / "s" / "kdf.json", n=2**10, salt=base64.b64encode(b"x" * 16).decode())
+    records = set((tmp_path / "s").rglob("*.tok"))
+    with pytest.raises(DecryptionError, match="key check"):
+        await EncryptedFileStore(tmp_path / "s", key=key).put("new", b"v", expected_version=None)
+    assert records == set((tmp_path / "s").rglob("*.tok"))
+
+
+async def test_kdf_params_planted_before_first_use_are_detected(tmp_path: Path) -> None:
+    """Parameters planted in an empty store (checked with another passphrase) are refused."""
+    planter = EncryptedFileStore(tmp_path / "s", key=Passphrase("attacker", work_factor=2**10))
+    await planter.get("k")  # writes kdf.json only
+    assert ["kdf.json", "kdf.lock"] == sorted(files(tmp_path / "s"))
+    victim = EncryptedFileStore(tmp_path / "s", key=Passphrase("victim", work_factor=2**15))
+    with pytest.raises(DecryptionError, match="key check"):
+        await victim.put("k", b"token", expected_version=None)
+    assert [] == list((tmp_path / "s").rglob("*.tok"))
+
+
+async def test_rotating_to_a_new_passphrase_moves_the_key_check(tmp_path: Path) -> None:
+    """After rotate() with the new passphrase first, the old passphrase can be dropped."""
+    old = Passphrase("old passphrase", work_factor=2**10)
+    new = Passphrase("new passphrase", work_factor=2**10)
+    await EncryptedFileStore(tmp_path / "s", key=old).put("k", b"v", expected_version=None)
+    assert 1 == await EncryptedFileStore(tmp_path / "s", key=KeySet(new, old)).rotate()
+    assert Versioned(b"v", 1) == await EncryptedFileStore(tmp_path / "s", key=new).get("k")
+    with pytest.raises(DecryptionError):
+        await EncryptedFileStore(tmp_path / "s", key=old).get("k")
 
 
 async def test_rotate_reencrypts_with_newest_key(tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 
 from _redis import RedisClusterProcess, RedisProcess, free_port, open_redis_store
-from deviceflow.exceptions import DecryptionError, StoreError
+from deviceflow.exceptions import DecryptionError, KeyDerivationError, StoreError
 from deviceflow.stores import KeySet, Passphrase, RedisStore, Versioned, generate_key
 
 pytestmark = pytest.mark.redis
@@ -170,6 +173,61 @@ async def test_passphrase_params_kept_in_redis(redis_server: RedisProcess, raw: 
     async with open_redis_store(redis_server, prefix="pp:", key=wrong) as other:
         with pytest.raises(DecryptionError):
             await other.get("k")
+
+
+async def plant(raw: Redis, name: str, **changes: object) -> bytes:
+    """Rewrite the scrypt parameters under ``name`` with ``changes``, as a Redis operator could."""
+    stored = await raw.get(name)
+    assert stored is not None
+    doc = json.loads(stored)
+    doc.update(changes)
+    planted = json.dumps(doc).encode()
+    await raw.set(name, planted)
+    return planted
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "reason"),
+    [
+        ({"n": 2}, KeyDerivationError, "n=2 is not"),
+        ({"n": 2**40}, KeyDerivationError, "n=1099511627776"),
+        ({"n": 2**11, "salt": base64.b64encode(b"x" * 16).decode()}, DecryptionError, "key check"),
+    ],
+)
+async def test_planted_kdf_params_in_redis_are_refused(
+    redis_server: RedisProcess,
+    raw: Redis,
+    changes: dict[str, object],
+    error: type[Exception],
+    reason: str,
+) -> None:
+    """A kdf key weakened, inflated or swapped in Redis is refused; nothing is written."""
+    phrase = Passphrase("correct horse battery staple", work_factor=2**10)
+    prefix = f"plant{uuid.uuid4().hex[:8]}:"
+    async with open_redis_store(redis_server, prefix=prefix, key=phrase) as store:
+        await store.put("k", b"v", expected_version=None)
+    planted = await plant(raw, prefix + "kdf", **changes)
+    before = await keys_with(raw, prefix)
+    async with open_redis_store(redis_server, prefix=prefix, key=phrase) as again:
+        with pytest.raises(error, match=reason):
+            await again.put("new", b"under a weak key", expected_version=None)
+    assert before == await keys_with(raw, prefix)
+    assert planted == await raw.get(prefix + "kdf")
+
+
+async def test_rotating_passphrases_in_redis_moves_the_key_check(
+    redis_server: RedisProcess,
+) -> None:
+    """After rotate() with a new passphrase first, the store opens with the new one alone."""
+    old = Passphrase("old passphrase", work_factor=2**10)
+    new = Passphrase("new passphrase", work_factor=2**10)
+    prefix = f"rp{uuid.uuid4().hex[:8]}:"
+    async with open_redis_store(redis_server, prefix=prefix, key=old) as store:
+        await store.put("k", b"v", expected_version=None)
+    async with open_redis_store(redis_server, prefix=prefix, key=KeySet(new, old)) as rotating:
+        assert 1 == await rotating.rotate()
+    async with open_redis_store(redis_server, prefix=prefix, key=new) as after:
+        assert Versioned(b"v", 1) == await after.get("k")
 
 
 async def test_store_from_url_owns_its_client(redis_server: RedisProcess) -> None:

@@ -3,7 +3,7 @@
 Layout (every folder 0700, every file 0600; modes are applied where the OS has them, and only
 to what the store creates)::
 
-    <path>/kdf.json, kdf.lock       salt and scrypt costs, only when a key is a Passphrase
+    <path>/kdf.json, kdf.lock       salt, scrypt costs, key check; only when a key is a Passphrase
     <path>/ab/<record id>.tok       the record (an envelope, see deviceflow._crypto)
     <path>/ab/<record id>.tmp       the next version while it is written (then renamed)
     <path>/ab/<record id>.wlock     held for the few milliseconds of a compare-and-set
@@ -278,9 +278,20 @@ class EncryptedFileStore:
         with _new_filelock(self._root / "kdf.lock"):
             stored = _read_file(path)
             if stored is None:
-                stored = KdfParams.new(self._keys.work_factor).to_json()
+                stored = self._keys.new_kdf_params().to_json()
                 _write_file(path, self._root / "kdf.json.tmp", stored)
         return KdfParams.from_json(stored)
+
+    def _recheck_kdf(self) -> None:
+        """After a rotation, bind the stored key check to the newest passphrase."""
+        path = self._root / "kdf.json"
+        with _new_filelock(self._root / "kdf.lock"):
+            stored = _read_file(path)
+            if stored is None:
+                return
+            rechecked = self._keys.rechecked(KdfParams.from_json(stored))
+            if rechecked is not None:
+                _write_file(path, self._root / "kdf.json.tmp", rechecked.to_json())
 
     def _folder(self, rid: str, *, create: bool = True) -> Path:
         folder = self._root / rid[:2]
@@ -458,6 +469,8 @@ class EncryptedFileStore:
         DecryptionError once the others are done.
         """
         sealer = await self._ready()
+        if self._keys.needs_kdf:
+            await self._run(self._recheck_kdf)
         rotated, failed = 0, []
         for rid in await self._run(self._record_ids):
             async with self._writers.hold(rid):

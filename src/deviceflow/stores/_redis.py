@@ -4,7 +4,7 @@ Keys, for a record id ``<rid>`` (a hash of the namespace and the store key)::
 
     <prefix>{<rid>}         hash: v = version, d = envelope (see deviceflow._crypto)
     <prefix>{<rid>}:lock    the lock: a random token per acquisition, always with a ttl
-    <prefix>kdf             salt and scrypt costs, only when a key is a Passphrase
+    <prefix>kdf             salt, scrypt costs and key check, only when a key is a Passphrase
 
 The ``{<rid>}`` hash tag puts a record and its lock in one cluster slot. Compare-and-set is a Lua
 script, so the version check and the write are one step on the server. The version is also sealed
@@ -73,6 +73,12 @@ if redis.call('HGET', KEYS[1], 'v') == ARGV[1] and redis.call('HGET', KEYS[1], '
   redis.call('HSET', KEYS[1], 'd', ARGV[3])
   return 1
 end
+return 0
+"""
+
+# KEYS[1] scrypt parameters; ARGV: the document read, the new one. Replaces it only if unchanged.
+_RESEAL_KDF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -172,6 +178,7 @@ class RedisStore:
         self._delete_script = client.register_script(_DELETE)
         self._reseal_script = client.register_script(_RESEAL)
         self._release_script = client.register_script(_RELEASE)
+        self._reseal_kdf_script = client.register_script(_RESEAL_KDF)
 
     def __repr__(self) -> str:
         kind = type(self._client).__name__
@@ -230,11 +237,28 @@ class RedisStore:
     async def _kdf_params(self) -> KdfParams:
         name = f"{self._prefix}kdf"
         async with self._edge("read scrypt parameters"):
-            await self._client.set(name, KdfParams.new(self._keys.work_factor).to_json(), nx=True)
             stored = await self._client.get(name)
+        if stored is None:
+            fresh = await anyio.to_thread.run_sync(self._keys.new_kdf_params)
+            async with self._edge("write scrypt parameters"):
+                await self._client.set(name, fresh.to_json(), nx=True)  # the first writer wins
+                stored = await self._client.get(name)
         if not isinstance(stored, bytes):
             raise StoreError(f"Redis key {name} vanished or is not bytes")
         return KdfParams.from_json(stored)
+
+    async def _recheck_kdf(self) -> None:
+        """After a rotation, bind the stored key check to the newest passphrase."""
+        name = f"{self._prefix}kdf"
+        async with self._edge("read scrypt parameters"):
+            stored = await self._client.get(name)
+        if not isinstance(stored, bytes):
+            return
+        params = KdfParams.from_json(stored)
+        rechecked = await anyio.to_thread.run_sync(self._keys.rechecked, params)
+        if rechecked is not None:
+            async with self._edge("write scrypt parameters"):
+                await self._reseal_kdf_script(keys=[name], args=[stored, rechecked.to_json()])
 
     # -- records -------------------------------------------------------------------------------
 
@@ -375,6 +399,8 @@ class RedisStore:
         DecryptionError once the others are done.
         """
         sealer = await self._ready()
+        if self._keys.needs_kdf:
+            await self._recheck_kdf()
         start = len(self._prefix) + 1
         pattern = _glob_escape(self._prefix) + "{*}"
         names = self._client.scan_iter(match=pattern, count=1000)
