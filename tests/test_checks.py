@@ -224,6 +224,7 @@ def test_dialect_is_kept() -> None:
         ("path", {"path": 42}, TypeError),
         ("path", {"path": ""}, ValueError),
         ("path", {"path": "to\x00kens"}, ValueError),
+        ("path", {"path": "~no-such-user-here/tokens"}, ValueError),
         ("key", {"key": 42}, TypeError),
         ("key", {"key": "not base64!"}, ValueError),
         ("key", {"key": b"short"}, ValueError),

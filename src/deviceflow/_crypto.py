@@ -129,8 +129,8 @@ class Passphrase:
     first created.
 
     The stored parameters carry a key check: an HMAC, under the key derived from them, of the
-    parameters themselves. A store refuses parameters outside the bounds (``KDF_MIN_N`` to
-    ``KDF_MAX_N`` for n, r 8-16, p 1-4, at most 1 GiB of memory, a 16-64 byte salt) with
+    parameters themselves. A store refuses parameters outside the bounds (n a power of two from
+    2**10 to 2**20, r 8-16, p 1-4, at most 1 GiB of memory, a 16-64 byte salt) with
     :class:`~deviceflow.exceptions.KeyDerivationError` before deriving anything, and parameters
     whose key check does not match the passphrase (changed, or a wrong passphrase) with
     :class:`~deviceflow.exceptions.DecryptionError`.

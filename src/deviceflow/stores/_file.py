@@ -234,7 +234,10 @@ class EncryptedFileStore:
         lock_timeout: float = 30.0,
         follow_symlinks: bool = False,
     ) -> None:
-        self._root = Path(path_arg("path", path)).expanduser().absolute()
+        try:
+            self._root = Path(path_arg("path", path)).expanduser().absolute()
+        except RuntimeError:  # "~user/...", and no such user or home folder
+            raise ValueError("path starts with a ~ whose home folder is unknown") from None
         self._follow_symlinks = flag("follow_symlinks", follow_symlinks)
         self._keys = key_arg(key)
         self._namespace = printable_text("namespace", namespace)

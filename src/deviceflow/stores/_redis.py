@@ -158,13 +158,20 @@ class RedisStore:
         self._owned = isinstance(client, str)
         if isinstance(client, str):
             sockets = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-            if cluster:
-                client = RedisCluster.from_url(client, **sockets)
-            else:
-                # A blocking pool makes a burst of callers queue for a connection (up to
-                # `timeout`) instead of failing once 100 are in use.
-                pool = BlockingConnectionPool.from_url(client, timeout=timeout, **sockets)
-                client = Redis.from_pool(pool)
+            try:
+                if cluster:
+                    client = RedisCluster.from_url(client, **sockets)
+                else:
+                    # A blocking pool makes a burst of callers queue for a connection (up to
+                    # `timeout`) instead of failing once 100 are in use.
+                    pool = BlockingConnectionPool.from_url(client, timeout=timeout, **sockets)
+                    client = Redis.from_pool(pool)
+            except (ValueError, TypeError, RedisClusterException):
+                # Not redis-py's message: it could quote the URL, password and all.
+                raise ValueError(
+                    "client is not a usable Redis URL (redis://[:password@]host[:port][/db], "
+                    "rediss://... or unix://...)"
+                ) from None
         if client.get_encoder().decode_responses:
             raise ValueError("RedisStore needs a Redis client with decode_responses=False")
         self._client: RedisClient = client
