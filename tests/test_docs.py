@@ -249,3 +249,16 @@ def test_conformance_page_names_only_existing_tests() -> None:
         if not (ROOT / file).exists() or name not in _test_names(ROOT / file)
     }
     assert set() == missing
+
+
+def test_security_page_names_only_existing_tests() -> None:
+    """Every test id in docs/security.md is a test function in that file."""
+    text = (DOCS / "security.md").read_text(encoding="utf-8")
+    ids = set(re.findall(r"`(tests/[\w/]+\.py)::(test_\w+)`", text))
+    assert len(ids) > 60
+    missing = {
+        f"{file}::{name}"
+        for file, name in ids
+        if not (ROOT / file).exists() or name not in _test_names(ROOT / file)
+    }
+    assert set() == missing
