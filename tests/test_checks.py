@@ -209,6 +209,12 @@ def test_bad_preset_arguments_are_refused_by_name(
         getattr(Provider, preset)(*args, **kwargs)
 
 
+def test_provider_needs_an_issuer_or_both_endpoints() -> None:
+    """A Provider with neither an issuer nor both endpoints is refused, naming what is needed."""
+    with pytest.raises(ValueError, match="issuer"):
+        Provider(token_endpoint=IDP + "/token")
+
+
 def test_dialect_is_kept() -> None:
     """A Dialect passes the provider's checks unchanged."""
     dialect = Dialect(request_format="json")
@@ -218,6 +224,13 @@ def test_dialect_is_kept() -> None:
 # --- stores ----------------------------------------------------------------------------------
 
 
+class BytesPath:
+    """An os.PathLike whose path is bytes: not a path the store can take."""
+
+    def __fspath__(self) -> bytes:
+        return b"tokens"
+
+
 @pytest.mark.parametrize(
     ("name", "changes", "error"),
     [
@@ -225,6 +238,7 @@ def test_dialect_is_kept() -> None:
         ("path", {"path": ""}, ValueError),
         ("path", {"path": "to\x00kens"}, ValueError),
         ("path", {"path": "~no-such-user-here/tokens"}, ValueError),
+        ("path", {"path": BytesPath()}, TypeError),
         ("key", {"key": 42}, TypeError),
         ("key", {"key": "not base64!"}, ValueError),
         ("key", {"key": b"short"}, ValueError),

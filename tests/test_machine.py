@@ -38,6 +38,7 @@ from deviceflow._machine import (
     Response,
     Send,
     discovery_urls,
+    is_loopback_host,
     parse_body,
     parse_interval,
     parse_metadata,
@@ -580,6 +581,28 @@ def test_metadata_without_device_endpoint_names_it_and_how_to_give_it() -> None:
         metadata.device_authorization_endpoint,
         metadata.token_endpoint,
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("evil.localhost", False),
+        ("localhost.", False),
+        ("[::2]", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_loopback_hosts_are_localhost_and_loopback_addresses(
+    host: str | None, expected: bool
+) -> None:
+    """is_loopback_host: localhost itself and literal loopback addresses, bracketed or not."""
+    assert expected == is_loopback_host(host)
 
 
 def test_parse_body_rejects_deep_json() -> None:

@@ -191,11 +191,12 @@ def test_huge_kdf_params_are_refused_before_any_derivation() -> None:
 
 
 def test_kdf_params_without_a_key_check_are_refused() -> None:
-    """A document whose key check was removed cannot be trusted: KeyDerivationError."""
+    """A document without a key check (removed, or never made) cannot be trusted."""
     doc = json.loads(GOOD.to_json())
     del doc["check"]
-    with pytest.raises(KeyDerivationError, match="no key check"):
-        KdfParams.from_json(json.dumps(doc).encode())
+    for unchecked in (json.dumps(doc).encode(), KdfParams.new(FAST).to_json()):
+        with pytest.raises(KeyDerivationError, match="no key check"):
+            KdfParams.from_json(unchecked)
 
 
 def test_changed_kdf_params_fail_their_key_check() -> None:

@@ -95,13 +95,14 @@ def mode(path: Path) -> int:
 
 
 @posix_only
-async def test_missing_parent_folders_are_created_private(tmp_path: Path) -> None:
-    """Every folder the store creates, parents included, is 0700 even under umask 000."""
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+async def test_missing_parent_folders_are_created_private(tmp_path: Path, umask: int) -> None:
+    """Every folder the store creates, parents included, is 0700 whatever the umask."""
     before = mode(tmp_path)
-    old_umask = os.umask(0)
+    old_umask = os.umask(umask)
     try:
         store = EncryptedFileStore(tmp_path / "x" / "y" / "z" / "s", key=generate_key())
-        await store.put("k", b"v", expected_version=None)
+        assert None is await store.get("k")  # creates the folders, no file
     finally:
         os.umask(old_umask)
     created = [tmp_path / "x", tmp_path / "x" / "y", tmp_path / "x" / "y" / "z", store.path]
