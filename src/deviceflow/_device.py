@@ -83,6 +83,7 @@ class DeviceFlowDriver:
             dialect=provider.dialect,
             device_params=provider.device_params,
             poll_margin=self.poll_margin,
+            endpoints=provider.endpoints,  # given by hand: they win over discovered ones
         )
 
     async def events(

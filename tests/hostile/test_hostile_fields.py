@@ -542,11 +542,6 @@ async def test_half_specified_provider_refreshes_with_the_discovered_rest(
     assert "hostile-access-token" == token.access_token
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DeviceFlowClient._authorize must pass endpoints=self.provider.endpoints to "
-    "DeviceFlowMachine; remove this marker with that change",
-)
 async def test_half_specified_provider_runs_the_device_flow(
     hostile: HostileServer, make_client: Callable[..., DeviceFlowClient]
 ) -> None:
