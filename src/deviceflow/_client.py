@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ._cache import TokenCache
+from ._checks import check_client_args
 from ._clock import Clock, SystemClock
 from ._device import DeviceFlowDriver, OnCode, complete_despite_cancellation
 from ._endpoints import Endpoints
@@ -78,7 +79,7 @@ class DeviceFlowClient:
         client_id: str,
         client_secret: str | None = None,
         client_auth: AuthMethod | None = None,
-        scope: str | None = None,
+        scope: str | Iterable[str] | None = None,
         store: TokenStore | None = None,
         on_code: OnCode | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -90,8 +91,18 @@ class DeviceFlowClient:
         lock_wait: float = 60.0,
         poll_margin: float = 0.1,
     ) -> None:
-        if not client_id:
-            raise ValueError("client_id is required")
+        scope = check_client_args(
+            client_id=client_id,
+            client_secret=client_secret,
+            client_auth=client_auth,
+            scope=scope,
+            on_code=on_code,
+            refresh_skew=refresh_skew,
+            http_timeout=http_timeout,
+            lock_ttl=lock_ttl,
+            lock_wait=lock_wait,
+            poll_margin=poll_margin,
+        )
         if provider.requires_client_secret and client_secret is None:
             raise ValueError(f"the {provider.name} provider needs a client_secret")
         if provider.registration is not None and (
@@ -101,10 +112,6 @@ class DeviceFlowClient:
                 f"the {provider.name} provider registers its own client and authenticates with "
                 "the credentials it gets; do not pass client_secret or client_auth"
             )
-        if refresh_skew < 0:
-            raise ValueError("refresh_skew must be zero or more seconds")
-        if http_timeout >= lock_ttl:
-            raise ValueError("http_timeout must be shorter than lock_ttl (see get_token docs)")
         if store is None:
             from .stores._memory import MemoryStore
 

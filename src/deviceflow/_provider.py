@@ -7,7 +7,6 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import attrs
 
 from ._checks import (
@@ -33,6 +32,8 @@ from ._models import AuthMethod, ClientRegistration, Dialect, ProviderMetadata
 from .exceptions import DiscoveryError, InsecureEndpointError, ProtocolError, TransportError
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from ._transport import Transport
 
 __all__ = ["Provider", "fetch_metadata"]
