@@ -12,6 +12,7 @@ Without a ``redis-server`` binary the Redis tests skip, with the reason; with
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -292,3 +293,60 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
     finally:
         for server in started:
             server.stop()
+
+
+# --- Redis stalls: DEBUG SLEEP from a raw connection ---------------------------------------------
+
+#: redis-server arguments that allow DEBUG SLEEP (Redis 7 refuses DEBUG commands by default).
+DEBUG_COMMANDS = ("--enable-debug-command", "yes")
+
+
+class RedisSleeper:
+    """A raw connection to one test Redis that puts the whole server to sleep (DEBUG SLEEP).
+
+    While it sleeps, Redis reads and answers nothing (as a stuck or swapping Redis would);
+    commands sent meanwhile run when it wakes. The server must run with ``DEBUG_COMMANDS``.
+    ``start()`` returns once the command is sent, ``woken()`` once Redis answers it::
+
+        async with RedisSleeper(server) as sleeper:
+            await sleeper.sleep(0.5)
+    """
+
+    def __init__(self, server: RedisProcess) -> None:
+        self.server = server
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> RedisSleeper:
+        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.server.port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+
+    async def start(self, seconds: float) -> None:
+        """Send ``DEBUG SLEEP seconds``; Redis sleeps from the moment it reads it."""
+        assert self._writer is not None, "use RedisSleeper in async with"
+        parts = [b"DEBUG", b"SLEEP", f"{seconds:.3f}".encode()]
+        self._writer.write(
+            b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        )
+        await self._writer.drain()
+
+    async def woken(self) -> None:
+        """Wait until Redis answers the DEBUG SLEEP sent last: it is awake again."""
+        assert self._reader is not None, "use RedisSleeper in async with"
+        reply = await self._reader.readline()
+        if reply != b"+OK\r\n":
+            raise RuntimeError(f"DEBUG SLEEP failed ({reply!r}); start Redis with DEBUG_COMMANDS")
+
+    async def sleep(self, seconds: float) -> None:
+        """Put Redis to sleep for ``seconds`` and return once it is awake."""
+        await self.start(seconds)
+        await self.woken()
+
+
+__all__ += ["DEBUG_COMMANDS", "RedisSleeper"]

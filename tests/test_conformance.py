@@ -30,7 +30,9 @@ from deviceflow import (
     ReauthorizationRequiredError,
     TransportError,
 )
-from deviceflow._machine import DeviceFlowMachine, Done, Fail, Response, Send, discovery_urls
+from deviceflow._machine import DeviceFlowMachine, Done, Fail, Send
+from deviceflow._models import Response
+from deviceflow._urls import discovery_urls
 from deviceflow.testing import AuthorizationServer, Fault, RecordedRequest, VirtualClock
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

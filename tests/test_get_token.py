@@ -15,7 +15,7 @@ import pytest
 from yarl import URL
 
 from deviceflow import AiohttpTransport, ClientAuth, DeviceFlowClient, Provider, StoreError, Token
-from deviceflow._machine import RequestKind
+from deviceflow._models import RequestKind
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import Lease, MemoryStore, Versioned
 from deviceflow.testing import AuthorizationServer, Fault, ScriptedTransport, VirtualClock

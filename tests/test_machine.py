@@ -34,17 +34,11 @@ from deviceflow._machine import (
     Done,
     Event,
     Fail,
-    RequestKind,
-    Response,
     Send,
-    discovery_urls,
-    is_loopback_host,
-    parse_body,
-    parse_interval,
-    parse_metadata,
-    require_secure_url,
 )
-from deviceflow._models import Dialect
+from deviceflow._models import Dialect, RequestKind, Response
+from deviceflow._parse import parse_body, parse_interval, parse_metadata
+from deviceflow._urls import discovery_urls, is_loopback_host, require_secure_url
 
 WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
 META = ProviderMetadata(

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deviceflow import DeviceFlowError, FlowState, ProtocolError, ProviderMetadata, TransportError
-from deviceflow._machine import DeviceFlowMachine, Done, Fail, RequestKind, Response, Send
+from deviceflow._machine import DeviceFlowMachine, Done, Fail, Send
+from deviceflow._models import RequestKind, Response
 
 WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
 META = ProviderMetadata(

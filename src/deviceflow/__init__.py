@@ -7,7 +7,6 @@ True
 
 from ._client import DeviceFlowClient, OnCode
 from ._clock import Clock, SystemClock
-from ._machine import Request, RequestKind, Response
 from ._models import (
     AuthMethod,
     ClientRegistration,
@@ -16,6 +15,9 @@ from ._models import (
     FlowEvent,
     FlowState,
     ProviderMetadata,
+    Request,
+    RequestKind,
+    Response,
     Token,
 )
 from ._provider import Provider

@@ -25,15 +25,8 @@ from typing import TypeVar
 import attrs
 
 from ._clock import Clock
-from ._machine import (
-    Request,
-    RequestKind,
-    Response,
-    interpret_registration_response,
-    interpret_token_response,
-    retry_after,
-)
-from ._models import ProviderMetadata, RegisteredClient, Token
+from ._models import ProviderMetadata, RegisteredClient, Request, RequestKind, Response, Token
+from ._parse import interpret_registration_response, interpret_token_response, retry_after
 from ._provider import Provider, fetch_metadata
 from ._transport import Transport
 from .exceptions import DeviceFlowError, ProtocolError, TransportError

@@ -373,3 +373,35 @@ class FlowEvent:
     token: Token | None = None
     error: DeviceFlowError | None = None
     interval: float | None = None
+
+
+class RequestKind(enum.Enum):
+    """Which endpoint a request goes to."""
+
+    DISCOVERY = "discovery"
+    DEVICE_AUTHORIZATION = "device_authorization"
+    TOKEN = "token"
+    REVOCATION = "revocation"
+    REGISTRATION = "registration"
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """An HTTP request in protocol terms; the transport encodes and authenticates it."""
+
+    kind: RequestKind
+    method: Literal["GET", "POST"]
+    url: str
+    params: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    """An HTTP response: status, headers with lower-case names, and the (capped) body."""
+
+    status: int
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    body: bytes = attrs.field(default=b"", repr=False)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())

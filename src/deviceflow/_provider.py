@@ -19,16 +19,9 @@ from ._checks import (
     string_map,
 )
 from ._clock import Clock, SystemClock
-from ._machine import (
-    Request,
-    RequestKind,
-    discovery_urls,
-    is_retryable_status,
-    parse_body,
-    parse_metadata,
-    require_secure_url,
-)
-from ._models import AuthMethod, ClientRegistration, Dialect, ProviderMetadata
+from ._models import AuthMethod, ClientRegistration, Dialect, ProviderMetadata, Request, RequestKind
+from ._parse import is_retryable_status, parse_body, parse_metadata
+from ._urls import discovery_urls, require_secure_url
 from .exceptions import DiscoveryError, InsecureEndpointError, ProtocolError, TransportError
 
 if TYPE_CHECKING:

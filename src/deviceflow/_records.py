@@ -30,8 +30,8 @@ from typing import Any
 
 import attrs
 
-from ._machine import MAX_TOKEN_LIFETIME, parse_seconds
 from ._models import Token, json_str
+from ._parse import MAX_TOKEN_LIFETIME, parse_seconds
 from .exceptions import ProtocolError, StoreError
 from .stores._protocol import Versioned
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from ._machine import Request, RequestKind, Response, require_secure_url
-from ._models import AuthMethod, Dialect
+from ._models import AuthMethod, Dialect, Request, RequestKind, Response
+from ._urls import require_secure_url
 from ._version import __version__
 from .exceptions import ProtocolError, TransportError
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._client import DeviceFlowClient
-from ._machine import is_loopback_host
+from ._urls import is_loopback_host
 
 if TYPE_CHECKING:
     from yarl import URL  # aiohttp's URL type

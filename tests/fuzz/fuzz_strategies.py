@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from deviceflow._machine import Response
+from deviceflow._models import Response
 
 __all__ = ["FUZZ", "FUZZ_EXAMPLES", "responses"]
 

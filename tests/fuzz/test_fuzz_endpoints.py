@@ -30,19 +30,11 @@ from deviceflow import (
     Token,
     TransportError,
 )
-from deviceflow._machine import (
-    Action,
-    DeviceFlowMachine,
-    Done,
-    Fail,
-    Request,
-    RequestKind,
-    Response,
-    Send,
-    interpret_token_response,
-    require_secure_url,
-)
+from deviceflow._machine import Action, DeviceFlowMachine, Done, Fail, Send
+from deviceflow._models import Request, RequestKind, Response
+from deviceflow._parse import interpret_token_response
 from deviceflow._provider import fetch_metadata
+from deviceflow._urls import require_secure_url
 from deviceflow.testing import ScriptedTransport, VirtualClock
 from helpers import stored_token
 

@@ -19,7 +19,7 @@ from deviceflow import (
     ReauthorizationRequiredError,
     Token,
 )
-from deviceflow._machine import require_secure_url
+from deviceflow._urls import require_secure_url
 
 __all__ = [
     "BOUND",

@@ -33,7 +33,7 @@ from deviceflow import (
     Provider,
     Token,
 )
-from deviceflow._machine import MAX_CODE_LIFETIME, MAX_TOKEN_LIFETIME, parse_token
+from deviceflow._parse import MAX_CODE_LIFETIME, MAX_TOKEN_LIFETIME, parse_token
 from deviceflow.testing import VirtualClock
 
 WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)

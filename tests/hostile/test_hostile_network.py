@@ -38,7 +38,7 @@ from deviceflow import (
     Provider,
     TransportError,
 )
-from deviceflow._machine import Request, RequestKind
+from deviceflow._models import Request, RequestKind
 from deviceflow._provider import fetch_metadata
 from deviceflow.testing import VirtualClock
 

@@ -15,14 +15,9 @@ from deviceflow import (
     ReauthorizationRequiredError,
     Token,
 )
-from deviceflow._machine import (
-    Response,
-    oauth_error,
-    parse_body,
-    parse_device_code,
-    parse_token,
-    require_secure_url,
-)
+from deviceflow._models import Response
+from deviceflow._parse import oauth_error, parse_body, parse_device_code, parse_token
+from deviceflow._urls import require_secure_url
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 from helpers import stored_token

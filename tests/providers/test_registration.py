@@ -9,8 +9,8 @@ import pytest
 from provider_cases import CASES, deciding
 
 from deviceflow import OAuthError, ProtocolError, TransportError
-from deviceflow._machine import Response, interpret_registration_response
-from deviceflow._models import Dialect, RegisteredClient
+from deviceflow._models import Dialect, RegisteredClient, Response
+from deviceflow._parse import interpret_registration_response
 from deviceflow._provider import AWS_SSO
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import VirtualClock

@@ -18,8 +18,8 @@ import webbrowser
 from datetime import datetime, timezone
 from typing import TextIO
 
-from deviceflow._machine import require_secure_url
 from deviceflow._models import DeviceCode, Token
+from deviceflow._urls import require_secure_url
 from deviceflow.exceptions import DeviceFlowError
 
 __all__ = [

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import overload
 
-from deviceflow._machine import Request, RequestKind, Response
+from deviceflow._models import Request, RequestKind, Response
 from deviceflow._transport import Transport
 
 __all__ = ["Answer", "AnswerFunction", "ScriptExhaustedError", "ScriptedTransport"]
