@@ -82,6 +82,9 @@ __all__ = [
 ]
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+#: Setting up a flow (discovery, the device code request) gives up on a server that does not
+#: answer at all (connection refused, host not found) after this many tries (about 1.5 s).
+UNREACHABLE_TRIES = 3
 #: RFC 8628 3.5: slow_down adds 5 seconds to the interval, for this and all later polls.
 SLOW_DOWN_STEP = 5.0
 
@@ -463,6 +466,12 @@ class DeviceFlowMachine:
         self.state = next_state
         if polling:
             return self._schedule_poll(now + delay, cause=classified.error)
+        error = classified.error
+        # Connection refused, host not found: a mistyped or stopped server does not come back in
+        # a minute; give up after a couple of quick tries, in plain words.
+        unreachable = isinstance(error, TransportError) and error.unreachable
+        if unreachable and self._failures >= UNREACHABLE_TRIES:
+            return self._fail(TransportError(str(error), retryable=False, unreachable=True))
         if now + delay > self._setup_deadline:
             error = classified.error or ProtocolError("the server did not answer usefully")
             if not isinstance(error, (OAuthError, DiscoveryError)):

@@ -19,10 +19,14 @@ from ._checks import (
     string_map,
 )
 from ._clock import Clock, SystemClock
-from ._models import AuthMethod, ClientRegistration, Dialect, ProviderMetadata, Request, RequestKind
-from ._parse import is_retryable_status, parse_body, parse_metadata
-from ._urls import discovery_urls, require_secure_url
-from .exceptions import DiscoveryError, InsecureEndpointError, ProtocolError, TransportError
+from ._machine import DeviceFlowMachine, Fail, Send
+from ._models import AuthMethod, ClientRegistration, Dialect, FlowState, ProviderMetadata
+from ._urls import require_secure_url
+from .exceptions import (
+    DeviceFlowError,
+    InsecureEndpointError,
+    ProtocolError,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -507,44 +511,39 @@ async def fetch_metadata(
     provider: Provider,
     *,
     clock: Clock | None = None,
-    attempts: int = 3,
+    setup_timeout: float = 60.0,
 ) -> ProviderMetadata:
-    """Discover ``provider``'s endpoints, retrying transient failures a few times."""
+    """Discover ``provider``'s endpoints by running the device-flow machine's DISCOVER state, so
+    that discovery here and inside a flow follow one set of rules: both discovery URLs in turn,
+    Retry-After honoured, backoff on 5xx and timeouts for up to ``setup_timeout`` seconds, and a
+    quick, plain failure when nothing answers at all (connection refused, host not found).
+
+    Raises DiscoveryError for a document that is missing or unusable, TransportError when the
+    server could not be reached (``retryable`` False once the retries are spent).
+    """
     assert provider.issuer is not None
     clock = clock or SystemClock()
-    expected = provider.expected_issuer or provider.issuer
-    last: Exception | None = None
-    for attempt in range(attempts):
-        if attempt:
-            await clock.sleep(0.5 * 2**attempt)
+    machine = DeviceFlowMachine(
+        client_id="",
+        issuer=provider.issuer,
+        expected_issuer=provider.expected_issuer,
+        check_issuer=provider.check_issuer,
+        dialect=provider.dialect,
+        endpoints=provider.endpoints,
+        setup_timeout=setup_timeout,
+    )
+    action = machine.start(now=clock.monotonic(), wall=clock.wall())
+    while machine.state is FlowState.DISCOVER and isinstance(action, Send):
+        delay = action.at - clock.monotonic()
+        if delay > 0:
+            await clock.sleep(delay)
         try:
-            for url in discovery_urls(provider.issuer):
-                response = await transport.send(
-                    Request(kind=RequestKind.DISCOVERY, method="GET", url=url)
-                )
-                if response.status == 404:
-                    continue
-                if is_retryable_status(response.status):
-                    raise TransportError(f"discovery answered HTTP {response.status}")
-                if response.status != 200:
-                    raise DiscoveryError(f"discovery at {url} answered HTTP {response.status}")
-                try:
-                    fields = parse_body(response, provider.dialect)
-                except ProtocolError as exc:
-                    raise DiscoveryError(f"the discovery document is unusable: {exc}") from None
-                return parse_metadata(
-                    fields,
-                    expected_issuer=expected,
-                    check_issuer=provider.check_issuer,
-                    given=provider.endpoints,
-                )
-            raise DiscoveryError(
-                f"no discovery document for issuer {provider.issuer!r} (tried "
-                + ", ".join(discovery_urls(provider.issuer))
-                + ")"
-            )
-        except TransportError as exc:
-            if not exc.retryable:
-                raise
-            last = exc
-    raise DiscoveryError(f"discovery failed after {attempts} attempts: {last}") from last
+            response = await transport.send(action.request)
+        except DeviceFlowError as exc:
+            action = machine.receive_failure(exc, now=clock.monotonic(), wall=clock.wall())
+        else:
+            action = machine.receive_response(response, now=clock.monotonic(), wall=clock.wall())
+    if isinstance(action, Fail):
+        raise action.error
+    assert machine.metadata is not None
+    return machine.metadata

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
+import socket
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,6 +34,7 @@ log = logging.getLogger("deviceflow")
 MAX_BODY = 1024 * 1024
 _CHUNK = 64 * 1024
 _MAX_SECURE_URLS = 64
+_UNREACHABLE = {errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable"}
 
 
 class Transport(Protocol):
@@ -84,6 +87,32 @@ class ClientAuth:
                 f"{urllib.parse.quote_plus(self.client_secret)}"
             )
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+def _transport_error(request: Request, exc: BaseException) -> TransportError:
+    """A TransportError in plain words for an aiohttp or OS error."""
+    import aiohttp
+
+    where = f"{request.kind.value} request to {_origin(request.url)}"
+    cause = getattr(exc, "os_error", None) or exc
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
+        return TransportError(f"{where} failed: host not found", unreachable=True)
+    if isinstance(cause, ConnectionRefusedError):
+        return TransportError(f"{where} failed: connection refused", unreachable=True)
+    if isinstance(cause, OSError) and cause.errno in _UNREACHABLE:
+        return TransportError(f"{where} failed: {_UNREACHABLE[cause.errno]}", unreachable=True)
+    if _is_tls_failure(exc):
+        return TransportError(
+            f"{where} failed: TLS error ({type(exc).__name__}); retrying will not help",
+            retryable=False,
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return TransportError(
+            f"{where} failed: invalid URL; retrying will not help", retryable=False
+        )
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
+        return TransportError(f"{where} failed: the server closed the connection")
+    return TransportError(f"{where} failed: {type(exc).__name__}")
 
 
 def _is_tls_failure(exc: BaseException) -> bool:
@@ -203,13 +232,7 @@ class AiohttpTransport:
                 f"{request.kind.value} request to {_origin(request.url)} timed out"
             ) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            retryable = not _is_tls_failure(exc) and not isinstance(exc, aiohttp.InvalidURL)
-            raise TransportError(
-                f"{request.kind.value} request to {_origin(request.url)} failed: "
-                f"{type(exc).__name__}"
-                + ("" if retryable else " (TLS or URL problem; retrying will not help)"),
-                retryable=retryable,
-            ) from exc
+            raise _transport_error(request, exc) from exc
 
     def _shorter(self, seconds: float) -> aiohttp.ClientTimeout:
         import aiohttp

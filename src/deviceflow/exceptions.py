@@ -143,19 +143,24 @@ class TransportError(DeviceFlowError):
     """The server could not be reached, or the connection failed or timed out.
 
     ``retryable`` is False for errors that a retry will not cure (such as a TLS certificate that
-    does not verify).
+    does not verify). ``unreachable`` is True when nothing answered at all (connection refused,
+    host not found): setting up a flow gives up on those within seconds, where a slow or
+    failing server gets retries with backoff.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.unreachable = unreachable
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_transport_error, (str(self), self.retryable))
+        return (_rebuild_transport_error, (str(self), self.retryable, self.unreachable))
 
 
-def _rebuild_transport_error(message: str, retryable: bool) -> TransportError:
-    return TransportError(message, retryable=retryable)
+def _rebuild_transport_error(
+    message: str, retryable: bool, unreachable: bool = False
+) -> TransportError:
+    return TransportError(message, retryable=retryable, unreachable=unreachable)
 
 
 class ReauthorizationRequiredError(DeviceFlowError):

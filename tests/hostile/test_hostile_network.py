@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -96,19 +98,21 @@ async def test_never_answering_refresh_ends_within_http_timeout(
 async def test_never_answering_discovery_gives_up_after_its_attempts(
     hostile: HostileServer,
 ) -> None:
-    """Discovery (as Provider.discover runs it) against a silent server gives up, typed."""
+    """Discovery (as Provider.discover runs it) against a silent server backs off until its
+    set-up time is spent, then gives up, typed (the machine's DISCOVER state decides)."""
     hostile.on(DISCOVERY, hang())
     clock = VirtualClock()
     transport = AiohttpTransport(auth=ClientAuth(client_id=""), timeout=0.2)
     try:
-        call = fetch_metadata(transport, Provider(issuer=hostile.url), clock=clock, attempts=3)
+        provider = Provider(issuer=hostile.url)
+        call = fetch_metadata(transport, provider, clock=clock, setup_timeout=10.0)
         error, _ = await typed_error(call)
     finally:
         await transport.aclose()
-    assert isinstance(error, DiscoveryError)
-    assert "timed out" in str(error)
-    assert 3 == hostile.count(DISCOVERY)
-    assert 1000.0 + 1.0 + 2.0 == clock.monotonic()  # two backoff sleeps, virtual
+    assert isinstance(error, TransportError)
+    assert (False, True) == (error.retryable, "timed out" in str(error))
+    assert 5 == hostile.count(DISCOVERY)  # backoff 0.5, 1, 2, 4 s; the next would pass 10 s
+    assert 1000.0 + 0.5 + 1.0 + 2.0 + 4.0 == clock.monotonic()
 
 
 async def test_get_token_timeout_bounds_a_silent_server(
@@ -278,3 +282,51 @@ async def test_odd_failure_during_polling_ends_typed(
     assert FlowState.EXPIRED == events[-1].state
     assert isinstance(final_error(events), ExpiredTokenError)
     assert "ClientPayloadError" in str(final_error(events))
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_discovery_of_a_stopped_server_fails_fast_in_plain_words() -> None:
+    """Connection refused: discovery gives up after three quick tries (not a minute of backoff)
+    and says so in plain words, without aiohttp's class names."""
+    clock = VirtualClock()
+    transport = AiohttpTransport(auth=ClientAuth(client_id=""))
+    try:
+        provider = Provider(issuer=f"http://127.0.0.1:{_closed_port()}")
+        error, _ = await typed_error(fetch_metadata(transport, provider, clock=clock))
+    finally:
+        await transport.aclose()
+    assert isinstance(error, TransportError)
+    assert (False, True) == (error.retryable, error.unreachable)
+    assert "connection refused" in str(error)
+    assert "Client" not in str(error)
+    assert 1000.0 + 0.5 + 1.0 == clock.monotonic()  # two short backoffs, virtual
+
+
+@pytest.mark.parametrize(
+    ("raised", "words"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "host not found"),
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "host unreachable"),
+    ],
+)
+async def test_unreachable_servers_are_named_in_plain_words(raised: OSError, words: str) -> None:
+    """A server nothing answers for is reported in plain words, as unreachable."""
+    transport = AiohttpTransport(auth=ClientAuth(client_id=""))
+    request = Request(kind=RequestKind.DISCOVERY, method="GET", url="https://idp.test/x")
+    try:
+        with aioresponses() as mocked:
+            mocked.get(request.url, exception=raised)
+            error, _ = await typed_error(transport.send(request))
+    finally:
+        await transport.aclose()
+    assert isinstance(error, TransportError)
+    assert error.unreachable
+    assert f"https://idp.test/x failed: {words}" in str(error)
