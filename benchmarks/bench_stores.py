@@ -48,7 +48,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from _harness import machine, table
-from deviceflow._crypto import KeySet, Record, Sealer
+from deviceflow._crypto import KeySet, Payload, Sealer
 from deviceflow.stores import EncryptedFileStore, MemoryStore, RedisStore, TokenStore, generate_key
 
 TOKEN_SIZE = 2048
@@ -185,7 +185,7 @@ SEALER = Sealer(KeySet(KEY).resolve(), "deviceflow")
 def sealed(i: int) -> tuple[str, bytes]:
     """The record id and envelope of tenant ``i``'s token at version 1."""
     rid = SEALER.record_id(account(i))
-    return rid, SEALER.seal(rid, Record(1, None, token(i)))
+    return rid, SEALER.seal(rid, Payload(1, None, token(i)))
 
 
 def populate_files(root: Path, count: int) -> None:

@@ -41,7 +41,7 @@ import attrs
 import pytest
 
 from deviceflow import FlowState
-from deviceflow._machine import TRANSITIONS, Event
+from deviceflow._machine import TRANSITIONS, Signal
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -215,7 +215,7 @@ def test_transition_table_lists_every_row() -> None:
     """The generated Markdown table has one row per (state, event) of the machine."""
     text = _hook().transition_table()
     rows = set(re.findall(r"^\| `(\w+)` \| ([^|]+) \| `(\w+)` \|$", text, re.MULTILINE))
-    by_value = {event.value: event.name for event in Event}
+    by_value = {event.value: event.name for event in Signal}
     assert _table() == {(s, by_value[e.strip()], t) for s, e, t in rows}
 
 

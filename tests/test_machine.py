@@ -32,9 +32,9 @@ from deviceflow._machine import (
     Action,
     DeviceFlowMachine,
     Done,
-    Event,
     Fail,
     Send,
+    Signal,
 )
 from deviceflow._models import Dialect, RequestKind, Response
 from deviceflow._parse import parse_body, parse_interval, parse_metadata
@@ -617,7 +617,7 @@ def test_every_nonterminal_state_has_an_error_row() -> None:
         if state.is_terminal:
             assert state not in TRANSITIONS
         else:
-            assert FlowState.FAILED == TRANSITIONS[state][Event.ERROR]
+            assert FlowState.FAILED == TRANSITIONS[state][Signal.ERROR]
 
 
 def test_internal_error_poisons_the_machine() -> None:

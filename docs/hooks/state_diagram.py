@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from deviceflow import FlowState, ProviderMetadata
-from deviceflow._machine import TRANSITIONS, DeviceFlowMachine, Event
+from deviceflow._machine import TRANSITIONS, DeviceFlowMachine, Signal
 
 DIAGRAM_MARKER = "<!-- state-diagram -->"
 TABLE_MARKER = "<!-- transition-table -->"
@@ -55,23 +55,23 @@ def initial_states() -> list[tuple[FlowState, str]]:
 
 
 def edges(
-    table: Mapping[FlowState, Mapping[Event, FlowState]] = TRANSITIONS,
-) -> dict[tuple[FlowState, FlowState], list[Event]]:
-    """The table's rows merged by (from, to): the events of each arrow, in Event order."""
-    merged: dict[tuple[FlowState, FlowState], list[Event]] = {}
+    table: Mapping[FlowState, Mapping[Signal, FlowState]] = TRANSITIONS,
+) -> dict[tuple[FlowState, FlowState], list[Signal]]:
+    """The table's rows merged by (from, to): the events of each arrow, in Signal order."""
+    merged: dict[tuple[FlowState, FlowState], list[Signal]] = {}
     for source in FlowState:
-        for event in Event:
+        for event in Signal:
             target = table.get(source, {}).get(event)
             if target is not None:
                 merged.setdefault((source, target), []).append(event)
     return merged
 
 
-def transition_table(table: Mapping[FlowState, Mapping[Event, FlowState]] = TRANSITIONS) -> str:
+def transition_table(table: Mapping[FlowState, Mapping[Signal, FlowState]] = TRANSITIONS) -> str:
     """The transition table as a Markdown table, one row per (state, event)."""
     rows = ["| From | On | To |", "| --- | --- | --- |"]
     for source in FlowState:
-        for event in Event:
+        for event in Signal:
             target = table.get(source, {}).get(event)
             if target is not None:
                 rows.append(f"| `{source.name}` | {event.value} | `{target.name}` |")
@@ -110,11 +110,11 @@ def _text(x: float, y: float, lines: Iterable[str], cls: str, anchor: str = "mid
     return "".join(parts)
 
 
-def _labels(events: list[Event]) -> list[str]:
+def _labels(events: list[Signal]) -> list[str]:
     return [event.value for event in events]
 
 
-def render_svg(table: Mapping[FlowState, Mapping[Event, FlowState]] = TRANSITIONS) -> str:
+def render_svg(table: Mapping[FlowState, Mapping[Signal, FlowState]] = TRANSITIONS) -> str:
     """The state diagram as one line of inline SVG."""
     arrows = edges(table)
     live = [state for state in FlowState if state in table]
@@ -150,7 +150,7 @@ def render_svg(table: Mapping[FlowState, Mapping[Event, FlowState]] = TRANSITION
     pos = {state: (x + shift, y) for state, (x, y) in pos.items()}
 
     # Captions under terminal states whose incoming arrows all carry the same events.
-    captions: dict[FlowState, list[Event]] = {}
+    captions: dict[FlowState, list[Signal]] = {}
     for state in terminals:
         incoming = [events for (s, t), events in arrows.items() if t is state and s is not t]
         if all(events == incoming[0] for events in incoming):
@@ -161,7 +161,7 @@ def render_svg(table: Mapping[FlowState, Mapping[Event, FlowState]] = TRANSITION
     height = y_term + NODE_H / 2 + 12 + (caption_lines + 1) * LINE + MARGIN
     out: list[str] = []
 
-    def arrow(path: str, source: FlowState, target: FlowState, events: list[Event]) -> None:
+    def arrow(path: str, source: FlowState, target: FlowState, events: list[Signal]) -> None:
         out.append(
             f'<path d="{path}" class="df-edge" marker-end="url(#df-arrow)" '
             f'data-source="{source.name}" data-target="{target.name}" '

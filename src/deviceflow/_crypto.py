@@ -55,7 +55,7 @@ __all__ = [
     "KeyMaterial",
     "KeySet",
     "Passphrase",
-    "Record",
+    "Payload",
     "Sealer",
     "generate_key",
     "key_arg",
@@ -415,7 +415,7 @@ def key_arg(key: object) -> KeySet:
 
 
 @attrs.frozen
-class Record:
+class Payload:
     """What an envelope holds: the value, its version and its expiry (unix time or None)."""
 
     version: int
@@ -453,7 +453,7 @@ class Sealer:
         digest.update(key.encode("utf-8"))
         return digest.hexdigest()[:32]
 
-    def seal(self, record_id: str, record: Record) -> bytes:
+    def seal(self, record_id: str, record: Payload) -> bytes:
         """The envelope of ``record`` under the newest key, bound to ``record_id``."""
         key = self._keys[0]
         header = _HEADER.pack(_MAGIC, _FORMAT, key.kid)
@@ -464,7 +464,7 @@ class Sealer:
 
     def open(
         self, record_id: str, envelope: bytes, *, name: str, version: int | None = None
-    ) -> Record:
+    ) -> Payload:
         """The record in ``envelope``; DecryptionError (naming ``name``) when it cannot be.
 
         ``version``, when given, is the version stored beside the envelope: it must match the
@@ -484,7 +484,7 @@ class Sealer:
                         continue
                     sealed, expires = _META.unpack_from(plain)
                     if version is None or version == sealed:
-                        return Record(sealed, expires or None, plain[_META.size :])
+                        return Payload(sealed, expires or None, plain[_META.size :])
                     break
         raise DecryptionError(
             f"cannot decrypt the stored value of {name}: wrong key or tampered data. "

@@ -16,7 +16,7 @@ or FAILED, with a typed error). ``now`` is a monotonic reading used for every wa
 the current aware UTC time, used only to stamp ``expires_at`` on codes and tokens.
 
 States are :class:`FlowState` values and every move between them is a row of ``TRANSITIONS``
-(the docs draw their state diagram from it). Inputs are first classified into an :class:`Event`
+(the docs draw their state diagram from it). Inputs are first classified into a :class:`Signal`
 by the pure parsing functions below, then the table decides the next state, so no state changes
 anywhere else. Any exception inside the machine poisons it: it moves to FAILED, answers with
 ``Fail`` and refuses every later input. So does any input after a terminal state: there is never a
@@ -76,9 +76,9 @@ __all__ = [
     "Action",
     "DeviceFlowMachine",
     "Done",
-    "Event",
     "Fail",
     "Send",
+    "Signal",
 ]
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -114,8 +114,9 @@ class Fail:
 Action = Send | Done | Fail
 
 
-class Event(enum.Enum):
-    """What an input meant, once classified; the table maps (state, event) to the next state."""
+class Signal(enum.Enum):
+    """What an input signals, once classified (the public FlowEvent is something else: what
+    the driver yields to applications): the table maps (state, signal) to the next state."""
 
     METADATA = "metadata accepted"
     NEXT_DISCOVERY_URL = "no document here: try the next URL"
@@ -130,10 +131,10 @@ class Event(enum.Enum):
 
 
 _S = FlowState
-_E = Event
-#: The whole protocol: one row per (state, event) -> next state. A pair not in the table is a
+_E = Signal
+#: The whole protocol: one row per (state, signal) -> next state. A pair not in the table is a
 #: bug in the machine and poisons it. Terminal states have no rows: nothing follows them.
-TRANSITIONS: Mapping[FlowState, Mapping[Event, FlowState]] = {
+TRANSITIONS: Mapping[FlowState, Mapping[Signal, FlowState]] = {
     _S.DISCOVER: {
         _E.METADATA: _S.REQUEST_CODE,
         _E.NEXT_DISCOVERY_URL: _S.DISCOVER,
@@ -171,9 +172,9 @@ TRANSITIONS: Mapping[FlowState, Mapping[Event, FlowState]] = {
 
 @attrs.define(kw_only=True)
 class _Classified:
-    """What one input taught the machine: its event, and what came with it."""
+    """What one input taught the machine: its signal, and what came with it."""
 
-    event: Event
+    signal: Signal
     error: DeviceFlowError | None = None
     delay: float | None = None
     fields: Mapping[str, Any] = attrs.Factory(dict)
@@ -261,8 +262,8 @@ class DeviceFlowMachine:
         if not self._started or self.state.is_terminal:
             self._refuse()
         retry = isinstance(error, TransportError) and error.retryable
-        event = Event.RETRY if retry else Event.ERROR
-        return self._guard(lambda: self._step(_Classified(event=event, error=error), now, wall))
+        signal = Signal.RETRY if retry else Signal.ERROR
+        return self._guard(lambda: self._step(_Classified(signal=signal, error=error), now, wall))
 
     # Internals ------------------------------------------------------------------------------
 
@@ -321,13 +322,13 @@ class DeviceFlowMachine:
         )
 
     def _classify(self, response: Response, wall: datetime) -> _Classified:
-        """Turn an HTTP response into an Event (the only place that reads responses)."""
+        """Turn an HTTP response into an Signal (the only place that reads responses)."""
         status = response.status
         if self.state is FlowState.DISCOVER and status == 404:
             if self._discovery_index + 1 < len(self._discovery_urls):
-                return _Classified(event=Event.NEXT_DISCOVERY_URL)
+                return _Classified(signal=Signal.NEXT_DISCOVERY_URL)
             return _Classified(
-                event=Event.ERROR,
+                signal=Signal.ERROR,
                 error=DiscoveryError(
                     f"no discovery document for issuer {self._issuer!r} (tried "
                     + ", ".join(self._discovery_urls)
@@ -336,7 +337,7 @@ class DeviceFlowMachine:
             )
         if 300 <= status < 400:
             return _Classified(
-                event=Event.ERROR,
+                signal=Signal.ERROR,
                 error=ProtocolError(f"HTTP {status}: redirects are not followed"),
             )
         try:
@@ -357,8 +358,8 @@ class DeviceFlowMachine:
         if not 200 <= status < 300:
             raise ProtocolError(f"HTTP {status} without an OAuth error")
         if self.state is FlowState.REQUEST_CODE:
-            return _Classified(event=Event.CODE_ISSUED, fields=fields)
-        return _Classified(event=Event.TOKEN_ISSUED, fields=fields)
+            return _Classified(signal=Signal.CODE_ISSUED, fields=fields)
+        return _Classified(signal=Signal.TOKEN_ISSUED, fields=fields)
 
     def _classify_discovery(
         self, response: Response, fields: Mapping[str, Any], wall: datetime
@@ -373,7 +374,7 @@ class DeviceFlowMachine:
             check_issuer=self._check_issuer,
             given=self._given,
         )
-        return _Classified(event=Event.METADATA, metadata=metadata)
+        return _Classified(signal=Signal.METADATA, metadata=metadata)
 
     def _classify_error(
         self,
@@ -387,53 +388,53 @@ class DeviceFlowMachine:
             return self._retry(response, wall, error)
         polling = self.state in (FlowState.PENDING, FlowState.SLOW_DOWN)
         if polling and code == "authorization_pending":
-            return _Classified(event=Event.AUTHORIZATION_PENDING, fields=fields)
+            return _Classified(signal=Signal.AUTHORIZATION_PENDING, fields=fields)
         if polling and code == "slow_down":
-            return _Classified(event=Event.SLOW_DOWN, fields=fields)
+            return _Classified(signal=Signal.SLOW_DOWN, fields=fields)
         if polling and code == "access_denied":
-            return _Classified(event=Event.ACCESS_DENIED, error=error)
+            return _Classified(signal=Signal.ACCESS_DENIED, error=error)
         if polling and code == "expired_token":
-            return _Classified(event=Event.CODE_EXPIRED, error=error)
+            return _Classified(signal=Signal.CODE_EXPIRED, error=error)
         if not polling and code == "slow_down":
             return self._retry(response, wall, error)
-        return _Classified(event=Event.ERROR, error=error)
+        return _Classified(signal=Signal.ERROR, error=error)
 
     def _retry(self, response: Response, wall: datetime, error: DeviceFlowError) -> _Classified:
-        return _Classified(event=Event.RETRY, error=error, delay=retry_after(response, wall))
+        return _Classified(signal=Signal.RETRY, error=error, delay=retry_after(response, wall))
 
     def _step(self, classified: _Classified, now: float, wall: datetime) -> Action:
-        event = classified.event
+        signal = classified.signal
         try:
-            next_state = TRANSITIONS[self.state][event]
+            next_state = TRANSITIONS[self.state][signal]
         except KeyError:
-            raise ProtocolError(f"no transition from {self.state} on {event}") from None
-        if event is Event.RETRY:
+            raise ProtocolError(f"no transition from {self.state} on {signal}") from None
+        if signal is Signal.RETRY:
             return self._after_retry(classified, next_state, now)
-        if event is Event.NEXT_DISCOVERY_URL:  # not a failure: no backoff, no count
+        if signal is Signal.NEXT_DISCOVERY_URL:  # not a failure: no backoff, no count
             self._discovery_index += 1
             self.state = next_state
             return Send(self._request_for_state(), now)
         self._failures = 0
-        if event is Event.METADATA:
+        if signal is Signal.METADATA:
             self.metadata = classified.metadata
             self.state = next_state
             return Send(self._request_for_state(), now)
-        if event is Event.CODE_ISSUED:
+        if signal is Signal.CODE_ISSUED:
             self.code = parse_device_code(classified.fields, wall)
             self.interval = self.code.interval
             lifetime = (self.code.expires_at - wall).total_seconds()
             self._deadline = now + lifetime
             self.state = next_state
             return self._schedule_poll(now + self.interval)
-        if event is Event.TOKEN_ISSUED:
+        if signal is Signal.TOKEN_ISSUED:
             self.token = parse_token(classified.fields, wall)
             self.state = next_state
             return Done(self.token)
-        if event is Event.AUTHORIZATION_PENDING:
+        if signal is Signal.AUTHORIZATION_PENDING:
             self._adopt_server_interval(classified.fields)
             self.state = next_state
             return self._schedule_poll(now + self.interval)
-        if event is Event.SLOW_DOWN:
+        if signal is Signal.SLOW_DOWN:
             # RFC 8628 3.5: add 5 s for this and all later polls; a larger interval sent by the
             # server (GitHub) wins.
             self.interval += SLOW_DOWN_STEP
@@ -486,7 +487,7 @@ class DeviceFlowMachine:
         if at > self._deadline:
             # The device code dies before the next poll is allowed: stop now (RFC 8628 3.5).
             why = f"; last error: {cause}" if cause is not None else ""
-            self.state = TRANSITIONS[self.state][Event.CODE_EXPIRED]
+            self.state = TRANSITIONS[self.state][Signal.CODE_EXPIRED]
             return self._fail(
                 ExpiredTokenError(
                     "expired_token",
@@ -497,6 +498,6 @@ class DeviceFlowMachine:
 
     def _fail(self, error: DeviceFlowError) -> Fail:
         if not self.state.is_terminal:
-            self.state = TRANSITIONS[self.state][Event.ERROR]
+            self.state = TRANSITIONS[self.state][Signal.ERROR]
         self.error = error
         return Fail(error)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deviceflow._crypto import KdfParams, Record, Sealer
+from deviceflow._crypto import KdfParams, Payload, Sealer
 from deviceflow.exceptions import DecryptionError, KeyDerivationError, StoreError
 from deviceflow.stores import KeySet, Passphrase, generate_key
 
@@ -29,7 +29,7 @@ def sealer(*keys: str | bytes | Passphrase, namespace: str = "ns") -> Sealer:
 
 
 records = st.builds(
-    Record,
+    Payload,
     version=st.integers(min_value=1, max_value=2**63),
     expires_at=st.none() | st.floats(min_value=1.0, max_value=1e10),
     value=st.binary(max_size=4096),
@@ -56,7 +56,7 @@ def test_generate_key_is_urlsafe_base64_of_32_bytes() -> None:
 )
 def test_key_spellings_are_one_key(spelling: str | bytes) -> None:
     """Raw bytes and standard, URL-safe, unpadded or padded-with-space base64 are the same key."""
-    envelope = sealer(RAW).seal("r", Record(1, None, b"token"))
+    envelope = sealer(RAW).seal("r", Payload(1, None, b"token"))
     assert b"token" == sealer(spelling).open("r", envelope, name="k").value
 
 
@@ -92,11 +92,11 @@ def test_keyset_repr_shows_no_key() -> None:
 
 def test_rotation_old_keys_decrypt_newest_encrypts() -> None:
     """KeySet(new, old) opens old records and seals with new only."""
-    old_envelope = sealer(OTHER).seal("r", Record(1, None, b"old"))
+    old_envelope = sealer(OTHER).seal("r", Payload(1, None, b"old"))
     rotated = sealer(RAW, OTHER)
     assert b"old" == rotated.open("r", old_envelope, name="k").value
     assert False is rotated.is_current(old_envelope)
-    new_envelope = rotated.seal("r", Record(2, None, b"new"))
+    new_envelope = rotated.seal("r", Payload(2, None, b"new"))
     assert True is rotated.is_current(new_envelope)
     assert b"new" == sealer(RAW).open("r", new_envelope, name="k").value
     with pytest.raises(DecryptionError):
@@ -105,7 +105,7 @@ def test_rotation_old_keys_decrypt_newest_encrypts() -> None:
 
 def test_passphrase_keys_depend_on_salt() -> None:
     """A passphrase gives the same key for the same salt and another for another salt."""
-    envelope = sealer(Passphrase("correct horse")).seal("r", Record(1, None, b"v"))
+    envelope = sealer(Passphrase("correct horse")).seal("r", Payload(1, None, b"v"))
     assert b"v" == sealer(Passphrase("correct horse")).open("r", envelope, name="k").value
     other_salt = Sealer(
         KeySet(Passphrase("correct horse")).resolve(KdfParams(salt=b"t" * 16, n=FAST)), "ns"
@@ -226,7 +226,7 @@ def test_keys_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """from_env reads comma- or space-separated base64 keys, newest first."""
     new, old = generate_key(), generate_key()
     monkeypatch.setenv("DEVICEFLOW_KEY", f"{new}, {old}")
-    envelope = sealer(old).seal("r", Record(1, None, b"v"))
+    envelope = sealer(old).seal("r", Payload(1, None, b"v"))
     keys = KeySet.from_env()
     assert "KeySet(<2 keys>)" == repr(keys)
     assert b"v" == Sealer(keys.resolve(), "ns").open("r", envelope, name="k").value
@@ -254,7 +254,7 @@ def test_keys_from_private_file(tmp_path: Path) -> None:
     """from_file reads one key per line, skipping blanks and comments."""
     key = generate_key()
     path = _key_file(tmp_path, f"# deviceflow key\n\n{key}  # current\n", 0o600)
-    envelope = sealer(key).seal("r", Record(1, None, b"v"))
+    envelope = sealer(key).seal("r", Payload(1, None, b"v"))
     keys = KeySet.from_file(path)
     assert b"v" == Sealer(keys.resolve(), "ns").open("r", envelope, name="k").value
 
@@ -296,19 +296,19 @@ def test_record_ids_are_opaque_and_namespaced() -> None:
 def test_every_write_uses_a_fresh_nonce() -> None:
     """Sealing the same record twice gives two different envelopes."""
     s = sealer(RAW)
-    record = Record(1, None, b"same")
+    record = Payload(1, None, b"same")
     assert s.seal("r", record) != s.seal("r", record)
 
 
 @given(record=records)
-def test_envelope_round_trips(record: Record) -> None:
+def test_envelope_round_trips(record: Payload) -> None:
     """Any record opens to itself."""
     s = sealer(RAW)
     assert record == s.open("r", s.seal("r", record), name="k")
 
 
 @given(record=records, data=st.data())
-def test_any_flipped_bit_is_detected(record: Record, data: st.DataObject) -> None:
+def test_any_flipped_bit_is_detected(record: Payload, data: st.DataObject) -> None:
     """Flipping any bit of an envelope makes it fail to open with DecryptionError."""
     s = sealer(RAW)
     envelope = bytearray(s.seal("r", record))
@@ -319,7 +319,7 @@ def test_any_flipped_bit_is_detected(record: Record, data: st.DataObject) -> Non
 
 
 @given(record=records, data=st.data())
-def test_truncation_or_extension_is_detected(record: Record, data: st.DataObject) -> None:
+def test_truncation_or_extension_is_detected(record: Payload, data: st.DataObject) -> None:
     """A cut or lengthened envelope fails to open with DecryptionError."""
     s = sealer(RAW)
     envelope = s.seal("r", record)
@@ -331,7 +331,7 @@ def test_truncation_or_extension_is_detected(record: Record, data: st.DataObject
 
 
 @given(record=records, other=st.text(min_size=1).filter(lambda k: k != "tenant-a"))
-def test_envelope_is_bound_to_its_key(record: Record, other: str) -> None:
+def test_envelope_is_bound_to_its_key(record: Payload, other: str) -> None:
     """An envelope sealed for one key does not open as another key's."""
     s = sealer(RAW)
     envelope = s.seal(s.record_id("tenant-a"), record)
@@ -340,7 +340,7 @@ def test_envelope_is_bound_to_its_key(record: Record, other: str) -> None:
 
 
 @given(record=records)
-def test_envelope_is_bound_to_its_namespace(record: Record) -> None:
+def test_envelope_is_bound_to_its_namespace(record: Payload) -> None:
     """The same key in another namespace does not open it."""
     envelope = sealer(RAW, namespace="a").seal("r", record)
     with pytest.raises(DecryptionError):
@@ -349,7 +349,7 @@ def test_envelope_is_bound_to_its_namespace(record: Record) -> None:
 
 @given(record=records, data=st.binary(max_size=200))
 @settings(max_examples=50)
-def test_garbage_never_opens(record: Record, data: bytes) -> None:
+def test_garbage_never_opens(record: Payload, data: bytes) -> None:
     """Arbitrary bytes are a DecryptionError, never another exception."""
     with pytest.raises(DecryptionError):
         sealer(RAW).open("r", data, name="k")
@@ -358,7 +358,7 @@ def test_garbage_never_opens(record: Record, data: bytes) -> None:
 def test_stored_version_must_match_sealed_version() -> None:
     """A version kept beside the envelope that differs from the sealed one is tampering."""
     s = sealer(RAW)
-    envelope = s.seal("r", Record(3, None, b"v"))
+    envelope = s.seal("r", Payload(3, None, b"v"))
     assert 3 == s.open("r", envelope, name="k", version=3).version
     with pytest.raises(DecryptionError):
         s.open("r", envelope, name="k", version=4)
@@ -367,7 +367,7 @@ def test_stored_version_must_match_sealed_version() -> None:
 def test_decryption_error_names_the_record_not_the_key() -> None:
     """The message names the record, says what went wrong and holds no key material."""
     key = generate_key()
-    envelope = sealer(key).seal("r", Record(1, None, b"secret-token"))
+    envelope = sealer(key).seal("r", Payload(1, None, b"secret-token"))
     with pytest.raises(DecryptionError) as caught:
         sealer(RAW).open("r", envelope, name="'tenant-42'")
     message = str(caught.value)

@@ -40,7 +40,7 @@ import anyio.to_thread
 import filelock
 
 from deviceflow._checks import flag, path_arg, positive_finite, printable_text
-from deviceflow._crypto import KdfParams, KeyMaterial, Record, Sealer, key_arg
+from deviceflow._crypto import KdfParams, KeyMaterial, Payload, Sealer, key_arg
 from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
 
 from ._leases import KeyedLocks, LocalLeases, check_lock_args, check_ttl
@@ -313,7 +313,7 @@ class EncryptedFileStore:
 
     # -- records -------------------------------------------------------------------------------
 
-    def _load(self, sealer: Sealer, rid: str, key: str) -> tuple[Record | None, bool]:
+    def _load(self, sealer: Sealer, rid: str, key: str) -> tuple[Payload | None, bool]:
         """The live record of ``key`` (None if absent or expired), and whether a file exists."""
         data = _read_file(self._folder(rid, create=False) / f"{rid}.tok")
         if data is None:
@@ -361,7 +361,7 @@ class EncryptedFileStore:
                 )
             version = (current or 0) + 1
             expires = None if ttl is None else time.time() + ttl
-            self._store(rid, sealer.seal(rid, Record(version, expires, value)))
+            self._store(rid, sealer.seal(rid, Payload(version, expires, value)))
             return version
 
         return self._write_locked(rid, repr(key), compare_and_set)

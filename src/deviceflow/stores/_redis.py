@@ -30,7 +30,7 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from deviceflow._checks import flag, positive_finite, printable_text
-from deviceflow._crypto import KdfParams, KeyMaterial, Record, Sealer, key_arg
+from deviceflow._crypto import KdfParams, KeyMaterial, Payload, Sealer, key_arg
 from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
 
 from ._leases import check_lock_args, check_ttl
@@ -314,7 +314,7 @@ class RedisStore:
         sealer = await self._ready()
         rid = sealer.record_id(key)
         version = (expected_version or 0) + 1
-        envelope = sealer.seal(rid, Record(version, None, bytes(value)))
+        envelope = sealer.seal(rid, Payload(version, None, bytes(value)))
         ttl_ms = "" if ttl is None else max(1, math.ceil(ttl * 1000))
         expected = "" if expected_version is None else expected_version
         async with self._edge("put"):
