@@ -57,24 +57,24 @@ def initial_states() -> list[tuple[FlowState, str]]:
 def edges(
     table: Mapping[FlowState, Mapping[Signal, FlowState]] = TRANSITIONS,
 ) -> dict[tuple[FlowState, FlowState], list[Signal]]:
-    """The table's rows merged by (from, to): the events of each arrow, in Signal order."""
+    """The table's rows merged by (from, to): the signals of each arrow, in Signal order."""
     merged: dict[tuple[FlowState, FlowState], list[Signal]] = {}
     for source in FlowState:
-        for event in Signal:
-            target = table.get(source, {}).get(event)
+        for signal in Signal:
+            target = table.get(source, {}).get(signal)
             if target is not None:
-                merged.setdefault((source, target), []).append(event)
+                merged.setdefault((source, target), []).append(signal)
     return merged
 
 
 def transition_table(table: Mapping[FlowState, Mapping[Signal, FlowState]] = TRANSITIONS) -> str:
-    """The transition table as a Markdown table, one row per (state, event)."""
+    """The transition table as a Markdown table, one row per (state, signal)."""
     rows = ["| From | On | To |", "| --- | --- | --- |"]
     for source in FlowState:
-        for event in Signal:
-            target = table.get(source, {}).get(event)
+        for signal in Signal:
+            target = table.get(source, {}).get(signal)
             if target is not None:
-                rows.append(f"| `{source.name}` | {event.value} | `{target.name}` |")
+                rows.append(f"| `{source.name}` | {signal.value} | `{target.name}` |")
     return "\n".join(rows)
 
 
