@@ -315,3 +315,26 @@ async def test_after_invalid_grant_no_older_token_is_handed_out(
     assert token.access_token != replica_token.access_token
     assert server.is_valid_access_token(token.access_token)
     assert 1 == len(codes)
+
+
+async def test_aclose_keeps_trying_while_the_store_blips(
+    stores: StoreFactory,
+    server: AuthorizationServer,
+    virtual_clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that fails the first writes aclose() makes still gets the unsaved token: aclose()
+    retries within its bound instead of giving up after one attempt."""
+    faulty = FaultyStore(stores())
+    client = client_on(server, faulty, virtual_clock)
+    await seed(client, server, virtual_clock)
+    faulty.fail("put", times=3)  # the refresh's write, then the first two tries of aclose()
+    virtual_clock.advance(400)
+    token = await client.get_token("a")
+    with caplog.at_level(logging.ERROR, logger="deviceflow"):
+        await client.aclose()
+    assert [] == [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert 3 == faulty.injected
+    async with client_on(server, stores(), virtual_clock) as later:
+        assert token == await stored_token(later, "a")
+    assert_grant_kept(server)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+import types
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -67,6 +68,10 @@ def is_b64token(value: str) -> bool:
     return B64TOKEN.fullmatch(value) is not None
 
 
+#: The ``extra`` of a token that has none: one shared read-only mapping, not a dict per token.
+_NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError("expires_at must be an aware datetime (use timezone.utc)")
@@ -90,7 +95,7 @@ class Token:
     refresh_token: str | None = attrs.field(default=None, repr=False)
     scope: str | None = None
     id_token: str | None = attrs.field(default=None, repr=False)
-    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    extra: Mapping[str, Any] = attrs.field(factory=lambda: _NO_EXTRA, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -151,7 +156,7 @@ class Token:
                 refresh_token=_opt_str(data, "refresh_token"),
                 scope=_opt_str(data, "scope"),
                 id_token=_opt_str(data, "id_token"),
-                extra=dict(data.get("extra") or {}),
+                extra=dict(extra) if (extra := data.get("extra")) else _NO_EXTRA,
             )
         except DeviceFlowError:
             raise

@@ -40,6 +40,7 @@ __all__ = [
     "Held",
     "Record",
     "RecordCodec",
+    "RenderedRecord",
     "Stored",
     "Tombstone",
     "record_key",
@@ -96,6 +97,19 @@ def _when(value: Any) -> datetime | None:
         with contextlib.suppress(OverflowError, OSError, ValueError):  # out of datetime's range
             return datetime.fromtimestamp(value, timezone.utc)
     return None
+
+
+class RenderedRecord:
+    """A record kept as what renders it: the codec, the account, the token and when it was
+    obtained (MemoryStore.put_rendered). Renders the same bytes every time."""
+
+    __slots__ = ("_account", "_codec", "_obtained", "_token")
+
+    def __init__(self, codec: RecordCodec, account: str, token: Token, obtained: datetime) -> None:
+        self._codec, self._account, self._token, self._obtained = codec, account, token, obtained
+
+    def __call__(self) -> bytes:
+        return self._codec.encode(self._account, self._token, self._obtained)
 
 
 class RecordCodec:

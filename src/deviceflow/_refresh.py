@@ -72,7 +72,16 @@ from ._cache import TokenCache
 from ._clock import Clock
 from ._endpoints import Endpoints, GateClosed
 from ._models import Token
-from ._records import TOMBSTONE_TTL, Held, Record, RecordCodec, Stored, Tombstone, stamp
+from ._records import (
+    TOMBSTONE_TTL,
+    Held,
+    Record,
+    RecordCodec,
+    RenderedRecord,
+    Stored,
+    Tombstone,
+    stamp,
+)
 from .exceptions import (
     ConflictError,
     DecryptionError,
@@ -81,6 +90,7 @@ from .exceptions import (
     LockTimeoutError,
     StoreError,
 )
+from .stores._memory import MemoryStore
 from .stores._protocol import Lease, TokenStore, Versioned
 
 __all__ = ["Forced", "NeedsGrant", "RefreshTransaction", "Stale", "TokenLedger"]
@@ -217,11 +227,20 @@ class TokenLedger:
         A conflict on a fresh token is overwritten (the new token is valid, and losing it would
         lose a rotated refresh token), unless the record is a tombstone now: ConflictError.
         """
-        value = self.codec.encode(account, record.token, record.obtained or self.clock.wall())
+        obtained = record.obtained or self.clock.wall()
+        value = self.codec.encode(account, record.token, obtained)
         ttl = self.codec.ttl(record.token, self.clock.wall())
+        store = self.store
         for attempt in range(4):
             try:
-                version = await self.store.put(key, value, expected_version=expected, ttl=ttl)
+                if type(store) is MemoryStore:
+                    # The record shares the token's strings with the cache: one copy in memory.
+                    render = RenderedRecord(self.codec, account, record.token, obtained)
+                    version = await store.put_rendered(
+                        key, render, expected_version=expected, ttl=ttl
+                    )
+                else:
+                    version = await store.put(key, value, expected_version=expected, ttl=ttl)
                 return Versioned(value, version)
             except ConflictError:
                 current = await self.store.get(key)
@@ -553,14 +572,17 @@ class RefreshTransaction:
             log.info("account %r: the unsaved token is stored now", account)
 
     async def aclose(self) -> None:
-        """Stop the background retries, make a last bounded attempt to store unsaved tokens,
-        and log an ERROR line for each account whose token could not be stored."""
+        """Stop the background retries, keep trying to store unsaved tokens for at most
+        _CLOSE_FLUSH seconds (0.1 s apart, doubling), and log an ERROR line for each account
+        whose token could still not be stored."""
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        if self.ledger.unsaved:
-            with anyio.move_on_after(_CLOSE_FLUSH, shield=True):
-                await self.flush()
+        delay = 0.1
+        with anyio.move_on_after(_CLOSE_FLUSH, shield=True):
+            while not await self.flush():
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         for account in self.ledger.unsaved:
             log.error(
                 "account %r: its newest token could not be stored and is lost with this "

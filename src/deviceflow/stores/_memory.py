@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
@@ -17,12 +18,17 @@ __all__ = ["MemoryStore"]
 
 @attrs.frozen
 class _Entry:
-    value: bytes = attrs.field(repr=False)
+    # The value, or the function that renders it (see MemoryStore.put_rendered).
+    value: bytes | Callable[[], bytes] = attrs.field(repr=False)
     version: int
     expires: float | None  # time.monotonic()
 
     def alive(self, now: float) -> bool:
         return self.expires is None or now < self.expires
+
+    def data(self) -> bytes:
+        value = self.value
+        return value if isinstance(value, bytes) else value()
 
 
 @attrs.define
@@ -50,7 +56,7 @@ class MemoryStore:
     async def get(self, key: str) -> Versioned | None:
         """The value of ``key`` and its version, or None."""
         entry = self._current(key)
-        return None if entry is None else Versioned(entry.value, entry.version)
+        return None if entry is None else Versioned(entry.data(), entry.version)
 
     async def put(
         self,
@@ -61,6 +67,31 @@ class MemoryStore:
         ttl: float | None = None,
     ) -> int:
         """Write ``value`` if ``key`` is at ``expected_version``; return the new version."""
+        return self._put(key, bytes(value), expected_version, ttl)
+
+    async def put_rendered(
+        self,
+        key: str,
+        render: Callable[[], bytes],
+        *,
+        expected_version: int | None,
+        ttl: float | None = None,
+    ) -> int:
+        """put() for a value kept as the function that renders it, called on every get().
+
+        ``render`` must return the same bytes every time. DeviceFlowClient keeps its records
+        this way, so that a record and the client's cached token share one copy of the
+        token's strings in memory instead of two.
+        """
+        return self._put(key, render, expected_version, ttl)
+
+    def _put(
+        self,
+        key: str,
+        value: bytes | Callable[[], bytes],
+        expected_version: int | None,
+        ttl: float | None,
+    ) -> int:
         check_ttl(ttl)
         entry = self._current(key)
         current = None if entry is None else entry.version
@@ -70,7 +101,7 @@ class MemoryStore:
             )
         version = (current or 0) + 1
         expires = None if ttl is None else time.monotonic() + ttl
-        self._entries[key] = _Entry(bytes(value), version, expires)
+        self._entries[key] = _Entry(value, version, expires)
         return version
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
