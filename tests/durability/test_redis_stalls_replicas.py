@@ -153,7 +153,6 @@ async def test_replicas_keep_one_grant_through_random_redis_stalls(
         args += ["--redis", redis.url, "--prefix", PREFIX, "--key", str(key)]
         args += ["--duration", str(duration), "--timeout", str(timeout)]
         args += ["--http-timeout", str(http_timeout), "--lock-ttl", str(lock_ttl)]
-        args += ["--flush-deadline", str(10 * factor)]
         try:
             reports = await asyncio.gather(
                 *(run_replica(*args, timeout=duration + 60 * factor) for _ in range(PROCESSES))
