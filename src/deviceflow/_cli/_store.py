@@ -24,6 +24,7 @@ from deviceflow._models import Token
 from deviceflow._records import RecordCodec, Tombstone, record_key
 from deviceflow.exceptions import ConflictError, StoreError
 from deviceflow.stores import EncryptedFileStore, KeySet, TokenStore, generate_key
+from deviceflow.stores._file import _private_dirs as private_dirs
 
 from ._errors import CliError
 from ._settings import Settings, default_config_dir, default_data_dir
@@ -55,7 +56,7 @@ def write_key_file(path: Path, key: str) -> bool:
     The key is written to a temporary file first and linked into place, so a process that reads
     the file never sees it half written, and two processes creating it at once agree on one key.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dirs(path.parent)  # missing folders 0700 whatever the umask
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"# deviceflow store key, created {stamp}.\n"
@@ -127,7 +128,10 @@ def open_store(settings: Settings, notes: TextIO) -> TokenStore:
         except ValueError as exc:
             raise CliError(f"{settings.origin('store')}: {exc}") from None
     path = Path(location).expanduser() if location else default_data_dir() / "tokens"
-    return EncryptedFileStore(path, key=keys)
+    try:
+        return EncryptedFileStore(path, key=keys)
+    except ValueError as exc:
+        raise CliError(f"{settings.origin('store')}: {exc}") from None
 
 
 # --- the index -------------------------------------------------------------------------------
