@@ -19,10 +19,20 @@
     (its writes are flushed after each update, outside the timing); ours fsyncs the record and
     its folder on every update. A bare durable write of 2 KB (temp file, fsync, rename, fsync of
     the folder) takes its turn too: the floor under any crash-safe update on this disk.
+(d) Against the raw limit, on one redis-server and one disk, contenders interleaved in shuffled
+    order within each round: RedisStore.get against the raw ``HMGET`` of the same hash, and
+    RedisStore.put (compare-and-set at the current version) against the raw ``EVALSHA`` of the
+    same Lua script with an envelope of the same size, one at a time and 32 in flight, on one
+    client (the store's); ``HSET`` of the same fields is printed for information.
+    EncryptedFileStore.put (compare-and-set) against a bare durable write of the same size
+    (temp file, fsync, rename, fsync of the folder), one at a time, in batches of five and four
+    times as many rounds. Ratio = store ops/s divided
+    by raw ops/s, median of the rounds' ratios. Targets: >= 0.8x for Redis, >= 0.6x for files.
 
 Redis is a private ``redis-server`` started on a free loopback port (persistence off).
 
-Run: ``python benchmarks/bench_stores.py [--updates N] [--skip-100k]``
+Run: ``python benchmarks/bench_stores.py [--updates N] [--skip-100k] [--raw-rounds N]
+[--only-raw]``
 """
 
 from __future__ import annotations
@@ -45,17 +55,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from redis.asyncio import Redis
+import attrs
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from _harness import machine, table
 from deviceflow._crypto import KeySet, Payload, Sealer
 from deviceflow.stores import EncryptedFileStore, MemoryStore, RedisStore, TokenStore, generate_key
+from deviceflow.stores._redis import _PUT
 
 TOKEN_SIZE = 2048
 SIZES = [10, 1_000, 10_000, 100_000]
 MSAL_SIZES = [1_000, 10_000]
 TARGET_FLAT = 1.2
 TARGET_MSAL = 50.0
+TARGET_RAW_REDIS = 0.8
+TARGET_RAW_FILE = 0.6
 KEY = generate_key()
 
 
@@ -301,12 +315,13 @@ def msal_cache(folder: Path, size: int) -> Callable[[], None]:
     return update
 
 
-def durable_write(folder: Path) -> None:
-    """The floor under any crash-safe update: write 2 KB to a temp file, fsync it, rename it over
-    the old one, fsync the folder (what EncryptedFileStore does, without lock, read or crypto)."""
+def durable_write(folder: Path, data: bytes | None = None) -> None:
+    """The floor under any crash-safe update: write ``data`` (2 KB by default) to a temp file,
+    fsync it, rename it over the old one, fsync the folder (what EncryptedFileStore does, without
+    lock, read or crypto)."""
     temp, final = folder / "bare.tmp", folder / "bare"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, token(0))
+    os.write(fd, token(0) if data is None else data)
     os.fsync(fd)
     os.close(fd)
     os.replace(temp, final)
@@ -342,6 +357,218 @@ async def against_msal(
     return statistics.median(theirs), statistics.median(ours), statistics.median(bare)
 
 
+# --- (d) against the raw limit ----------------------------------------------------------------
+#
+# Each round runs every contender once over a batch of the same size, in a shuffled order, so
+# that a busy machine slows store and raw alike; a round's ratio is raw time / store time (the
+# store's ops/s over the raw ops/s), and the result is the median of the rounds' ratios. The
+# client's CPU time (this process, worker threads included) is taken the same way, for
+# information: it moves less than wall time when the machine is busy.
+
+RAW_KEYS = 1_000
+RAW_WIDTH = 32  # calls in flight: under the 50 connections of the pool
+RAW_BATCH = {"one at a time": 300, f"{RAW_WIDTH} in flight": 1_200}
+FILE_KEYS = 20
+FILE_BATCH = 5
+FILE_ROUNDS_PER_ROUND = 4  # file batches are short: four times as many rounds
+
+Batch = Callable[[int], Awaitable[None]]
+
+
+@attrs.define
+class Timings:
+    """Seconds (wall and CPU) per round of one contender."""
+
+    wall: list[float] = attrs.Factory(list)
+    cpu: list[float] = attrs.Factory(list)
+
+
+@attrs.frozen
+class Outcome:
+    """One operation's result: the store's and the raw side's timings (no store: information)."""
+
+    batch: int
+    raw: Timings
+    store: Timings | None = None
+
+    def rate(self, timings: Timings) -> float:
+        return self.batch / statistics.median(timings.wall)
+
+    def ratios(self, cpu: bool = False) -> list[float]:
+        assert self.store is not None
+        ours, theirs = (self.store.cpu, self.raw.cpu) if cpu else (self.store.wall, self.raw.wall)
+        return [r / s for s, r in zip(ours, theirs, strict=True)]
+
+
+def load() -> str:
+    """The 1-, 5- and 15-minute load averages."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+async def spread(calls: int, width: int, call: Callable[[int], Awaitable[object]]) -> None:
+    """``call(0)`` to ``call(calls - 1)``, ``width`` of them in flight (one at a time if 1)."""
+    if width == 1:
+        for i in range(calls):
+            await call(i)
+        return
+    queue = iter(range(calls))
+
+    async def worker() -> None:
+        for i in queue:
+            await call(i)
+
+    await asyncio.gather(*(worker() for _ in range(width)))
+
+
+async def contest(
+    pairs: dict[str, tuple[Batch, Batch]], extra: dict[str, Batch], rounds: int
+) -> dict[str, tuple[Timings, Timings | None]]:
+    """Run every batch once per round, in a shuffled order; (raw, store) timings per name.
+
+    ``pairs`` maps a name to (store batch, raw batch); ``extra`` adds raw batches timed in the
+    same rounds for information. A batch is called with the round's number (0: warm-up)."""
+    runs = {(name, "store"): pair[0] for name, pair in pairs.items()}
+    runs |= {(name, "raw"): pair[1] for name, pair in pairs.items()}
+    runs |= {(name, "raw"): run for name, run in extra.items()}
+    timings = {entry: Timings() for entry in runs}
+    for run in runs.values():  # warm up: connections, scripts, the store's set-up
+        await run(0)
+    gc.collect()
+    order = list(runs)
+    rng = random.Random(1)
+    for done in range(1, rounds + 1):
+        rng.shuffle(order)
+        for entry in order:
+            wall, cpu = time.perf_counter(), time.process_time()
+            await runs[entry](done)
+            timings[entry].cpu.append(time.process_time() - cpu)
+            timings[entry].wall.append(time.perf_counter() - wall)
+    names = [*pairs, *extra]
+    return {name: (timings[name, "raw"], timings.get((name, "store"))) for name in names}
+
+
+async def against_raw_redis(url: str, rounds: int) -> dict[str, Outcome]:
+    """RedisStore get and put against HMGET and EVALSHA on the same client and server."""
+    pool = BlockingConnectionPool.from_url(
+        url, timeout=5.0, socket_timeout=5.0, socket_connect_timeout=5.0
+    )  # what RedisStore(url) makes
+    client = Redis.from_pool(pool)
+    store = RedisStore(client, key=KEY, prefix="d:")
+    keys = [account(i) for i in range(RAW_KEYS)]
+    names = [f"d:{{{SEALER.record_id(key)}}}" for key in keys]
+    raw_names = [f"d:raw:{{{SEALER.record_id(key)}}}" for key in keys]
+    value = token(0)
+    envelope = SEALER.seal(SEALER.record_id(keys[0]), Payload(1, None, value))
+    sha = await client.script_load(_PUT)
+    versions = dict.fromkeys(range(RAW_KEYS), 0)
+    raw_versions = dict.fromkeys(range(RAW_KEYS), 0)
+
+    async def store_put(i: int) -> None:
+        k = i % RAW_KEYS
+        versions[k] = await store.put(keys[k], value, expected_version=versions[k] or None)
+
+    async def raw_put(i: int) -> None:
+        # The store's call: expected version ('' = absent), new version, envelope, no ttl.
+        k = i % RAW_KEYS
+        old = raw_versions[k]
+        ok, _ = await client.evalsha(sha, 1, raw_names[k], old or "", old + 1, envelope, "")
+        raw_versions[k] = old + 1 if ok else old
+
+    async def store_get(i: int) -> None:
+        await store.get(keys[i % RAW_KEYS])
+
+    async def raw_get(i: int) -> None:
+        await client.hmget(names[i % RAW_KEYS], ["v", "d"])
+
+    async def raw_hset(i: int) -> None:
+        await client.hset(raw_names[i % RAW_KEYS], mapping={"v": 1, "d": envelope})
+
+    await spread(RAW_KEYS, RAW_WIDTH, store_put)
+    await spread(RAW_KEYS, RAW_WIDTH, raw_put)
+
+    def batch(call: Callable[[int], Awaitable[None]], mode: str) -> Batch:
+        size, width = RAW_BATCH[mode], 1 if mode == "one at a time" else RAW_WIDTH
+        # Round r covers calls r*size to (r+1)*size - 1: both sides use the keys in one order.
+        return lambda r: spread(size, width, lambda i: call(r * size + i))
+
+    pairs: dict[str, tuple[Batch, Batch]] = {}
+    extra: dict[str, Batch] = {}
+    for mode in RAW_BATCH:
+        pairs[f"get, {mode}"] = (batch(store_get, mode), batch(raw_get, mode))
+        pairs[f"put, {mode}"] = (batch(store_put, mode), batch(raw_put, mode))
+        extra[f"HSET, {mode}"] = batch(raw_hset, mode)
+    try:
+        results = await contest(pairs, extra, rounds)
+    finally:
+        await client.aclose()
+    return {
+        name: Outcome(RAW_BATCH[name.split(", ")[1]], raw, store)
+        for name, (raw, store) in results.items()
+    }
+
+
+async def against_raw_file(folder: Path, rounds: int) -> dict[str, Outcome]:
+    """EncryptedFileStore.put against a bare durable write of an envelope's size."""
+    store = EncryptedFileStore(folder / "store", key=KEY)
+    keys = [account(i) for i in range(FILE_KEYS)]
+    value = token(0)
+    data = SEALER.seal(SEALER.record_id(keys[0]), Payload(1, None, value))
+    bare_folder = folder / "bare"
+    bare_folder.mkdir(mode=0o700, parents=True)
+    versions = {k: await store.put(key, value, expected_version=None) for k, key in enumerate(keys)}
+    os.sync()
+
+    async def store_puts(r: int) -> None:
+        for i in range(FILE_BATCH):
+            k = (r * FILE_BATCH + i) % FILE_KEYS
+            versions[k] = await store.put(keys[k], value, expected_version=versions[k])
+
+    async def bare_writes(r: int) -> None:
+        for _ in range(FILE_BATCH):
+            durable_write(bare_folder, data)
+
+    results = await contest({"put, one at a time": (store_puts, bare_writes)}, {}, rounds)
+    return {name: Outcome(FILE_BATCH, raw, store) for name, (raw, store) in results.items()}
+
+
+def raw_rows(outcomes: dict[str, Outcome], target: float) -> list[list[str]]:
+    """Table rows: median ops/s of store and raw, the ratios and their range over the rounds."""
+    rows = []
+    for name, outcome in outcomes.items():
+        raw_rate = f"{outcome.rate(outcome.raw):,.0f}"
+        if outcome.store is None:
+            rows.append([name, "-", raw_rate, "(for information)", "", ""])
+            continue
+        wall, cpu = outcome.ratios(), outcome.ratios(cpu=True)
+        ratio = statistics.median(wall)
+        rows.append(
+            [
+                name,
+                f"{outcome.rate(outcome.store):,.0f}",
+                raw_rate,
+                f"{ratio:.2f}x{verdict(ratio >= target)}",
+                f"{min(wall):.2f}-{max(wall):.2f}",
+                f"{statistics.median(cpu):.2f}x",
+            ]
+        )
+    return rows
+
+
+async def raw_limit(work: Path, rounds: int) -> None:
+    """Section (d): print store/raw ratios for Redis and the file store."""
+    print(f"\n(d) against the raw limit, {rounds} interleaved rounds; load {load()}")
+    with redis_server(work / "d-redis") as url:
+        redis = await against_raw_redis(url, rounds)
+    files = await against_raw_file(work / "d-file", rounds * FILE_ROUNDS_PER_ROUND)
+    header = ["operation", "store ops/s", "raw ops/s", "store / raw", "rounds' range", "CPU"]
+    print("Redis: raw = HMGET of the same hash; EVALSHA of the same compare-and-set script")
+    print(table(header, raw_rows(redis, TARGET_RAW_REDIS)))
+    print(f"target: >= {TARGET_RAW_REDIS}x (CPU: the client's CPU time, raw / store)")
+    print("files: raw = write an envelope's bytes to a temp file, fsync, rename, fsync the folder")
+    print(table(header, raw_rows(files, TARGET_RAW_FILE)))
+    print(f"target: >= {TARGET_RAW_FILE}x; load {load()}")
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -353,11 +580,14 @@ def verdict(met: bool) -> str:
     return " ok" if met else " MISSED"
 
 
-async def main(updates: int, sizes: Sequence[int]) -> None:
+async def main(updates: int, sizes: Sequence[int], raw_rounds: int, only_raw: bool) -> None:
     print(f"Stores benchmark: {machine()}")
     print(f"uname: {' '.join(platform.uname())}")
     with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp:
         work = Path(tmp)
+        if only_raw:
+            await raw_limit(work, raw_rounds)
+            return
         with redis_server(work) as url:
             # (a)
             rows: list[list[str]] = []
@@ -426,12 +656,17 @@ async def main(updates: int, sizes: Sequence[int]) -> None:
             print(
                 f"target at 10,000 tokens: >= {TARGET_MSAL:.0f}x (medians of alternating updates)"
             )
+        await raw_limit(work, raw_rounds)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=200, help="updates measured per size")
     parser.add_argument("--skip-100k", action="store_true", help="stop at 10,000 tokens")
+    parser.add_argument(
+        "--raw-rounds", type=int, default=20, help="rounds of section (d) (x4 for files)"
+    )
+    parser.add_argument("--only-raw", action="store_true", help="run section (d) alone")
     options = parser.parse_args()
     chosen = [n for n in SIZES if not (options.skip_100k and n > 10_000)]
-    asyncio.run(main(options.updates, chosen))
+    asyncio.run(main(options.updates, chosen, options.raw_rounds, options.only_raw))
