@@ -149,6 +149,7 @@ class DeviceFlowClient:
             lock_wait=lock_wait,
             metadata=provider.metadata,
         )
+        self._endpoints.telemetry.watch(self._cache)  # deviceflow.accounts.cached
         self._ledger = TokenLedger(
             store=store,
             codec=codec,
@@ -196,6 +197,7 @@ class DeviceFlowClient:
         ERROR line names the account.
         """
         self._flights.closed = True  # at once: no flight starts a device flow from here on
+        self._endpoints.telemetry.unwatch()
         # To its end even if aclose() itself is cancelled (an anyio timeout around
         # `async with client`): a refresh on the wire must still store its answer.
         await complete_despite_cancellation(self._shut_down())

@@ -86,7 +86,7 @@ class DeviceFlowDriver:
             endpoints=provider.endpoints,  # given by hand: they win over discovered ones
         )
 
-    async def events(
+    def events(
         self,
         account: str,
         *,
@@ -96,6 +96,16 @@ class DeviceFlowDriver:
         """One device flow's events (see ``DeviceFlowClient.authorize``), calling
         ``before_wait(seconds)`` before each wait and request it makes (``seconds`` until the
         request; 0 or less when it is due)."""
+        flow = self._events(account, store=store, before_wait=before_wait)
+        return self.endpoints.telemetry.device_flow(flow)
+
+    async def _events(
+        self,
+        account: str,
+        *,
+        store: bool,
+        before_wait: Callable[[float], Awaitable[None]] | None,
+    ) -> AsyncGenerator[FlowEvent, None]:
         machine = self._machine()
         clock = self.clock
         last: tuple[FlowState, float] | None = None

@@ -28,6 +28,7 @@ from ._clock import Clock
 from ._models import ProviderMetadata, RegisteredClient, Request, RequestKind, Response, Token
 from ._parse import interpret_registration_response, interpret_token_response, retry_after
 from ._provider import Provider, fetch_metadata
+from ._telemetry import ClientTelemetry
 from ._transport import Transport
 from .exceptions import DeviceFlowError, ProtocolError, TransportError
 from .stores._protocol import TokenStore
@@ -58,8 +59,11 @@ class GateClosed(TransportError):
 class Gate:
     """The token endpoint's gate: a cap on refreshes in flight, and a closing time."""
 
-    def __init__(self, clock: Clock, limit: int = REFRESH_LIMIT) -> None:
+    def __init__(
+        self, clock: Clock, limit: int = REFRESH_LIMIT, *, telemetry: ClientTelemetry | None = None
+    ) -> None:
         self._clock = clock
+        self._telemetry = telemetry
         self._slots = asyncio.Semaphore(limit)
         self._opens_at = -math.inf  # the client clock's monotonic time
         self.closures = 0
@@ -70,6 +74,8 @@ class Gate:
         if opens_at > self._opens_at:
             if self._opens_at <= self._clock.monotonic():
                 self.closures += 1
+                if self._telemetry is not None:
+                    self._telemetry.gate_closed()
             self._opens_at = opens_at
 
     def closed_for(self) -> float:
@@ -104,12 +110,14 @@ class Endpoints:
     lock_wait: float
     metadata: ProviderMetadata | None = None
     gate: Gate = attrs.field(init=False)
+    telemetry: ClientTelemetry = attrs.field(init=False)  # spans and metrics (the otel extra)
     _metadata_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _registered: RegisteredClient | None = attrs.field(default=None, init=False)
     _registration_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.gate = Gate(self.clock)
+        self.telemetry = ClientTelemetry(self.provider, self.client_id)
+        self.gate = Gate(self.clock, telemetry=self.telemetry)
 
     async def settle(self) -> None:
         """Discover the endpoints and register the client now, if still needed (before a store
@@ -145,8 +153,12 @@ class Endpoints:
                 params["client_secret"] = client.client_secret  # RFC 6749 2.3.1, in the body
             request = attrs.evolve(request, params=params)
         if timeout is None:
-            return await self.transport.send(request)
-        return await self.transport.send(request, timeout=timeout)
+            response = await self.transport.send(request)
+        else:
+            response = await self.transport.send(request, timeout=timeout)
+        if response.status == 429 or response.status >= 500:
+            self.telemetry.server_busy(request.kind.value, response.status)
+        return response
 
     async def _retrying(
         self,

@@ -499,10 +499,14 @@ class RefreshTransaction:
         # Once the request is out, the server may already have rotated the refresh token: the
         # answer must reach memory and the store, or every holder of the old token loses the
         # grant. So aclose() waits for this step instead of cancelling it.
-        with self._finishing(account):
+        with self._finishing(account), self.endpoints.telemetry.refreshing() as outcome:
             try:
                 new = await self.endpoints.refresh(base.token, until=lease_end - self.reserve)
+            except GateClosed:
+                outcome.value = "busy"  # the refresh token was not used: tried again later
+                raise
             except InvalidGrantError:
+                outcome.value = "invalid_grant"
                 refused = self.ledger.clock.wall()
                 log.info("refresh token of account %r was rejected; need a new grant", account)
                 self.ledger.refused[account] = refused
@@ -519,6 +523,7 @@ class RefreshTransaction:
                 self.ledger.unsaved.pop(account, None)
                 raise
             except StoreError as exc:
+                outcome.value = "unsaved"
                 log.warning(
                     "account %r: the refreshed token could not be stored (%s); it is kept in "
                     "memory and the write is retried in the background",
