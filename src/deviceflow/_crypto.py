@@ -263,6 +263,11 @@ class _Key:
     kid: bytes
     aead: AESGCM = attrs.field(repr=False, eq=False)
 
+    @property
+    def header(self) -> bytes:
+        """The envelope header of records this key seals."""
+        return _HEADER.pack(_MAGIC, _FORMAT, self.kid)
+
 
 def _resolved(raw: bytes) -> _Key:
     return _Key(_key_id(raw), AESGCM(raw))
@@ -427,18 +432,24 @@ class Payload:
         return self.expires_at is not None and self.expires_at <= now
 
 
+#: How many record ids a Sealer remembers: a store computes one on every call.
+_RECORD_IDS_KEPT = 4096
+
+
 class Sealer:
     """Seals and opens records of one store namespace with a resolved key set."""
 
-    __slots__ = ("_bound_namespace", "_by_id", "_keys", "_namespace")
+    __slots__ = ("_bound_namespace", "_by_id", "_header", "_keys", "_namespace", "_record_ids")
 
     def __init__(self, keys: tuple[_Key, ...], namespace: str) -> None:
         self._keys = keys
         self._namespace = namespace.encode("utf-8")
         self._bound_namespace = len(self._namespace).to_bytes(4, "big") + self._namespace
+        self._header = keys[0].header  # of every envelope seal() makes
         self._by_id: dict[bytes, list[_Key]] = {}
         for key in keys:
             self._by_id.setdefault(key.kid, []).append(key)
+        self._record_ids: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"Sealer(namespace={self._namespace.decode()!r}, keys={len(self._keys)})"
@@ -448,19 +459,25 @@ class Sealer:
 
     def record_id(self, key: str) -> str:
         """A stable, opaque name for ``key`` in this namespace (32 hex digits)."""
+        known = self._record_ids.get(key)
+        if known is not None:
+            return known
         digest = hashlib.sha256(b"deviceflow record\0")
         digest.update(self._bound_namespace)
         digest.update(key.encode("utf-8"))
-        return digest.hexdigest()[:32]
+        record_id = digest.hexdigest()[:32]
+        if len(self._record_ids) >= _RECORD_IDS_KEPT:  # forget the oldest
+            self._record_ids.pop(next(iter(self._record_ids)), None)
+        self._record_ids[key] = record_id
+        return record_id
 
     def seal(self, record_id: str, record: Payload) -> bytes:
         """The envelope of ``record`` under the newest key, bound to ``record_id``."""
-        key = self._keys[0]
-        header = _HEADER.pack(_MAGIC, _FORMAT, key.kid)
-        meta = _META.pack(record.version, record.expires_at or 0.0)
-        nonce = secrets.token_bytes(_NONCE_LEN)
-        sealed = key.aead.encrypt(nonce, meta + record.value, self._aad(header, record_id))
-        return header + nonce + sealed
+        header = self._header
+        plain = _META.pack(record.version, record.expires_at or 0.0) + record.value
+        nonce = os.urandom(_NONCE_LEN)  # what secrets.token_bytes does, one call fewer
+        sealed = self._keys[0].aead.encrypt(nonce, plain, self._aad(header, record_id))
+        return b"".join((header, nonce, sealed))
 
     def open(
         self, record_id: str, envelope: bytes, *, name: str, version: int | None = None

@@ -19,15 +19,17 @@ import logging
 import math
 import random
 import secrets
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import anyio
 import anyio.to_thread
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from deviceflow._checks import flag, positive_finite, printable_text
 from deviceflow._crypto import KdfParams, KeyMaterial, Payload, Sealer, key_arg
@@ -41,6 +43,20 @@ __all__ = ["RedisStore"]
 logger = logging.getLogger("deviceflow.stores")
 
 RedisClient = Union["Redis", "RedisCluster"]
+
+_T = TypeVar("_T")
+
+if sys.version_info >= (3, 11):
+    # One timer per call, and no task-state bookkeeping: a third of anyio.fail_after's cost,
+    # paid on every command.
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - Python 3.10
+
+    @asynccontextmanager
+    async def _deadline(delay: float) -> AsyncIterator[None]:
+        with anyio.fail_after(delay):
+            yield
+
 
 # KEYS[1] record; ARGV: expected version ('' = must be absent), new version, envelope,
 # ttl in ms ('' = none). Returns {1, new version} or {0, stored version or ''}.
@@ -87,6 +103,9 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+_FIELDS = ("v", "d")  # of a record hash, as HMGET asks for them
 
 
 def _glob_escape(text: str) -> str:
@@ -191,17 +210,41 @@ class RedisStore:
         kind = type(self._client).__name__
         return f"RedisStore(<{kind}>, prefix={self._prefix!r}, namespace={self._namespace!r})"
 
+    async def _call(self, what: str, command: Awaitable[_T]) -> _T:
+        """Await one redis-py command within the timeout; its errors become StoreError."""
+        try:
+            async with _deadline(self._timeout):
+                return await command
+        except TimeoutError:
+            raise self._no_answer(what) from None
+        except (RedisError, RedisClusterException) as exc:
+            raise self._failed(what, exc) from exc
+
     @asynccontextmanager
     async def _edge(self, what: str) -> AsyncIterator[None]:
+        """:meth:`_call` for a block of several commands (set-up and maintenance)."""
         try:
-            with anyio.fail_after(self._timeout):
+            async with _deadline(self._timeout):
                 yield
         except TimeoutError:
-            raise StoreError(
-                f"Redis did not answer ({what}) within {self._timeout} s: is it up?"
-            ) from None
+            raise self._no_answer(what) from None
         except (RedisError, RedisClusterException) as exc:
-            raise StoreError(f"Redis failed ({what}): {type(exc).__name__}: {exc}") from exc
+            raise self._failed(what, exc) from exc
+
+    def _no_answer(self, what: str) -> StoreError:
+        return StoreError(f"Redis did not answer ({what}) within {self._timeout} s: is it up?")
+
+    def _failed(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"Redis failed ({what}): {type(exc).__name__}: {exc}")
+
+    async def _script(self, script: AsyncScript, key: str, *args: object) -> Any:
+        """EVALSHA of ``script`` on ``key`` (what ``script(keys=..., args=...)`` does, minus
+        its per-call imports and type checks); loads the script if the server lost it."""
+        try:
+            return await self._client.evalsha(script.sha, 1, key, *args)  # type: ignore[arg-type]
+        except NoScriptError:  # a restarted or flushed server: load it, as redis-py would
+            script.sha = await self._client.script_load(script.script)
+            return await self._client.evalsha(script.sha, 1, key, *args)  # type: ignore[arg-type]
 
     def _record_key(self, rid: str) -> str:
         return f"{self._prefix}{{{rid}}}"
@@ -278,20 +321,19 @@ class RedisStore:
 
     async def get(self, key: str) -> Versioned | None:
         """The value of ``key`` and its version, or None (DecryptionError if unreadable)."""
-        sealer = await self._ready()
+        sealer = self._sealer or await self._ready()
         rid = sealer.record_id(key)
-        async with self._edge("get"):
-            reply = await self._client.hmget(self._record_key(rid), ["v", "d"])
+        reply = await self._call("get", self._client.hmget(self._record_key(rid), _FIELDS))
         return self._decode(sealer, rid, key, reply)
 
     async def get_many(self, keys: Sequence[str]) -> list[Versioned | None]:
         """The values of ``keys`` in one pipelined round trip (per cluster node)."""
-        sealer = await self._ready()
+        sealer = self._sealer or await self._ready()
         rids = [sealer.record_id(key) for key in keys]
         async with self._edge("get_many"):
             pipe = self._client.pipeline(transaction=False)
             for rid in rids:
-                pipe.hmget(self._record_key(rid), ["v", "d"])
+                pipe.hmget(self._record_key(rid), _FIELDS)
             replies = await pipe.execute()
         return [
             self._decode(sealer, rid, key, reply)
@@ -311,16 +353,18 @@ class RedisStore:
         ``ttl`` (seconds) becomes the Redis key's expiry; None keeps the record for good.
         """
         check_ttl(ttl)
-        sealer = await self._ready()
+        sealer = self._sealer or await self._ready()
         rid = sealer.record_id(key)
         version = (expected_version or 0) + 1
         envelope = sealer.seal(rid, Payload(version, None, bytes(value)))
         ttl_ms = "" if ttl is None else max(1, math.ceil(ttl * 1000))
         expected = "" if expected_version is None else expected_version
-        async with self._edge("put"):
-            ok, stored = await self._put_script(
-                keys=[self._record_key(rid)], args=[expected, version, envelope, ttl_ms]
-            )
+        ok, stored = await self._call(
+            "put",
+            self._script(
+                self._put_script, self._record_key(rid), expected, version, envelope, ttl_ms
+            ),
+        )
         if not int(ok):
             current = stored.decode() if stored else None
             raise ConflictError(
@@ -330,13 +374,12 @@ class RedisStore:
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
         """Remove ``key`` (only at ``expected_version`` when given); True if it was there."""
-        sealer = await self._ready()
+        sealer = self._sealer or await self._ready()
         rid = sealer.record_id(key)
         expected = "" if expected_version is None else expected_version
-        async with self._edge("delete"):
-            outcome, stored = await self._delete_script(
-                keys=[self._record_key(rid)], args=[expected]
-            )
+        outcome, stored = await self._call(
+            "delete", self._script(self._delete_script, self._record_key(rid), expected)
+        )
         if int(outcome) == -1:
             raise ConflictError(
                 f"{key!r} is at version {stored.decode()}, not {expected_version}: not deleted"
@@ -356,7 +399,7 @@ class RedisStore:
 
     @asynccontextmanager
     async def _lock(self, key: str, ttl: float, wait: float) -> AsyncIterator[Lease]:
-        sealer = await self._ready()
+        sealer = self._sealer or await self._ready()
         name = self._record_key(sealer.record_id(key)) + ":lock"
         token = secrets.token_urlsafe(16)
         ttl_ms = max(1, math.ceil(ttl * 1000))
@@ -366,8 +409,9 @@ class RedisStore:
         try:
             while True:
                 in_doubt = True  # a SET cut short may still have reached Redis
-                async with self._edge("lock"):
-                    acquired = await self._client.set(name, token, nx=True, px=ttl_ms)
+                acquired = await self._call(
+                    "lock", self._client.set(name, token, nx=True, px=ttl_ms)
+                )
                 in_doubt = False
                 if acquired:
                     break
@@ -392,8 +436,7 @@ class RedisStore:
         # Never raises: a lock that cannot be released now expires with its ttl.
         with anyio.CancelScope(shield=True):
             try:
-                async with self._edge("unlock"):
-                    await self._release_script(keys=[name], args=[token])
+                await self._call("unlock", self._script(self._release_script, name, token))
             except StoreError as exc:
                 logger.warning("could not release a Redis lock; it expires with its ttl: %s", exc)
 
@@ -405,7 +448,7 @@ class RedisStore:
         Records that cannot be decrypted are left as they are and reported together in one
         DecryptionError once the others are done.
         """
-        sealer = await self._ready()
+        sealer = self._sealer or await self._ready()
         if self._keys.needs_kdf:
             await self._recheck_kdf()
         start = len(self._prefix) + 1
@@ -418,7 +461,7 @@ class RedisStore:
                     name = await anext(names)
                 except StopAsyncIteration:
                     break
-                version, data = await self._client.hmget(name, ["v", "d"])
+                version, data = await self._client.hmget(name, _FIELDS)
             if not (isinstance(data, bytes) and isinstance(version, bytes)):
                 continue  # gone since the scan
             if sealer.is_current(data):
