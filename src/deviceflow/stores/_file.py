@@ -12,12 +12,14 @@ to what the store creates)::
 ``ab`` is the first two digits of the record id, so no folder grows past a few thousand entries
 and the cost of an update does not depend on how many tokens are stored.
 
-A write takes the key's ``.wlock`` (through filelock: flock on POSIX, msvcrt on Windows), reads
-and decrypts the current record, compares versions, writes the ``.tmp`` file, fsyncs it, renames
-it over the record and fsyncs the folder. A process killed at any point leaves the old or the new
-record, never half of one; the ``.tmp`` it may leave is overwritten by the next write of that key
-(only one writer at a time holds the key's ``.wlock``), so it never gets in the way. Lock files
-are never unlinked: unlinking a lock file lets two processes lock two different inodes.
+A write takes the key's ``.wlock`` (filelock's ``lock_descriptor``: flock on POSIX, LockFileEx on
+Windows: the same lock as filelock's FileLock, so that every version of this store excludes every
+other), reads and decrypts the current record, compares versions, writes the ``.tmp`` file,
+fsyncs it, renames it over the record and fsyncs the folder, all in one worker thread. A process
+killed at any point leaves the old or the new record, never half of one; the ``.tmp`` it may
+leave is overwritten by the next write of that key (only one writer at a time holds the key's
+``.wlock``), so it never gets in the way. Lock files are never unlinked: unlinking a lock file
+lets two processes lock two different inodes.
 
 Meant for local disks: network file systems do not all honour flock, rename and fsync.
 """
@@ -50,13 +52,10 @@ __all__ = ["EncryptedFileStore"]
 
 _T = TypeVar("_T")
 
-_WRITE_FLAGS = (
-    os.O_WRONLY
-    | os.O_CREAT
-    | os.O_TRUNC
-    | getattr(os, "O_BINARY", 0)
-    | getattr(os, "O_NOFOLLOW", 0)
-)
+_BINARY = getattr(os, "O_BINARY", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY | _NOFOLLOW
+_LOCK_FLAGS = os.O_RDWR | _BINARY | _NOFOLLOW
 _POSIX = os.name == "posix"
 
 
@@ -106,7 +105,7 @@ def _refuse_open_root(root: Path) -> None:
         )
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     # A rename is durable only once the folder is synced; Windows has no directory handles
     # to fsync (its NTFS journal covers the rename).
     if not _POSIX:
@@ -121,7 +120,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _patiently(operation: Callable[..., None], *paths: Path) -> None:
+def _patiently(operation: Callable[..., None], *paths: str | Path) -> None:
     """Run a rename or unlink; on Windows, retry while another process has the file open."""
     if os.name != "nt":
         operation(*paths)
@@ -138,28 +137,58 @@ def _patiently(operation: Callable[..., None], *paths: Path) -> None:
     operation(*paths)  # pragma: no cover - Windows only
 
 
-def _write_file(path: Path, temp: Path, data: bytes) -> None:
+def _write_file(path: str | Path, temp: str | Path, data: bytes) -> None:
     fd = os.open(temp, _WRITE_FLAGS, 0o600)
-    with open(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _patiently(os.replace, temp, path)
-    _fsync_dir(path.parent)
-
-
-def _read_file(path: Path) -> bytes | None:
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        rest = memoryview(data)
+        while rest:  # a short write (a full disk) is followed by one that raises
+            rest = rest[os.write(fd, rest) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _patiently(os.replace, temp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _read_file(path: str | Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | _BINARY)
     except FileNotFoundError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _new_filelock(path: Path) -> filelock.BaseFileLock:
-    # thread_local=False: a lease is taken in a worker thread and let go from the event loop.
+    # thread_local=False: the lock is taken in a worker thread and let go on the event loop.
     # preserve_lock_file=True: never unlink lock files (see the module docstring).
     return filelock.FileLock(path, mode=0o600, thread_local=False, preserve_lock_file=True)
+
+
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the lock file ``path``, created (0600) if missing; the caller closes it.
+
+    The lock itself is :func:`filelock.lock_descriptor` on this descriptor, the primitive under
+    filelock's FileLock; FileLock also re-checks the path, its folder and the process on every
+    acquisition, which cost as much as the rest of a compare-and-set's own work.
+    """
+    try:
+        fd = os.open(path, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # the usual case; lock files are never unlinked
+        return os.open(path, _LOCK_FLAGS)
+    if _POSIX:  # pragma: no branch - the umask may have taken the owner's write bit away
+        os.fchmod(fd, 0o600)
+    return fd
+
+
+def _try_lock(fd: int) -> bool:
+    """Lock ``fd`` if nobody else holds its file's lock; never waits."""
+    return filelock.lock_descriptor(fd, blocking=False)
 
 
 class _HeldFile:
@@ -168,37 +197,44 @@ class _HeldFile:
     A cancelled waiter cannot know whether its last attempt, still running in a worker thread,
     got the lock: release() marks the acquisition abandoned, so that attempt lets go at once.
     ``locate`` gives the lock file's path (creating its folder); it runs in the worker thread.
+    A descriptor is shared with release() only once it holds the lock: a failed attempt closes
+    its own.
     """
 
-    def __init__(self, locate: Callable[[], Path]) -> None:
+    def __init__(self, locate: Callable[[], str]) -> None:
         self._locate = locate
-        self._lock: filelock.BaseFileLock | None = None
+        self._path: str | None = None
+        self._fd: int | None = None
         self._mutex = threading.Lock()
-        self._held = False
         self._done = False
 
     def try_acquire(self) -> bool:
         """One attempt without waiting (runs in a worker thread)."""
-        if self._lock is None:
-            self._lock = _new_filelock(self._locate())
+        if self._path is None:
+            self._path = self._locate()
+        fd = _open_lock_file(self._path)
         try:
-            self._lock.acquire(blocking=False)
-        except filelock.Timeout:
+            if _try_lock(fd):
+                with self._mutex:
+                    if not self._done:
+                        self._fd, fd = fd, -1  # release() closes it now
+                        return True
+                filelock.unlock_descriptor(fd)
             return False
-        with self._mutex:
-            if self._done:
-                self._lock.release()
-                return False
-            self._held = True
-            return True
+        finally:
+            if fd != -1:
+                os.close(fd)
 
     def release(self) -> None:
         """Let go (if held) and refuse any later acquisition; never blocks."""
         with self._mutex:
             self._done = True
-            if self._held and self._lock is not None:
-                self._held = False
-                self._lock.release()
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                filelock.unlock_descriptor(fd)  # explicitly: a forked child may share fd
+            finally:
+                os.close(fd)
 
 
 class EncryptedFileStore:
@@ -244,6 +280,7 @@ class EncryptedFileStore:
         self._lock_timeout = positive_finite("lock_timeout", lock_timeout)
         self._sealer: Sealer | None = None
         self._setup_lock = anyio.Lock()
+        self._prefix = os.path.join(self._root, "")  # of every shard folder's path
         self._shards: set[str] = set()
         self._writers = KeyedLocks()
         self._leases = LocalLeases()
@@ -296,13 +333,14 @@ class EncryptedFileStore:
             if rechecked is not None:
                 _write_file(path, self._root / "kdf.json.tmp", rechecked.to_json())
 
-    def _folder(self, rid: str, *, create: bool = True) -> Path:
-        folder = self._root / rid[:2]
-        if create and rid[:2] not in self._shards:
-            if _private_dir(folder):
+    def _folder(self, rid: str, *, create: bool = True) -> str:
+        """The path of ``rid``'s shard folder, ending in a separator; created if asked."""
+        shard = rid[:2]
+        if create and shard not in self._shards:
+            if _private_dir(self._root / shard):
                 _fsync_dir(self._root)
-            self._shards.add(rid[:2])
-        return folder
+            self._shards.add(shard)
+        return f"{self._prefix}{shard}{os.sep}"
 
     async def _run(self, func: Callable[..., _T], *args: object) -> _T:
         try:
@@ -315,29 +353,41 @@ class EncryptedFileStore:
 
     def _load(self, sealer: Sealer, rid: str, key: str) -> tuple[Payload | None, bool]:
         """The live record of ``key`` (None if absent or expired), and whether a file exists."""
-        data = _read_file(self._folder(rid, create=False) / f"{rid}.tok")
+        data = _read_file(f"{self._folder(rid, create=False)}{rid}.tok")
         if data is None:
             return None, False
         record = sealer.open(rid, data, name=repr(key))
         return (None if record.expired(time.time()) else record), True
 
     def _write_locked(self, rid: str, name: str, action: Callable[[], _T]) -> _T:
-        lock = _new_filelock(self._folder(rid) / f"{rid}.wlock")
+        fd = _open_lock_file(f"{self._folder(rid)}{rid}.wlock")
         try:
-            lock.acquire(timeout=self._lock_timeout)
-        except filelock.Timeout:
-            raise LockTimeoutError(
-                f"another process held the write lock of {name} "
-                f"for more than {self._lock_timeout} s"
-            ) from None
-        try:
-            return action()
+            if not _try_lock(fd):
+                self._wait_for_write_lock(fd, name)
+            try:
+                return action()
+            finally:
+                filelock.unlock_descriptor(fd)  # explicitly: a forked child may share fd
         finally:
-            lock.release()
+            os.close(fd)
+
+    def _wait_for_write_lock(self, fd: int, name: str) -> None:
+        # Held for the milliseconds of a compare-and-set: poll often at first.
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.001
+        while not _try_lock(fd):
+            now = time.monotonic()
+            if now >= deadline:
+                raise LockTimeoutError(
+                    f"another process held the write lock of {name} "
+                    f"for more than {self._lock_timeout} s"
+                )
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 0.05)
 
     def _store(self, rid: str, data: bytes) -> None:
         folder = self._folder(rid)
-        _write_file(folder / f"{rid}.tok", folder / f"{rid}.tmp", data)
+        _write_file(f"{folder}{rid}.tok", f"{folder}{rid}.tmp", data)
 
     def _get_sync(self, sealer: Sealer, rid: str, key: str) -> Versioned | None:
         record, _ = self._load(sealer, rid, key)
@@ -382,7 +432,7 @@ class EncryptedFileStore:
                     )
             if exists:  # an expired record goes too
                 folder = self._folder(rid)
-                _patiently(os.unlink, folder / f"{rid}.tok")
+                _patiently(os.unlink, f"{folder}{rid}.tok")
                 _fsync_dir(folder)
             return live
 
@@ -449,7 +499,7 @@ class EncryptedFileStore:
             self._leases.release(rid, token)
 
     async def _lock_file(self, rid: str, deadline: float, key: str) -> _HeldFile:
-        held = _HeldFile(lambda: self._folder(rid) / f"{rid}.lock")
+        held = _HeldFile(lambda: f"{self._folder(rid)}{rid}.lock")
         delay = 0.002
         try:
             while not await self._run(held.try_acquire):
@@ -498,7 +548,7 @@ class EncryptedFileStore:
 
     def _rotate_sync(self, sealer: Sealer, rid: str) -> bool:
         def reseal() -> bool:
-            data = _read_file(self._folder(rid) / f"{rid}.tok")
+            data = _read_file(f"{self._folder(rid)}{rid}.tok")
             if data is None or sealer.is_current(data):
                 return False
             self._store(rid, sealer.seal(rid, sealer.open(rid, data, name=f"record {rid}")))
