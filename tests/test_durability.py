@@ -25,6 +25,7 @@ from deviceflow import (
     DeviceFlowClient,
     Provider,
     ReauthorizationRequiredError,
+    StoreError,
     Token,
 )
 from deviceflow.stores import EncryptedFileStore, MemoryStore, TokenStore, Versioned, generate_key
@@ -338,3 +339,131 @@ async def test_aclose_keeps_trying_while_the_store_blips(
     async with client_on(server, stores(), virtual_clock) as later:
         assert token == await stored_token(later, "a")
     assert_grant_kept(server)
+
+
+async def test_a_write_blip_on_one_replica_never_lets_another_replay(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """One replica's write fails once after its refresh while another waits for the lock: the
+    write is retried under the lock, so the other never reads the older record and refreshes
+    with the refresh token already used."""
+    shared = MemoryStore()
+    faulty = FaultyStore(shared)
+    one, two = client_on(server, faulty, virtual_clock), client_on(server, shared, virtual_clock)
+    async with one, two:
+        await seed(one, server, virtual_clock)
+        await two.get_token("a")
+        virtual_clock.advance(400)
+        server.faults.add(Fault(endpoint="token", status=None, delay=0.3 * FACTOR))
+        faulty.fail("put", times=1)
+        first = asyncio.ensure_future(one.get_token("a"))
+        for _ in range(1000):
+            if faulty.counts["lock"]:
+                break
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(two.get_token("a"))
+        tokens = await asyncio.gather(first, second)
+    assert all(server.is_valid_access_token(t.access_token) for t in tokens)
+    assert (1, 1) == (faulty.injected, server.stats.refreshes)
+    assert_grant_kept(server)
+
+
+async def test_after_a_store_reset_the_newest_lineage_wins_not_the_highest_version(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """Store versions start again at 1 when a store loses its data; the order of tokens is the
+    lineage each record carries, so a replica holding an older token does not write it over a
+    newer one (and never refreshes with a used refresh token)."""
+    shared = MemoryStore()
+    faulty = FaultyStore(shared)
+    one, two = client_on(server, faulty, virtual_clock), client_on(server, shared, virtual_clock)
+    async with one, two:
+        await seed(one, server, virtual_clock)
+        for _ in range(3):  # versions 2 to 4, all refreshed by one
+            virtual_clock.advance(400)
+            await one.get_token("a")
+        await two.get_token("a")  # two caches the same token
+        await faulty.lose_everything()
+        virtual_clock.advance(400)
+        await two.get_token("a")  # writes it back (version 1) and refreshes (version 2)
+        virtual_clock.advance(400)
+        token = await one.get_token("a")  # one's copy has the higher old version: it is older
+    assert server.is_valid_access_token(token.access_token)
+    assert 5 == server.stats.refreshes
+    assert_grant_kept(server)
+
+
+async def test_a_logout_that_fails_keeps_the_unsaved_token(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A logout whose tombstone the store refuses drops nothing: the unsaved token stays, and
+    is stored once the store heals."""
+    faulty = FaultyStore(MemoryStore())
+    async with client_on(server, faulty, virtual_clock) as client:
+        await seed(client, server, virtual_clock)
+        virtual_clock.advance(400)
+        faulty.fail("put", times=None)
+        token = await client.get_token("a")
+        with pytest.raises(StoreError):
+            await client.logout("a")
+        assert {"a"} == client.unsaved_accounts()
+        faulty.heal()
+        assert token is await client.get_token("a")
+        assert await client.flush()
+        assert token == await stored_token(client, "a")
+    assert_grant_kept(server)
+
+
+async def test_a_device_flow_token_the_store_refuses_is_kept(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A device flow whose token cannot be stored yet keeps it (unsaved, served by get_token,
+    no second code), and the token reaches the store once it heals."""
+    server.configure(auto_approve_after=0)
+    faulty = FaultyStore(MemoryStore())
+    async with client_on(server, faulty, virtual_clock) as client:
+        faulty.fail("put", times=None)
+        events = [event async for event in client.authorize("a")]
+        token = events[-1].token
+        assert token is not None
+        assert token is await client.get_token("a")
+        assert {"a"} == client.unsaved_accounts()
+        faulty.heal()
+        assert await client.flush()
+        assert token == await stored_token(client, "a")
+    assert 1 == server.stats.device_authorizations
+
+
+async def test_a_token_without_refresh_token_starts_no_flight_per_call(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """Inside its refresh window, a token that cannot be refreshed costs one flight, not one
+    store round trip per call."""
+    faulty = FaultyStore(MemoryStore())
+    async with client_on(server, faulty, virtual_clock) as client:
+        expires = virtual_clock.wall() + timedelta(seconds=300)
+        await client.save_token("a", Token(access_token="at", expires_at=expires))
+        virtual_clock.advance(290)
+        for _ in range(1000):
+            await client.get_token("a")
+            await asyncio.sleep(0)
+    assert faulty.counts["lock"] <= 2
+
+
+async def test_refresh_of_a_stale_token_never_returns_it(
+    server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """refresh(stale=T) that meets a plain get_token() flight (which returns T from the store)
+    still returns a newer token."""
+    shared = MemoryStore()
+    async with client_on(server, shared, virtual_clock) as seeding:
+        await seed(seeding, server, virtual_clock)
+        stale = await stored_token(seeding, "a")
+    assert stale is not None
+    async with client_on(server, shared, virtual_clock) as client:
+        plain = asyncio.ensure_future(client.get_token("a"))
+        await asyncio.sleep(0)
+        fresh = await client.refresh("a", stale=stale)
+        await plain
+    assert fresh.access_token != stale.access_token
+    assert server.is_valid_access_token(fresh.access_token)

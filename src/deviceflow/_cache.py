@@ -43,9 +43,9 @@ class CacheEntry:
     # The store record this token was read from or written as (see _records.stamp): when the
     # store still holds that record, it need not be decoded again.
     stamp: int | None = None
-    # That record's version (or the version its pending write will have): orders this token
-    # against the store's without trusting clocks.
-    version: int | None = None
+    # That record's place in the account's lineage (see _records): orders this token against
+    # the store's without trusting clocks or store versions.
+    seq: int = 0
 
 
 class TokenCache:
@@ -64,7 +64,7 @@ class TokenCache:
         token: Token,
         obtained: datetime | None,
         stamp: int | None = None,
-        version: int | None = None,
+        seq: int = 0,
     ) -> CacheEntry:
         """A new entry for ``token`` (not yet cached)."""
         if token.expires_at is None:
@@ -74,7 +74,7 @@ class TokenCache:
                 usable_until=math.inf,
                 obtained=obtained,
                 stamp=stamp,
-                version=version,
+                seq=seq,
             )
         now = self._clock.monotonic()
         remaining = (token.expires_at - self._clock.wall()).total_seconds()
@@ -86,7 +86,7 @@ class TokenCache:
             usable_until=now + remaining - min(1.0, ahead),
             obtained=obtained,
             stamp=stamp,
-            version=version,
+            seq=seq,
         )
 
     def remember(
@@ -95,10 +95,10 @@ class TokenCache:
         token: Token,
         obtained: datetime | None,
         stamp: int | None = None,
-        version: int | None = None,
+        seq: int = 0,
     ) -> CacheEntry:
         """Cache ``token`` as ``account``'s and return its entry."""
-        entry = self.entries[account] = self.entry(account, token, obtained, stamp, version)
+        entry = self.entries[account] = self.entry(account, token, obtained, stamp, seq)
         return entry
 
     def get(self, account: str) -> CacheEntry | None:

@@ -31,10 +31,11 @@ from ._clock import Clock, SystemClock
 from ._device import DeviceFlowDriver, OnCode, complete_despite_cancellation
 from ._endpoints import Endpoints
 from ._flights import Flights
+from ._ledger import TokenLedger
 from ._models import AuthMethod, FlowEvent, Token
 from ._provider import Provider
 from ._records import RecordCodec
-from ._refresh import Forced, NeedsGrant, RefreshTransaction, Stale, TokenLedger
+from ._refresh import Forced, NeedsGrant, RefreshTransaction, Stale
 from ._transport import AiohttpTransport, ClientAuth, Transport
 from .stores._protocol import TokenStore
 
@@ -192,9 +193,10 @@ class DeviceFlowClient:
 
         A refresh whose request has already left is not cut off: aclose() waits for it to be
         answered (its HTTP exchange ends within ``http_timeout``) and stored, so that a rotated
-        refresh token is not lost, even if aclose() itself is cancelled meanwhile. A token the
-        store could not take yet gets a last attempt (see :meth:`flush`); if it still fails, one
-        ERROR line names the account.
+        refresh token is not lost, even if aclose() itself is cancelled meanwhile; its write is
+        bounded by the store lock's ``lock_ttl``. A token the store could not take yet gets
+        further attempts for at most 10 s (see :meth:`flush`); if they fail, one ERROR line
+        names the account.
         """
         self._flights.closed = True  # at once: no flight starts a device flow from here on
         self._endpoints.telemetry.unwatch()
@@ -243,7 +245,11 @@ class DeviceFlowClient:
         another caller has already replaced that token: the newer one is returned.
         """
         named: Stale = stale.access_token if stale is not None else Forced.ANY
-        return await self._flights.join(account, self._obtain, account, named)
+        token = await self._flights.join(account, self._obtain, account, named)
+        if stale is not None and token.access_token == stale.access_token:
+            # That was a flight some other caller had started (it did not refresh): again.
+            token = await self._flights.join(account, self._obtain, account, named)
+        return token
 
     async def save_token(self, account: str, token: Token) -> None:
         """Store a token obtained elsewhere (a migration, a test) as ``account``'s token."""

@@ -24,9 +24,9 @@ import anyio
 from ._claim import Claim, FlowClaim
 from ._clock import Clock
 from ._endpoints import Endpoints
+from ._ledger import TokenLedger
 from ._machine import DeviceFlowMachine, Done, Fail, Send
 from ._models import DeviceCode, FlowEvent, FlowState, Token
-from ._refresh import TokenLedger
 from .exceptions import DeviceFlowError, ProtocolError, ReauthorizationRequiredError
 
 __all__ = ["DeviceFlowDriver", "OnCode", "complete_despite_cancellation"]
@@ -130,7 +130,9 @@ class DeviceFlowDriver:
                     self.endpoints.metadata = machine.metadata
                 if store:
                     # The device code is redeemed: keep the grant even if we are cancelled now.
-                    await complete_despite_cancellation(self.ledger.save(account, action.token))
+                    await complete_despite_cancellation(
+                        self.ledger.save(account, action.token, keep_on_failure=True)
+                    )
                 yield event()
                 return
             if isinstance(action, Fail):

@@ -3,14 +3,18 @@
 A record is compact JSON under a key namespaced by issuer, client id and account::
 
     {"v": 1, "issuer": ..., "client_id": ..., "account": ..., "obtained_at": <unix seconds>,
-     "token": {...Token.to_dict()...}}
+     "seq": <lineage>, "token": {...Token.to_dict()...}}
+
+``seq`` orders the tokens of one account: every refresh writes its base's ``seq`` plus one, a new
+grant the stored record's plus one, and a token written back after a store lost it keeps its
+own. Store versions cannot order them: they start again at 1 when a store loses its data.
 
 A logout leaves a tombstone instead of deleting the record, so that "signed out" and "gone"
 (a Redis restarted empty, a record deleted by hand) differ, and the record's version keeps
 growing instead of starting again at 1::
 
     {"v": 1, "issuer": ..., "client_id": ..., "account": ..., "logged_out_at": <unix seconds>,
-     "reason": "logout" | "refused" | "expired"}
+     "reason": "logout" | "refused" | "expired", "seq": <lineage>}
 
 ("refused": the server refused the refresh token; "expired": the token expired with nothing to
 refresh it with.)
@@ -65,13 +69,18 @@ def record_key(identity: str, client_id: str, account: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class Record:
-    """A decoded token record: the token and when it was obtained (None if unknown)."""
+    """A decoded token record: the token, when it was obtained (None if unknown) and its place
+    in the account's lineage (``seq``, see the module docstring)."""
 
     token: Token
     obtained: datetime | None
+    seq: int = 0
 
     def newer_than(self, other: Record) -> bool:
-        """True when this token was obtained after ``other``'s (unknown times count as old)."""
+        """True when this token comes after ``other``'s: a higher ``seq``, or the same one and
+        obtained later (unknown times count as old)."""
+        if self.seq != other.seq:
+            return self.seq > other.seq
         if self.obtained is None:
             return False
         return other.obtained is None or self.obtained > other.obtained
@@ -83,6 +92,7 @@ class Tombstone:
 
     at: datetime | None
     reason: str = "logout"
+    seq: int = 0
 
 
 def stamp(record: Versioned) -> int:
@@ -99,17 +109,24 @@ def _when(value: Any) -> datetime | None:
     return None
 
 
+def _seq(value: Any) -> int:
+    """A record's ``seq``; 0 for records written before it existed, or a damaged one."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
+        return value
+    return 0
+
+
 class RenderedRecord:
-    """A record kept as what renders it: the codec, the account, the token and when it was
-    obtained (MemoryStore.put_rendered). Renders the same bytes every time."""
+    """A record kept as what renders it: the codec, the account and the record
+    (MemoryStore.put_rendered). Renders the same bytes every time."""
 
-    __slots__ = ("_account", "_codec", "_obtained", "_token")
+    __slots__ = ("_account", "_codec", "_record")
 
-    def __init__(self, codec: RecordCodec, account: str, token: Token, obtained: datetime) -> None:
-        self._codec, self._account, self._token, self._obtained = codec, account, token, obtained
+    def __init__(self, codec: RecordCodec, account: str, record: Record) -> None:
+        self._codec, self._account, self._record = codec, account, record
 
     def __call__(self) -> bytes:
-        return self._codec.encode(self._account, self._token, self._obtained)
+        return self._codec.encode(self._account, self._record)
 
 
 class RecordCodec:
@@ -133,19 +150,23 @@ class RecordCodec:
         """The store key of ``account``'s record (see :func:`record_key`)."""
         return self._prefix + _quote(account)
 
-    def encode(self, account: str, token: Token, obtained: datetime) -> bytes:
-        """The record of ``token``, obtained at ``obtained``: compact JSON, written field by field
-        (byte for byte what json.dumps with compact separators writes)."""
+    def encode(self, account: str, record: Record) -> bytes:
+        """``record`` as stored: compact JSON, written field by field (byte for byte what
+        json.dumps with compact separators writes). Its ``obtained`` must be known."""
+        assert record.obtained is not None
         return (
             f'{self._head}"account":{json_str(account)},'
-            f'"obtained_at":{obtained.timestamp()!r},"token":{token.json_text()}}}'
+            f'"obtained_at":{record.obtained.timestamp()!r},"seq":{record.seq},'
+            f'"token":{record.token.json_text()}}}'
         ).encode()
 
-    def encode_tombstone(self, account: str, at: datetime, reason: str = "logout") -> bytes:
+    def encode_tombstone(
+        self, account: str, at: datetime, reason: str = "logout", seq: int = 0
+    ) -> bytes:
         """The record left where a grant ended: a logout, a refused or an expired grant."""
         return (
             f'{self._head}"account":{json_str(account)},"logged_out_at":{at.timestamp()!r},'
-            f'"reason":{json_str(reason)}}}'
+            f'"reason":{json_str(reason)},"seq":{seq}}}'
         ).encode()
 
     @staticmethod
@@ -163,6 +184,7 @@ class RecordCodec:
             return Tombstone(
                 at=_when(document["logged_out_at"]),
                 reason=reason if isinstance(reason, str) else "logout",
+                seq=_seq(document.get("seq")),
             )
         if not isinstance(token, dict):
             raise StoreError("a stored token record has an unknown format")
@@ -170,7 +192,11 @@ class RecordCodec:
             decoded = Token.from_dict(token)
         except ProtocolError as exc:
             raise StoreError(str(exc)) from None
-        return Record(token=decoded, obtained=_when(document.get("obtained_at")))
+        return Record(
+            token=decoded,
+            obtained=_when(document.get("obtained_at")),
+            seq=_seq(document.get("seq")),
+        )
 
     @staticmethod
     def ttl(token: Token, now: datetime) -> float | None:
@@ -203,19 +229,21 @@ class Stored:
         """The store's version of the record, or None when there is none."""
         return None if self.value is None else self.value.version
 
+    @property
+    def seq(self) -> int:
+        """The lineage position of what is stored (a tombstone's too); 0 for nothing."""
+        content = self.content
+        return 0 if content is None else content.seq
+
 
 @attrs.frozen(kw_only=True)
 class Held:
-    """A token in memory and the version its record has, or will have once written."""
+    """A token in memory that the store may not have: a write failed, or the store lost it."""
 
     record: Record
-    version: int
 
     def newer_than(self, stored: Stored) -> bool:
-        """True when this token should replace what the store holds (rule 4 of _refresh.py)."""
+        """True when this token should replace what the store holds (rule 4 of _refresh.py):
+        the store has no record, or an older one by lineage."""
         theirs = stored.record
-        if theirs is None or stored.version is None:
-            return True
-        if self.version != stored.version:
-            return self.version > stored.version
-        return self.record.newer_than(theirs)
+        return theirs is None or self.record.newer_than(theirs)

@@ -61,39 +61,32 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Any
 
 import anyio
 import attrs
 
-from ._cache import TokenCache
-from ._clock import Clock
 from ._endpoints import Endpoints, GateClosed
+from ._ledger import TokenLedger
 from ._models import Token
 from ._records import (
-    TOMBSTONE_TTL,
     Held,
     Record,
-    RecordCodec,
-    RenderedRecord,
     Stored,
     Tombstone,
-    stamp,
 )
 from .exceptions import (
     ConflictError,
-    DecryptionError,
-    DeviceFlowError,
     InvalidGrantError,
     LockTimeoutError,
     StoreError,
 )
-from .stores._memory import MemoryStore
-from .stores._protocol import Lease, TokenStore, Versioned
+from .stores._protocol import Versioned
 
-__all__ = ["Forced", "NeedsGrant", "RefreshTransaction", "Stale", "TokenLedger"]
+__all__ = ["Forced", "NeedsGrant", "RefreshTransaction", "Stale"]
 
 log = logging.getLogger("deviceflow")
 
@@ -110,8 +103,12 @@ Stale = str | Forced
 _LEASE_TRIES = 3
 #: How many times a refresh waits at a closed gate (Retry-After) before its callers get the error.
 _GATE_TRIES = 10
-#: The longest aclose() spends on its last attempt to store unsaved tokens.
+#: The longest aclose() spends on its last attempts to store unsaved tokens.
 _CLOSE_FLUSH = 10.0
+#: A write that fails right after a refresh is tried again, still under the lock, at these
+#: intervals (while the lease lasts): a blip of a second or two loses nothing and lets no
+#: other process read the older record meanwhile.
+_WRITE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
 #: Back-off of the background retries of unsaved writes (real seconds).
 _FLUSH_FIRST, _FLUSH_MAX = 0.5, 30.0
 
@@ -124,209 +121,8 @@ class NeedsGrant:
     not_before: datetime | None = None
 
 
-_NOTHING = Stored(value=None, content=None)
-
-
 class _LeaseShort(Exception):
     """The lease has too little time left for a refresh: give the lock up and start over."""
-
-
-class TokenLedger:
-    """The records of one client's accounts in its store, and what this process knows beyond
-    them: reads, writes, saves and logouts. The refresh transaction runs on it."""
-
-    def __init__(
-        self,
-        *,
-        store: TokenStore,
-        codec: RecordCodec,
-        cache: TokenCache,
-        endpoints: Endpoints,
-        clock: Clock,
-        lock_ttl: float,
-        lock_wait: float,
-    ) -> None:
-        self.store = store
-        self.codec = codec
-        self.cache = cache
-        self.endpoints = endpoints
-        self.clock = clock
-        self.lock_ttl = lock_ttl
-        self.lock_wait = lock_wait
-        self.unsaved: dict[str, Held] = {}  # refreshed, not yet stored: newer than the store
-        self.refused: dict[str, datetime] = {}  # when each account's grant was refused
-
-    def lock(self, key: str) -> AbstractAsyncContextManager[Lease]:
-        """The store's lock of ``key``, with the client's ttl and wait."""
-        return self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait)
-
-    # --- reading ------------------------------------------------------------------------------
-
-    async def read(self, account: str, key: str, seen: Stored | None = None) -> Stored:
-        """What the store holds for ``account`` now (decoded once per distinct record)."""
-        return self._decode(account, await self.store.get(key), seen)
-
-    def _decode(self, account: str, current: Versioned | None, seen: Stored | None) -> Stored:
-        if current is None:
-            return _NOTHING
-        mark = stamp(current)
-        if seen is not None and seen.stamp == mark:
-            return seen
-        entry = self.cache.get(account)
-        if entry is not None and entry.stamp == mark:
-            content: Record | Tombstone = Record(token=entry.token, obtained=entry.obtained)
-        else:
-            content = self.codec.decode(current.value)
-        return Stored(value=current, content=content, stamp=mark)
-
-    def trusted(self, account: str, record: Record | None) -> Record | None:
-        """``record``, unless it was obtained before ``account``'s grant was refused."""
-        refused = self.refused.get(account)
-        if record is None or refused is None:
-            return record
-        if record.obtained is not None and record.obtained > refused:
-            return record
-        return None
-
-    def fresh(self, account: str, stored: Stored) -> Token | None:
-        """Cache and return the stored token if it is trusted and not due for refresh."""
-        record = self.trusted(account, stored.record)
-        if record is None:
-            return None
-        entry = self.cache.get(account)
-        if entry is None or entry.token is not record.token:  # not the record already in memory
-            entry = self.cache.entry(
-                account, record.token, record.obtained, stored.stamp, stored.version
-            )
-        if self.cache.due(entry):
-            return None
-        self.cache.entries[account] = entry
-        return record.token
-
-    def usable(self, account: str, stored: Stored, not_before: datetime | None) -> Token | None:
-        """Cache and return the stored token if it has not expired and was obtained after
-        ``not_before`` (when given)."""
-        record = self.trusted(account, stored.record)
-        if record is None or self.expired(record.token):
-            return None
-        if not_before is not None and (record.obtained is None or record.obtained <= not_before):
-            return None
-        self.cache.remember(account, record.token, record.obtained, stored.stamp, stored.version)
-        return record.token
-
-    def expired(self, token: Token) -> bool:
-        return token.expires_within(0, now=self.clock.wall())
-
-    # --- writing ------------------------------------------------------------------------------
-
-    async def write(
-        self, key: str, account: str, record: Record, expected: int | None
-    ) -> Versioned:
-        """Compare-and-set ``record``; returns what was written and its version.
-
-        A conflict on a fresh token is overwritten (the new token is valid, and losing it would
-        lose a rotated refresh token), unless the record is a tombstone now: ConflictError.
-        """
-        obtained = record.obtained or self.clock.wall()
-        value = self.codec.encode(account, record.token, obtained)
-        ttl = self.codec.ttl(record.token, self.clock.wall())
-        store = self.store
-        for attempt in range(4):
-            try:
-                if type(store) is MemoryStore:
-                    # The record shares the token's strings with the cache: one copy in memory.
-                    render = RenderedRecord(self.codec, account, record.token, obtained)
-                    version = await store.put_rendered(
-                        key, render, expected_version=expected, ttl=ttl
-                    )
-                else:
-                    version = await store.put(key, value, expected_version=expected, ttl=ttl)
-                return Versioned(value, version)
-            except ConflictError:
-                current = await self.store.get(key)
-                if attempt == 3 or self.is_tombstone(current):
-                    raise
-                log.warning("account %r was written concurrently; keeping the new token", account)
-                expected = current.version if current else None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def is_tombstone(self, current: Versioned | None) -> bool:
-        if current is None:
-            return False
-        try:
-            return isinstance(self.codec.decode(current.value), Tombstone)
-        except StoreError:  # damaged: a valid token may replace it
-            return False
-
-    def saved(self, account: str, held: Held, written: Versioned) -> None:
-        if self.unsaved.get(account) is held:
-            del self.unsaved[account]
-        entry = self.cache.get(account)
-        if entry is not None and entry.token is held.record.token:
-            entry.stamp = stamp(written)
-            entry.version = written.version
-
-    async def bury(self, key: str, account: str, version: int | None, reason: str) -> None:
-        """Replace the record at ``version`` by a tombstone (nothing if it changed meanwhile)."""
-        self.cache.forget(account)
-        tombstone = self.codec.encode_tombstone(account, self.clock.wall(), reason)
-        with contextlib.suppress(ConflictError):
-            await self.store.put(key, tombstone, expected_version=version, ttl=TOMBSTONE_TTL)
-
-    async def save(self, account: str, token: Token) -> None:
-        """Store ``token`` as ``account``'s, whatever was there (save_token, a device flow)."""
-        key = self.codec.key(account)
-        record = Record(token=token, obtained=self.clock.wall())
-        async with self.lock(key):
-            current = await self.store.get(key)
-            written = await self.write(key, account, record, current.version if current else None)
-        self.unsaved.pop(account, None)
-        self.refused.pop(account, None)
-        self.cache.remember(account, token, record.obtained, stamp(written), written.version)
-
-    async def logout(self, account: str, *, force: bool) -> bool:
-        """Revoke ``account``'s grant where possible and leave a tombstone; True if revoked.
-
-        The token revoked is the newest this process knows: the store's, or one in memory that
-        the store does not have (unsaved, or lost by the store).
-        """
-        key = self.codec.key(account)
-        held = self.unsaved.pop(account, None)
-        entry = self.cache.get(account)
-        self.cache.forget(account)
-        if held is None and entry is not None:
-            record = Record(token=entry.token, obtained=entry.obtained)
-            held = Held(record=record, version=entry.version or 0)
-        try:
-            exists = (await self.read(account, key)).record is not None
-        except StoreError:  # decided under the lock
-            exists = False
-        if exists or held is not None:
-            with contextlib.suppress(DeviceFlowError):  # endpoints settled before the lock
-                await self.endpoints.ensure_metadata()
-        async with self.lock(key):
-            try:
-                current = await self.store.get(key)
-            except DecryptionError:
-                if not force:
-                    raise
-                log.warning("deleting account %r's undecryptable record unrevoked", account)
-                await self.store.delete(key)
-                current, held = None, None
-            try:
-                stored = self._decode(account, current, None)
-            except StoreError:  # unreadable (not undecryptable): nothing to revoke from it
-                stored = Stored(value=current, content=None)
-            if held is not None and held.newer_than(stored):
-                token: Token | None = held.record.token
-            else:
-                token = stored.record.token if stored.record is not None else None
-            if token is None and (current is None or isinstance(stored.content, Tombstone)):
-                return False  # nothing stored, nothing held: nothing to sign out
-            revoked = await self.endpoints.revoke(token) if token is not None else False
-            tombstone = self.codec.encode_tombstone(account, self.clock.wall(), "logout")
-            await self.store.put(key, tombstone, expected_version=stored.version, ttl=TOMBSTONE_TTL)
-        return revoked
 
 
 class RefreshTransaction:
@@ -347,6 +143,7 @@ class RefreshTransaction:
         self.http_timeout = http_timeout
         self.reserve = (ledger.lock_ttl - http_timeout) / 2
         self._flusher: asyncio.Task[None] | None = None
+        ledger.on_unsaved = self._schedule_flush
 
     # --- the refresh transaction --------------------------------------------------------------
 
@@ -356,11 +153,12 @@ class RefreshTransaction:
         ``stale`` forces a refresh: Forced.ANY, or the access token a server just rejected (then
         a newer stored token is returned instead of refreshing again).
         """
-        key = self.ledger.codec.key(account)
+        ledger = self.ledger
+        key = ledger.codec.key(account)
         seen: Stored | None = None
-        if stale is None and account not in self.ledger.unsaved:
-            seen = await self.ledger.read(account, key)
-            token = self.ledger.fresh(account, seen)
+        if stale is None and account not in ledger.unsaved:
+            seen = await ledger.read(account, key)
+            token = ledger.fresh(account, seen)
             if token is not None:
                 return token
         refreshing = stale is not None or self._may_refresh(account, seen)
@@ -375,20 +173,25 @@ class RefreshTransaction:
                 await gate.wait_open()
             async with gate.slot() if refreshing else contextlib.nullcontext():
                 started = time.monotonic()  # the lease ends no sooner than lock_ttl from here
+                acquired = started
                 try:
-                    async with self.ledger.lock(key):
+                    async with ledger.lock(key):
+                        acquired = time.monotonic()
                         return await self._locked(
-                            account, key, stale, seen, started + self.ledger.lock_ttl
+                            account, key, stale, seen, started + ledger.lock_ttl
                         )
                 except _LeaseShort:
-                    short += 1
+                    # A wait for a busy lock is not the store's fault: only a store that was
+                    # slow inside the lock counts towards giving up.
+                    if acquired - started < self.reserve:
+                        short += 1
                     if short == _LEASE_TRIES:
                         break
                     log.warning(
-                        "account %r: the store took too long inside its lock (lock_ttl %.0f s); "
-                        "starting the refresh over",
+                        "account %r: too little of the store lock's %.0f s was left for a "
+                        "refresh; starting over",
                         account,
-                        self.ledger.lock_ttl,
+                        ledger.lock_ttl,
                     )
                 except GateClosed:
                     closed += 1
@@ -397,8 +200,7 @@ class RefreshTransaction:
                     refreshing = True
         raise LockTimeoutError(
             f"account {account!r}: the store was too slow to refresh within its lock "
-            f"{_LEASE_TRIES} times; raise lock_ttl (now {self.ledger.lock_ttl} s) or check the "
-            "store"
+            f"{_LEASE_TRIES} times; raise lock_ttl (now {ledger.lock_ttl} s) or check the store"
         )
 
     def _may_refresh(self, account: str, seen: Stored | None) -> bool:
@@ -413,13 +215,14 @@ class RefreshTransaction:
     async def _locked(
         self, account: str, key: str, stale: Stale | None, seen: Stored | None, lease_end: float
     ) -> Token | NeedsGrant:
-        stored = await self.ledger.read(account, key, seen)
+        ledger = self.ledger
+        stored = await ledger.read(account, key, seen)
         if isinstance(stored.content, Tombstone):  # signed out (or refused): never undone
-            self.ledger.unsaved.pop(account, None)
-            self.ledger.cache.forget(account)
-            return NeedsGrant(not_before=self.ledger.refused.get(account))
-        base = self.ledger.trusted(account, stored.record)
-        version = floor = stored.version  # what to compare-and-set with; what to order after
+            ledger.unsaved.pop(account, None)
+            ledger.cache.forget(account)
+            return NeedsGrant(not_before=ledger.refused.get(account))
+        base = ledger.trusted(account, stored.record)
+        version = stored.version
         held = self._held(account, stored)
         if held is not None:
             # Memory is newer than the store (a write failed, or the store lost the record):
@@ -427,73 +230,82 @@ class RefreshTransaction:
             base = held.record
             try:
                 with self._finishing(account):
-                    written = await self.ledger.write(key, account, held.record, version)
+                    written = await self._bounded(
+                        ledger.write(key, account, held.record, version, overwrite=False),
+                        lease_end,
+                    )
             except ConflictError:
                 raise
             except StoreError as exc:
                 log.warning("account %r: a newer token is still unsaved: %s", account, exc)
-                floor = held.version
+                if ledger.unsaved.get(account) is not held:
+                    ledger.keep_unsaved(account, held)
             else:
-                self.ledger.saved(account, held, written)
-                version = floor = written.version
-        elif self.ledger.unsaved.pop(account, None) is not None:
+                ledger.saved(account, held, written)
+                version = written.version
+        elif ledger.unsaved.pop(account, None) is not None:
             log.info("account %r: a newer token was stored elsewhere; using it", account)
         if base is None:
-            return NeedsGrant(not_before=self.ledger.refused.get(account))
+            return NeedsGrant(not_before=ledger.refused.get(account))
         token = base.token
         named = isinstance(stale, str)
         changed = held is not None or seen is None or seen.stamp != stored.stamp
         if (stale is None and changed) or (named and token.access_token != stale):
             # Someone wrote while we waited (or memory was newer): that token may be fresh.
-            fresh = self._fresh_record(account, base, version)
+            fresh = self._fresh_record(account, base)
             if fresh is not None:
                 return fresh
         if token.refresh_token:
-            return await self._refresh(account, key, base, version, floor, lease_end)
-        if not self.ledger.expired(token) and not (named and token.access_token == stale):
+            return await self._refresh(account, key, base, version, lease_end)
+        if not ledger.expired(token) and not (named and token.access_token == stale):
             # Nothing to refresh with, but still valid (and not the token a server just
-            # rejected): keep using it.
-            self.ledger.cache.remember(account, token, base.obtained, stored.stamp, version)
+            # rejected): keep using it, and start no more background refreshes for it.
+            entry = ledger.cache.remember(account, token, base.obtained, stored.stamp, base.seq)
+            entry.refresh_at = entry.usable_until
             return token
-        await self.ledger.bury(key, account, version, "expired")
+        await ledger.bury(key, account, version, base.seq, "expired")
         return NeedsGrant()
 
-    def _fresh_record(self, account: str, record: Record, version: int | None) -> Token | None:
-        entry = self.ledger.cache.get(account)
+    def _fresh_record(self, account: str, record: Record) -> Token | None:
+        cache = self.ledger.cache
+        entry = cache.get(account)
         if entry is None or entry.token is not record.token:
-            entry = self.ledger.cache.entry(account, record.token, record.obtained, None, version)
-        if self.ledger.cache.due(entry):
+            entry = cache.entry(account, record.token, record.obtained, None, record.seq)
+        if cache.due(entry):
             return None
-        self.ledger.cache.entries[account] = entry
+        cache.entries[account] = entry
         return record.token
 
     def _held(self, account: str, stored: Stored) -> Held | None:
         """The token in memory, when it is newer than the store's and worth keeping."""
-        held = self.ledger.unsaved.get(account)
+        ledger = self.ledger
+        held = ledger.unsaved.get(account)
         if held is None:
-            entry = self.ledger.cache.get(account)
+            entry = ledger.cache.get(account)
             if entry is None or (stored.stamp is not None and entry.stamp == stored.stamp):
                 return None
-            record = Record(token=entry.token, obtained=entry.obtained)
-            held = Held(record=record, version=entry.version or 0)
+            held = ledger.held(account)
+            assert held is not None
         token = held.record.token
-        if self.ledger.trusted(account, held.record) is None:
+        if ledger.trusted(account, held.record) is None:
             return None
-        if not token.refresh_token and self.ledger.expired(token):
+        if not token.refresh_token and ledger.expired(token):
             return None  # nothing left to keep
         return held if held.newer_than(stored) else None
 
+    @staticmethod
+    async def _bounded(write: Coroutine[Any, Any, Versioned], lease_end: float) -> Versioned:
+        """``write``, given up (as a StoreError) if it outlasts the lease: a store that hangs
+        must not hold aclose() forever; what the write was for is then kept as unsaved."""
+        with anyio.move_on_after(max(0.0, lease_end - time.monotonic())):
+            return await write
+        raise StoreError("the store did not finish the write while the lock was held")
+
     async def _refresh(
-        self,
-        account: str,
-        key: str,
-        base: Record,
-        version: int | None,
-        floor: int | None,
-        lease_end: float,
+        self, account: str, key: str, base: Record, version: int | None, lease_end: float
     ) -> Token | NeedsGrant:
-        """Refresh ``base``, write the answer over ``version``; the new token is ordered after
-        ``floor`` (the newest version this process knows of)."""
+        """Refresh ``base`` and write the answer over ``version``."""
+        ledger = self.ledger
         if lease_end - time.monotonic() < self.http_timeout + self.reserve:
             raise _LeaseShort
         # Once the request is out, the server may already have rotated the refresh token: the
@@ -507,20 +319,20 @@ class RefreshTransaction:
                 raise
             except InvalidGrantError:
                 outcome.value = "invalid_grant"
-                refused = self.ledger.clock.wall()
+                refused = ledger.clock.wall()
                 log.info("refresh token of account %r was rejected; need a new grant", account)
-                self.ledger.refused[account] = refused
-                self.ledger.unsaved.pop(account, None)
-                await self.ledger.bury(key, account, version, "refused")
+                ledger.refused[account] = refused
+                ledger.unsaved.pop(account, None)
+                await ledger.bury(key, account, version, base.seq, "refused")
                 return NeedsGrant(not_before=refused)
-            record = Record(token=new, obtained=self.ledger.clock.wall())
-            held = Held(record=record, version=max(version or 0, floor or 0) + 1)
-            self.ledger.cache.remember(account, new, held.record.obtained, None, held.version)
-            self.ledger.unsaved[account] = held
+            held = Held(record=Record(token=new, obtained=ledger.clock.wall(), seq=base.seq + 1))
+            ledger.cache.remember(account, new, held.record.obtained, None, held.record.seq)
+            ledger.unsaved[account] = held
             try:
-                written = await self.ledger.write(key, account, held.record, version)
-            except ConflictError:
-                self.ledger.unsaved.pop(account, None)
+                written = await self._write_refreshed(key, account, held, version, lease_end)
+            except ConflictError:  # signed out meanwhile: the logout wins
+                ledger.unsaved.pop(account, None)
+                ledger.cache.forget(account)
                 raise
             except StoreError as exc:
                 outcome.value = "unsaved"
@@ -530,10 +342,30 @@ class RefreshTransaction:
                     account,
                     exc,
                 )
-                self._schedule_flush()
+                ledger.keep_unsaved(account, held)
                 return new
-            self.ledger.saved(account, held, written)
+            ledger.saved(account, held, written)
             return new
+
+    async def _write_refreshed(
+        self, key: str, account: str, held: Held, version: int | None, lease_end: float
+    ) -> Versioned:
+        """Write a refresh's answer, trying again under the lock while the lease lasts: until
+        it lands, any other process would read the older record."""
+        retries = iter(_WRITE_RETRIES)
+        while True:
+            try:
+                return await self._bounded(
+                    self.ledger.write(key, account, held.record, version, overwrite=True),
+                    lease_end,
+                )
+            except ConflictError:
+                raise
+            except StoreError:
+                delay = next(retries, None)
+                if delay is None or time.monotonic() + delay >= lease_end - self.reserve / 2:
+                    raise
+                await anyio.sleep(delay)
 
     # --- unsaved tokens -----------------------------------------------------------------------
 
@@ -560,21 +392,27 @@ class RefreshTransaction:
         return not self.ledger.unsaved
 
     async def _flush_one(self, account: str) -> None:
-        key = self.ledger.codec.key(account)
-        async with self.ledger.store.lock(
-            key, ttl=self.ledger.lock_ttl, wait=self.ledger.lock_wait
-        ):
-            held = self.ledger.unsaved.get(account)
-            if held is None:
+        ledger = self.ledger
+        key = ledger.codec.key(account)
+        async with ledger.lock(key):
+            for _ in range(3):
+                held = ledger.unsaved.get(account)
+                if held is None:
+                    return
+                stored = await ledger.read(account, key)
+                if isinstance(stored.content, Tombstone) or not held.newer_than(stored):
+                    # Signed out meanwhile, or a newer token was stored elsewhere: that wins.
+                    del ledger.unsaved[account]
+                    return
+                try:
+                    written = await ledger.write(
+                        key, account, held.record, stored.version, overwrite=False
+                    )
+                except ConflictError:
+                    continue  # written meanwhile (a lapsed lock): read again and decide again
+                ledger.saved(account, held, written)
+                log.info("account %r: the unsaved token is stored now", account)
                 return
-            stored = await self.ledger.read(account, key)
-            if isinstance(stored.content, Tombstone) or not held.newer_than(stored):
-                # Signed out meanwhile, or a newer token was stored elsewhere: that one wins.
-                del self.ledger.unsaved[account]
-                return
-            written = await self.ledger.write(key, account, held.record, stored.version)
-            self.ledger.saved(account, held, written)
-            log.info("account %r: the unsaved token is stored now", account)
 
     async def aclose(self) -> None:
         """Stop the background retries, keep trying to store unsaved tokens for at most
