@@ -12,8 +12,9 @@ Every rule below serves that, and each is written once, here.
 1. **Lock, re-read, refresh, compare-and-set.** A refresh runs under the store's lock of the
    account, on the record read under that lock, and is written with the version read. The lock
    saves calls to the server; the version check catches a writer that did not hold the lock
-   (its lease ran out). A conflicting write of a fresh token overwrites what is there, unless
-   that is a tombstone: a logout is never undone.
+   (its lease ran out). A conflicting write of a token just refreshed overwrites what is there,
+   unless that is a tombstone (a logout is never undone); any other write (a retry of an
+   unsaved token, a write-back) reads again on conflict and decides again.
 
 2. **The lease covers the request and the write.** The lease is counted from the instant before
    the lock was asked for (``time.monotonic()``: store locks live in real time), for ``lock_ttl``
@@ -24,13 +25,16 @@ Every rule below serves that, and each is written once, here.
    over (three times at most, then LockTimeoutError). Every attempt of the request ends
    ``reserve`` seconds before the lease does. With the defaults (lock_ttl 36 s, http_timeout
    20 s) the reserve is 8 s on each side; RedisStore's calls end within its ``timeout`` (5 s),
-   which leaves 3 s for scheduling and clock drift.
+   which leaves 3 s for scheduling and clock drift. Waiting for a lock another process holds
+   does not count towards giving up. Every write made inside the lock ends with the lease.
 
 3. **A write that fails is retried until it lands.** The refreshed token goes to memory before
-   the write. If the write fails (disk full, Redis down), the token is kept as *unsaved*:
+   the write. If the write fails (disk full, Redis down), it is tried again at once, still
+   under the lock, five times over 1.5 s while the lease lasts: until it lands, any other
+   process would read the older record. If it still fails, the token is kept as *unsaved*:
    get_token() serves it, a background task retries the write with back-off (0.5 s doubling
-   to 30 s), and aclose() makes a last bounded attempt and logs one ERROR line per account it
-   could not save. While a token is unsaved, this process never refreshes from the store's
+   to 30 s), and aclose() keeps trying for 10 s and logs one ERROR line per account it could
+   not save. A device flow's new token that the store refuses is kept the same way. While a token is unsaved, this process never refreshes from the store's
    older record: the next transaction writes the unsaved token first, and if that fails again
    it refreshes with the unsaved token's own refresh token, the newest there is.
 
@@ -38,9 +42,10 @@ Every rule below serves that, and each is written once, here.
    _records.py), so a record that is simply missing means the store lost it (Redis restarted
    empty, a file deleted by hand). A process that still holds the account's token then writes
    it back instead of asking a person for a new grant; and where the store holds an older
-   token than the one in memory, memory's goes back too. Newer is judged by record version
-   (a token in memory knows the version it was read or written at), not by clocks, which
-   differ between machines; obtained-at times only break a tie of equal versions.
+   token than the one in memory, memory's goes back too. Newer is judged by the lineage each
+   record carries (``seq``: one more with every refresh, see _records.py), not by store
+   versions, which start again at 1 when a store loses its data, nor by clocks, which differ
+   between machines; obtained-at times only break a tie.
 
 5. **After invalid_grant, trust nothing older.** A refused refresh means the grant is gone, and
    every token obtained from it before the refusal may be revoked with it. The record is
