@@ -26,8 +26,8 @@
     client (the store's); ``HSET`` of the same fields is printed for information.
     EncryptedFileStore.put (compare-and-set) against a bare durable write of the same size
     (temp file, fsync, rename, fsync of the folder), one at a time, in batches of five and four
-    times as many rounds. Ratio = store ops/s divided
-    by raw ops/s, median of the rounds' ratios. Targets: >= 0.8x for Redis, >= 0.6x for files.
+    times as many rounds. Ratio = store ops/s divided by raw ops/s, median of the rounds'
+    ratios. Targets: >= 0.8x for Redis, >= 0.6x for files.
 
 Redis is a private ``redis-server`` started on a free loopback port (persistence off).
 
