@@ -1,10 +1,113 @@
-"""Helpers shared by test modules (import as ``from helpers import ...``)."""
+"""Helpers shared by test modules (import as ``from helpers import ...``).
+
+Fixtures live in ``conftest.py`` (the built-in server's come from the package's pytest plugin:
+``authorization_server`` and ``virtual_clock``); Hypothesis strategies in ``strategies.py``.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
 
-from deviceflow import DeviceFlowClient, Token
+import anyio
+
+from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow.testing import AuthorizationServer
+
+__all__ = [
+    "DEVICE_GRANT",
+    "eventually",
+    "issued_token",
+    "make_client",
+    "seed",
+    "stored_token",
+    "time_factor",
+    "wait_until",
+]
+
+#: RFC 8628 3.4: the grant_type of a device access token request. Written out, not imported
+#: from the package, so that tests check the package's value against the RFC's.
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def time_factor() -> float:
+    """How much longer than on an idle machine real-time waits may take (``DEVICEFLOW_TIME_FACTOR``,
+    default 1.0): every real-time deadline, timeout and sleep in the tests is multiplied by it.
+
+    A loaded CI runner sets it above 1. Virtual-clock time never needs it.
+    """
+    factor = float(os.environ.get("DEVICEFLOW_TIME_FACTOR", "1.0"))
+    if not factor > 0:
+        raise ValueError(f"DEVICEFLOW_TIME_FACTOR must be a positive number, not {factor!r}")
+    return factor
+
+
+async def eventually(
+    condition: Callable[[], object | Awaitable[object]], *, within: float = 10.0
+) -> None:
+    """Wait until ``condition()`` (awaited when it returns an awaitable) is true, checking every
+    10 ms; AssertionError once ``within`` real seconds (times :func:`time_factor`) have passed."""
+    limit = within * time_factor()
+    with anyio.move_on_after(limit):
+        while True:
+            outcome = condition()
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome:
+                return
+            await anyio.sleep(0.01)
+    raise AssertionError(f"still not true after {limit:g} s: {condition.__qualname__}")
+
+
+def wait_until(condition: Callable[[], object], *, within: float = 10.0) -> None:
+    """:func:`eventually` for synchronous tests (sleeps the thread)."""
+    limit = within * time_factor()
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {limit:g} s: {condition.__qualname__}")
+        time.sleep(0.01)
+
+
+def make_client(server: AuthorizationServer, **kwargs: Any) -> DeviceFlowClient:
+    """A DeviceFlowClient for ``server``, on the server's clock, with client id "svc";
+    keyword arguments go to DeviceFlowClient and win over these defaults."""
+    kwargs.setdefault("client_id", "svc")
+    kwargs.setdefault("clock", server.clock)
+    provider = kwargs.pop("provider", None) or Provider(issuer=server.issuer)
+    return DeviceFlowClient(provider, **kwargs)
+
+
+def issued_token(
+    server: AuthorizationServer, client_id: str, *, scope: str | None = "openid"
+) -> Token:
+    """A token of a new grant that ``server`` issues directly (no device flow), expiring when the
+    server says, on the server's clock."""
+    issued = server.issue_tokens(client_id, scope=scope)
+    return Token(
+        access_token=issued["access_token"],
+        refresh_token=issued["refresh_token"],
+        expires_at=server.clock.wall() + timedelta(seconds=int(issued["expires_in"])),
+    )
+
+
+async def seed(
+    client: DeviceFlowClient,
+    server: AuthorizationServer,
+    account: str = "default",
+    *,
+    scope: str | None = "openid",
+) -> Token:
+    """Store in ``client``'s store, for ``account``, a token of a grant that ``server`` issued
+    directly, as a sign-in would have; return the token."""
+    token = issued_token(server, client.client_id, scope=scope)
+    await client.save_token(account, token)
+    return token
 
 
 async def stored_token(client: DeviceFlowClient, account: str = "default") -> Token | None:

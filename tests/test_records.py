@@ -13,28 +13,7 @@ from hypothesis import strategies as st
 from deviceflow import Provider, Token
 from deviceflow._models import COMPACT_JSON
 from deviceflow._records import Record, RecordCodec, Tombstone
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=8,
-)
-optional_text = st.none() | st.text()
-tokens = st.builds(
-    Token,
-    access_token=st.text(),
-    token_type=st.text(),
-    expires_at=st.none()
-    | st.datetimes(
-        min_value=datetime(1970, 1, 2),
-        max_value=datetime(9999, 1, 1),
-        timezones=st.just(timezone.utc),
-    ),
-    refresh_token=optional_text,
-    scope=optional_text,
-    id_token=optional_text,
-    extra=st.dictionaries(st.text(), json_values, max_size=4),
-)
+from strategies import tokens
 
 
 @given(token=tokens)
@@ -52,26 +31,34 @@ def assert_same(token: Token, decoded: Token) -> None:
     assert token == attrs.evolve(decoded, expires_at=token.expires_at)
 
 
-@given(token=tokens, account=st.text(min_size=1), path=st.text("ab/%'\"\\\u00e9"))
-def test_record_decodes_to_its_fields(token: Token, account: str, path: str) -> None:
+@given(
+    token=tokens,
+    account=st.text(min_size=1),
+    path=st.text("ab/%'\"\\\u00e9"),
+    seq=st.integers(min_value=0, max_value=2**40),
+)
+def test_record_decodes_to_its_fields(token: Token, account: str, path: str, seq: int) -> None:
     """The client's record holds its fields as written, and decodes to the same token."""
     issuer = "https://idp.test/" + path
     provider = Provider(issuer=issuer, token_endpoint="https://idp.test/token")
     codec = RecordCodec(provider.identity, 'c"\u00e9\n')
     now = datetime.now(timezone.utc)
-    record: dict[str, Any] = json.loads(codec.encode(account, token, now))
+    written = Record(token=token, obtained=now, seq=seq)
+    record: dict[str, Any] = json.loads(codec.encode(account, written))
     obtained = record.pop("obtained_at")
     assert {
         "v": 1,
         "issuer": issuer,
         "client_id": 'c"\u00e9\n',
         "account": account,
+        "seq": seq,
         "token": token.to_dict(),
     } == record
     assert abs(datetime.now(timezone.utc).timestamp() - obtained) < 60
-    decoded = RecordCodec.decode(codec.encode(account, token, now))
+    decoded = RecordCodec.decode(codec.encode(account, written))
     assert isinstance(decoded, Record)
     assert_same(token, decoded.token)
+    assert seq == decoded.seq
     assert decoded.obtained is not None
     assert abs(now - decoded.obtained) < timedelta(milliseconds=1)
 
@@ -81,9 +68,9 @@ def test_tombstone_decodes_to_a_tombstone(account: str, reason: str) -> None:
     """A logout's tombstone decodes as one, with its reason and time; never as a token."""
     codec = RecordCodec("https://idp.test", "c")
     now = datetime.now(timezone.utc)
-    decoded = RecordCodec.decode(codec.encode_tombstone(account, now, reason))
+    decoded = RecordCodec.decode(codec.encode_tombstone(account, now, reason, 7))
     assert isinstance(decoded, Tombstone)
-    assert reason == decoded.reason
+    assert (reason, 7) == (decoded.reason, decoded.seq)
     assert decoded.at is not None
     assert abs(now - decoded.at) < timedelta(milliseconds=1)
 

@@ -3,6 +3,11 @@
 Bodies are drawn from a mix: a valid answer for the endpoint with fields dropped, retyped or
 replaced by hostile values (so the fuzzer reaches deep into validation), JSON of any shape,
 form data, truncated or duplicated JSON, deep nesting, and plain bytes.
+
+These stay here rather than in tests/strategies.py: they exist to break parsers (hostile strings,
+numbers past float range, JSON nested 3,000 deep, 5,000-character fields) and are only fit to
+run under the fuzz profiles below, which lift Hypothesis' limits on data size. They build on the
+shared ``json_values`` and ``error_codes``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from deviceflow._models import Response
+import strategies
+from deviceflow import Response
 
 __all__ = ["FUZZ", "FUZZ_EXAMPLES", "responses"]
 
@@ -94,13 +100,7 @@ scalars = st.one_of(
     st.sampled_from(HOSTILE_STRINGS),
     long_strings,
 )
-json_values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
-    ),
-    max_leaves=8,
-)
+json_values = strategies.json_values(scalars)
 
 VALID: dict[str, dict[str, Any]] = {
     "discovery": {
@@ -142,22 +142,6 @@ SHAPES = {
     "token": ["token", "error"],
     "revocation": ["revocation", "error"],
 }
-ERROR_CODES = st.sampled_from(
-    [
-        "authorization_pending",
-        "slow_down",
-        "access_denied",
-        "authorization_declined",
-        "expired_token",
-        "code_expired",
-        "invalid_grant",
-        "invalid_client",
-        "server_error",
-        "temporarily_unavailable",
-        "unsupported_grant_type",
-        "something_new",
-    ]
-)
 
 
 @st.composite
@@ -166,7 +150,7 @@ def field_dicts(draw: st.DrawFn, endpoint: str) -> dict[str, Any]:
     shape = draw(st.sampled_from(SHAPES[endpoint]))
     fields = dict(VALID[shape])
     if shape == "error":
-        fields["error"] = draw(ERROR_CODES)
+        fields["error"] = draw(strategies.error_codes)
     for name in list(fields):
         action = draw(st.sampled_from(["keep", "keep", "keep", "drop", "replace", "hostile"]))
         if action == "drop":

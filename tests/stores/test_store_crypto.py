@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from deviceflow._crypto import KdfParams, Payload, Sealer
 from deviceflow.exceptions import DecryptionError, KeyDerivationError, StoreError
 from deviceflow.stores import KeySet, Passphrase, generate_key
+from strategies import payloads
 
 RAW = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -26,14 +27,6 @@ def sealer(*keys: str | bytes | Passphrase, namespace: str = "ns") -> Sealer:
     """A Sealer over ``keys`` (passphrases derived with a fixed salt)."""
     params = KdfParams(salt=b"s" * 16, n=FAST)
     return Sealer(KeySet(*keys).resolve(params), namespace)
-
-
-records = st.builds(
-    Payload,
-    version=st.integers(min_value=1, max_value=2**63),
-    expires_at=st.none() | st.floats(min_value=1.0, max_value=1e10),
-    value=st.binary(max_size=4096),
-)
 
 
 def test_generate_key_is_urlsafe_base64_of_32_bytes() -> None:
@@ -300,14 +293,14 @@ def test_every_write_uses_a_fresh_nonce() -> None:
     assert s.seal("r", record) != s.seal("r", record)
 
 
-@given(record=records)
+@given(record=payloads)
 def test_envelope_round_trips(record: Payload) -> None:
     """Any record opens to itself."""
     s = sealer(RAW)
     assert record == s.open("r", s.seal("r", record), name="k")
 
 
-@given(record=records, data=st.data())
+@given(record=payloads, data=st.data())
 def test_any_flipped_bit_is_detected(record: Payload, data: st.DataObject) -> None:
     """Flipping any bit of an envelope makes it fail to open with DecryptionError."""
     s = sealer(RAW)
@@ -318,7 +311,7 @@ def test_any_flipped_bit_is_detected(record: Payload, data: st.DataObject) -> No
         s.open("r", bytes(envelope), name="'k'")
 
 
-@given(record=records, data=st.data())
+@given(record=payloads, data=st.data())
 def test_truncation_or_extension_is_detected(record: Payload, data: st.DataObject) -> None:
     """A cut or lengthened envelope fails to open with DecryptionError."""
     s = sealer(RAW)
@@ -330,7 +323,7 @@ def test_truncation_or_extension_is_detected(record: Payload, data: st.DataObjec
             s.open("r", damaged, name="k")
 
 
-@given(record=records, other=st.text(min_size=1).filter(lambda k: k != "tenant-a"))
+@given(record=payloads, other=st.text(min_size=1).filter(lambda k: k != "tenant-a"))
 def test_envelope_is_bound_to_its_key(record: Payload, other: str) -> None:
     """An envelope sealed for one key does not open as another key's."""
     s = sealer(RAW)
@@ -339,7 +332,7 @@ def test_envelope_is_bound_to_its_key(record: Payload, other: str) -> None:
         s.open(s.record_id(other), envelope, name=repr(other))
 
 
-@given(record=records)
+@given(record=payloads)
 def test_envelope_is_bound_to_its_namespace(record: Payload) -> None:
     """The same key in another namespace does not open it."""
     envelope = sealer(RAW, namespace="a").seal("r", record)
@@ -347,7 +340,7 @@ def test_envelope_is_bound_to_its_namespace(record: Payload) -> None:
         sealer(RAW, namespace="b").open("r", envelope, name="k")
 
 
-@given(record=records, data=st.binary(max_size=200))
+@given(record=payloads, data=st.binary(max_size=200))
 @settings(max_examples=50)
 def test_garbage_never_opens(record: Payload, data: bytes) -> None:
     """Arbitrary bytes are a DecryptionError, never another exception."""
