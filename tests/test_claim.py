@@ -7,7 +7,6 @@ runs over real sockets, and a virtual clock would race ahead while it polls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,13 @@ from deviceflow import (
     ProtocolError,
     Provider,
     StoreError,
-    Token,
+    SystemClock,
     TransportError,
 )
 from deviceflow._claim import Claim, FlowClaim
 from deviceflow.stores import EncryptedFileStore, MemoryStore, generate_key
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
+from helpers import eventually, make_client, seed, time_factor
 
 REPLICAS = 4
 
@@ -41,75 +41,74 @@ def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(deviceflow._device, "CLAIM_POLL", 0.02)
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[AuthorizationServer]:
-    async with AuthorizationServer(interval=0.05) as srv:
-        yield srv
+pytestmark = pytest.mark.authorization_server(clock=SystemClock(), interval=0.05)
 
 
 def replicas(server: AuthorizationServer, store: MemoryStore, on_code: object) -> list[Any]:
-    provider = Provider(issuer=server.issuer)
     return [
-        DeviceFlowClient(provider, client_id="bot", store=store, on_code=on_code)  # type: ignore[arg-type]
-        for _ in range(REPLICAS)
+        make_client(server, client_id="bot", store=store, on_code=on_code) for _ in range(REPLICAS)
     ]
 
 
-async def test_replicas_without_a_token_show_one_code(server: AuthorizationServer) -> None:
+async def test_replicas_without_a_token_show_one_code(
+    authorization_server: AuthorizationServer,
+) -> None:
     """Four clients on one store ask for the same account at once: one code, one grant."""
     shown: list[DeviceCode] = []
 
     def on_code(code: DeviceCode, account: str) -> None:
         shown.append(code)
-        server.approve(code.user_code)
+        authorization_server.approve(code.user_code)
 
-    clients = replicas(server, MemoryStore(), on_code)
+    clients = replicas(authorization_server, MemoryStore(), on_code)
     tokens = await asyncio.gather(*(c.get_token("ops") for c in clients))
     for client in clients:
         await client.aclose()
     assert 1 == len(shown)
-    assert 1 == server.stats.device_authorizations
+    assert 1 == authorization_server.stats.device_authorizations
     assert 1 == len({t.access_token for t in tokens})
 
 
-async def test_a_denial_reaches_the_waiting_replicas(server: AuthorizationServer) -> None:
+async def test_a_denial_reaches_the_waiting_replicas(
+    authorization_server: AuthorizationServer,
+) -> None:
     """The person denies the one code shown: every replica raises AccessDeniedError."""
     shown: list[DeviceCode] = []
 
     def on_code(code: DeviceCode, account: str) -> None:
         shown.append(code)
-        server.deny(code.user_code)
+        authorization_server.deny(code.user_code)
 
     store = MemoryStore()
-    clients = replicas(server, store, on_code)
+    clients = replicas(authorization_server, store, on_code)
     outcomes = await asyncio.gather(*(c.get_token("ops") for c in clients), return_exceptions=True)
     assert all(isinstance(o, AccessDeniedError) for o in outcomes), outcomes
     assert 1 == len(shown)
     # The failed flow's claim does not block the next try: it shows a new code.
     shown.clear()
-    approving = DeviceFlowClient(
-        Provider(issuer=server.issuer),
+    approving = make_client(
+        authorization_server,
         client_id="bot",
         store=store,
-        on_code=lambda code, account: server.approve(code.user_code),
+        on_code=lambda code, account: authorization_server.approve(code.user_code),
     )
-    assert server.is_valid_access_token((await approving.get_token("ops")).access_token)
+    assert authorization_server.is_valid_access_token(
+        (await approving.get_token("ops")).access_token
+    )
     for client in [*clients, approving]:
         await client.aclose()
 
 
-async def test_a_lapsed_claim_is_taken_over(server: AuthorizationServer) -> None:
+async def test_a_lapsed_claim_is_taken_over(authorization_server: AuthorizationServer) -> None:
     """A claim its process stopped renewing (it died mid-flow) lapses; a replica takes over."""
     store = MemoryStore()
     shown: list[DeviceCode] = []
 
     def on_code(code: DeviceCode, account: str) -> None:
         shown.append(code)
-        server.approve(code.user_code)
+        authorization_server.approve(code.user_code)
 
-    client = DeviceFlowClient(
-        Provider(issuer=server.issuer), client_id="bot", store=store, on_code=on_code
-    )
+    client = make_client(authorization_server, client_id="bot", store=store, on_code=on_code)
     now = datetime.now(timezone.utc).timestamp()
     dead = Claim(flow="dead-process", until=now + 0.3)
     await store.put(client.store_key("ops") + "//device-flow", dead.encode(), expected_version=None)
@@ -117,25 +116,27 @@ async def test_a_lapsed_claim_is_taken_over(server: AuthorizationServer) -> None
     token = await client.get_token("ops")
     waited = asyncio.get_running_loop().time() - started
     await client.aclose()
-    assert server.is_valid_access_token(token.access_token)
+    assert authorization_server.is_valid_access_token(token.access_token)
     assert 1 == len(shown)
     assert waited >= 0.25  # it waited for the claim to lapse, then ran its own flow
 
 
-async def test_an_unreadable_claim_counts_as_lapsed(server: AuthorizationServer) -> None:
+async def test_an_unreadable_claim_counts_as_lapsed(
+    authorization_server: AuthorizationServer,
+) -> None:
     """Garbage where a claim should be does not block the account: a flow runs."""
     store = MemoryStore()
-    client = DeviceFlowClient(
-        Provider(issuer=server.issuer),
+    client = make_client(
+        authorization_server,
         client_id="bot",
         store=store,
-        on_code=lambda code, account: server.approve(code.user_code),
+        on_code=lambda code, account: authorization_server.approve(code.user_code),
     )
     for garbage in (b"\xff", b"[]", b'{"flow": 1, "until": 2}', b'{"flow": "x", "until": "nan"}'):
         key = client.store_key(f"ops-{garbage.hex()}")
         await store.put(key + "//device-flow", garbage, expected_version=None)
         token = await client.get_token(f"ops-{garbage.hex()}")
-        assert server.is_valid_access_token(token.access_token)
+        assert authorization_server.is_valid_access_token(token.access_token)
         assert None is await store.get(key + "//device-flow")  # ended with the flow
     await client.aclose()
 
@@ -208,21 +209,19 @@ async def test_a_claim_outlasts_a_long_retry_after(virtual_clock: VirtualClock) 
     assert 1 == len({t.access_token for t in tokens})
 
 
-async def test_a_sign_in_elsewhere_ends_the_running_flow(server: AuthorizationServer) -> None:
+async def test_a_sign_in_elsewhere_ends_the_running_flow(
+    authorization_server: AuthorizationServer,
+) -> None:
     """A token stored by other means (a login) while a flow polls ends that flow at once."""
     store = MemoryStore()
-    provider = Provider(issuer=server.issuer)
-    waiting = DeviceFlowClient(
-        provider, client_id="bot", store=store, on_code=lambda code, account: None
+    waiting = make_client(
+        authorization_server, client_id="bot", store=store, on_code=lambda code, account: None
     )
     flow = asyncio.ensure_future(waiting.get_token("ops"))
-    while server.stats.device_authorizations == 0:
-        await asyncio.sleep(0.01)
-    issued = server.issue_tokens("bot", scope="openid")
-    login = Token(access_token=issued["access_token"], refresh_token=issued["refresh_token"])
-    async with DeviceFlowClient(provider, client_id="bot", store=store) as elsewhere:
-        await elsewhere.save_token("ops", login)
-    assert login == await asyncio.wait_for(flow, 5)
+    await eventually(lambda: authorization_server.stats.device_authorizations)  # it polls
+    async with make_client(authorization_server, client_id="bot", store=store) as elsewhere:
+        login = await seed(elsewhere, authorization_server, "ops")
+    assert login == await asyncio.wait_for(flow, 5 * time_factor())
     assert None is await store.get(waiting.store_key("ops") + "//device-flow")
     await waiting.aclose()
 
@@ -278,27 +277,27 @@ class HeldClaimWrites(MemoryStore):
 
 
 async def test_a_claim_written_as_the_flow_is_cancelled_is_removed(
-    server: AuthorizationServer,
+    authorization_server: AuthorizationServer,
 ) -> None:
     """Cancelled while its claim was being written, a flow still removes that claim."""
     store = HeldClaimWrites()
-    client = DeviceFlowClient(
-        Provider(issuer=server.issuer), client_id="bot", store=store, on_code=lambda c, a: None
+    client = make_client(
+        authorization_server, client_id="bot", store=store, on_code=lambda c, a: None
     )
     caller = asyncio.ensure_future(client.get_token("ops"))
-    await store.landed.wait()
+    await asyncio.wait_for(store.landed.wait(), 10 * time_factor())
     await client.aclose()
     with pytest.raises(RuntimeError, match="closed"):
-        await caller
+        await asyncio.wait_for(caller, 10 * time_factor())
     assert None is await store.get(client.store_key("ops") + "//device-flow")
 
 
 async def test_an_undecryptable_claim_is_removed(
-    tmp_path: Path, server: AuthorizationServer
+    tmp_path: Path, authorization_server: AuthorizationServer
 ) -> None:
     """A claim file written under a key the store no longer has does not block the account."""
     folder = tmp_path / "tokens"
-    provider = Provider(issuer=server.issuer)
+    provider = Provider(issuer=authorization_server.issuer)
     old = EncryptedFileStore(folder, key=generate_key())
     key = DeviceFlowClient(provider, client_id="bot", store=old).store_key("ops") + "//device-flow"
     await old.put(key, Claim(flow="dead", until=2e9).encode(), expected_version=None)
@@ -307,7 +306,9 @@ async def test_an_undecryptable_claim_is_removed(
         provider,
         client_id="bot",
         store=new,
-        on_code=lambda code, account: server.approve(code.user_code),
+        on_code=lambda code, account: authorization_server.approve(code.user_code),
     ) as client:
-        assert server.is_valid_access_token((await client.get_token("ops")).access_token)
+        assert authorization_server.is_valid_access_token(
+            (await client.get_token("ops")).access_token
+        )
     assert None is await new.get(key)

@@ -28,14 +28,14 @@ from deviceflow import (
     Provider,
     ProviderMetadata,
     ReauthorizationRequiredError,
+    Response,
     TransportError,
 )
 from deviceflow._machine import DeviceFlowMachine, Done, Fail, Send
-from deviceflow._models import Response
 from deviceflow._urls import discovery_urls
 from deviceflow.testing import AuthorizationServer, Fault, RecordedRequest, VirtualClock
+from helpers import DEVICE_GRANT
 
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
 META = ProviderMetadata(
     issuer=None,

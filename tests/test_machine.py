@@ -16,6 +16,7 @@ import pytest
 from deviceflow import (
     AccessDeniedError,
     DeviceFlowError,
+    Dialect,
     DiscoveryError,
     ExpiredTokenError,
     FlowState,
@@ -24,10 +25,11 @@ from deviceflow import (
     OAuthError,
     ProtocolError,
     ProviderMetadata,
+    RequestKind,
+    Response,
     TransportError,
 )
 from deviceflow._machine import (
-    DEVICE_CODE_GRANT,
     TRANSITIONS,
     Action,
     DeviceFlowMachine,
@@ -36,9 +38,9 @@ from deviceflow._machine import (
     Send,
     Signal,
 )
-from deviceflow._models import Dialect, RequestKind, Response
 from deviceflow._parse import parse_body, parse_interval, parse_metadata
 from deviceflow._urls import discovery_urls, is_loopback_host, require_secure_url
+from helpers import DEVICE_GRANT
 
 WALL = datetime(2030, 1, 1, tzinfo=timezone.utc)
 META = ProviderMetadata(
@@ -112,7 +114,7 @@ def test_code_issued_schedules_first_poll_after_interval() -> None:
     assert FlowState.PENDING == m.state
     assert pytest.approx(5.1) == action.at
     assert {
-        "grant_type": DEVICE_CODE_GRANT,
+        "grant_type": DEVICE_GRANT,  # RFC 8628 3.4, as written in the RFC
         "device_code": "dc-secret",
         "client_id": "cli",
     } == dict(action.request.params)

@@ -4,39 +4,26 @@ asks to wait (429 or 503 with Retry-After) is left alone for that long by every 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
-from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow import DeviceFlowClient, Token
 from deviceflow._cache import TokenCache
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
+from helpers import eventually, make_client, seed
 
 LIFETIME = 600
 ACCOUNTS = 200
 
 
-@pytest.fixture
-async def server(virtual_clock: VirtualClock) -> AsyncIterator[AuthorizationServer]:
-    async with AuthorizationServer(clock=virtual_clock, access_token_lifetime=LIFETIME) as srv:
-        yield srv
+pytestmark = pytest.mark.authorization_server(access_token_lifetime=LIFETIME)
 
 
-async def seed_all(
-    client: DeviceFlowClient, server: AuthorizationServer, clock: VirtualClock
-) -> None:
+async def seed_all(client: DeviceFlowClient, server: AuthorizationServer) -> None:
     """A cohort: ACCOUNTS grants obtained in the same instant."""
     for n in range(ACCOUNTS):
-        issued = server.issue_tokens(client.client_id, scope="openid")
-        await client.save_token(
-            f"tenant-{n}",
-            Token(
-                access_token=issued["access_token"],
-                refresh_token=issued["refresh_token"],
-                expires_at=clock.wall() + timedelta(seconds=LIFETIME),
-            ),
-        )
+        await seed(client, server, f"tenant-{n}")
 
 
 def test_a_cohort_is_spread_over_the_skew_window(virtual_clock: VirtualClock) -> None:
@@ -53,69 +40,67 @@ def test_a_cohort_is_spread_over_the_skew_window(virtual_clock: VirtualClock) ->
 
 
 async def test_a_cohort_refreshes_spread_out_and_before_expiry(
-    server: AuthorizationServer, virtual_clock: VirtualClock
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
     """A cohort served from the cache refreshes in the background over the window, and every
     token is refreshed before the old one expires."""
-    provider = Provider(issuer=server.issuer)
-    async with DeviceFlowClient(
-        provider, client_id="svc", clock=virtual_clock, refresh_skew=60
-    ) as client:
-        await seed_all(client, server, virtual_clock)
+    async with make_client(authorization_server, refresh_skew=60) as client:
+        await seed_all(client, authorization_server)
         seen: list[int] = []
         for _ in range(60):  # one call per account each virtual second, from 540 s to 599 s
             virtual_clock.advance(1 if seen else 540)
             await asyncio.gather(*(client.get_token(f"tenant-{n}") for n in range(ACCOUNTS)))
             for _ in range(50):
                 await asyncio.sleep(0)
-            seen.append(server.stats.refreshes)
+            seen.append(authorization_server.stats.refreshes)
     assert ACCOUNTS == seen[-1]
     assert seen[5] < ACCOUNTS / 4  # not all at once at the start of the window
     assert ACCOUNTS == seen[46]  # all done by 585 s: well before expiry
-    assert 0 == server.stats.invalid_grants
+    assert 0 == authorization_server.stats.invalid_grants
 
 
 async def test_retry_after_closes_the_gate_for_every_account(
-    server: AuthorizationServer, virtual_clock: VirtualClock
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
     """A 429 with Retry-After: no account's refresh reaches the server before it has passed,
     and every caller then gets a token."""
-    provider = Provider(issuer=server.issuer)
-    async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock) as client:
-        await seed_all(client, server, virtual_clock)
+    async with make_client(authorization_server) as client:
+        await seed_all(client, authorization_server)
         virtual_clock.advance(LIFETIME + 1)  # all expired: callers wait for refreshes
-        server.faults.add(Fault(endpoint="token", status=429, retry_after=30, times=1))
+        authorization_server.faults.add(
+            Fault(endpoint="token", status=429, retry_after=30, times=1)
+        )
         tokens = await asyncio.gather(*(client.get_token(f"tenant-{n}") for n in range(ACCOUNTS)))
-    token_requests = [r for r in server.requests if r.endpoint == "token"]
+    token_requests = [r for r in authorization_server.requests if r.endpoint == "token"]
     refused = [r for r in token_requests if r.status == 429]
     assert 1 == len(refused)
     later = [r.at for r in token_requests if r.at > refused[0].at]
     assert ACCOUNTS == len(later)  # one refresh per account after the wait, no more
     assert all(at >= refused[0].at + 30 for at in later)
-    assert all(server.is_valid_access_token(t.access_token) for t in tokens)
-    assert 0 == server.stats.invalid_grants
+    assert all(authorization_server.is_valid_access_token(t.access_token) for t in tokens)
+    assert 0 == authorization_server.stats.invalid_grants
 
 
 async def test_a_refresh_that_meets_a_closed_gate_keeps_the_cached_token(
-    server: AuthorizationServer, virtual_clock: VirtualClock
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
     """A background refresh that meets a 503 with Retry-After: the caller gets the cached token
     at once, and the refresh is sent again only once the wait has passed."""
-    provider = Provider(issuer=server.issuer)
-    async with DeviceFlowClient(
-        provider, client_id="svc", clock=virtual_clock, refresh_skew=60
-    ) as client:
-        await seed_all(client, server, virtual_clock)
+    async with make_client(authorization_server, refresh_skew=60) as client:
+        await seed_all(client, authorization_server)
         first = await client.get_token("tenant-0")
-        server.faults.add(Fault(endpoint="token", status=503, retry_after=20, times=1))
+        authorization_server.faults.add(
+            Fault(endpoint="token", status=503, retry_after=20, times=1)
+        )
         virtual_clock.advance(586)  # in the window: a background refresh meets the 503
         assert first is await client.get_token("tenant-0")
-        for _ in range(200):
-            await asyncio.sleep(0)
-            if server.stats.refreshes:
-                break
+
+        async def refreshed() -> bool:
+            return first is not await client.get_token("tenant-0")
+
+        await eventually(refreshed)  # the background refresh has replaced the cached token
         newer = await client.get_token("tenant-0")
-    attempts = [r for r in server.requests if r.endpoint == "token"]
+    attempts = [r for r in authorization_server.requests if r.endpoint == "token"]
     assert [503, 200] == [r.status for r in attempts]
     assert attempts[1].at >= attempts[0].at + 20
-    assert server.is_valid_access_token(newer.access_token)
+    assert authorization_server.is_valid_access_token(newer.access_token)

@@ -27,11 +27,13 @@ from deviceflow import (
     Provider,
     ProviderMetadata,
     ReauthorizationRequiredError,
+    Request,
+    RequestKind,
+    Response,
     Token,
     TransportError,
 )
 from deviceflow._machine import Action, DeviceFlowMachine, Done, Fail, Send
-from deviceflow._models import Request, RequestKind, Response
 from deviceflow._parse import interpret_token_response
 from deviceflow._provider import fetch_metadata
 from deviceflow._urls import require_secure_url
@@ -232,6 +234,7 @@ async def test_fuzz_client_refresh(answers: list[Response | TransportError]) -> 
         else:
             assert "Bearer" == token.token_type
             assert token.refresh_token  # a rotated one, or the one it had
+    assert 1 <= len(transport.requests)  # the expired token was sent for a refresh
     assert all(r.kind is RequestKind.TOKEN for r in transport.requests)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,37 +12,33 @@ from deviceflow import (
     ProtocolError,
     Provider,
     ReauthorizationRequiredError,
+    Response,
     Token,
 )
-from deviceflow._models import Response
 from deviceflow._parse import oauth_error, parse_body, parse_device_code, parse_token
 from deviceflow._urls import require_secure_url
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
-from helpers import stored_token
+from helpers import make_client, stored_token
 
 REFRESH = "refresh_token"
 
 
-@pytest.fixture
-async def server(virtual_clock: VirtualClock) -> AsyncIterator[AuthorizationServer]:
-    async with AuthorizationServer(clock=virtual_clock, auto_approve_after=0) as srv:
-        yield srv
+pytestmark = pytest.mark.authorization_server(auto_approve_after=0)
 
 
 async def test_slow_down_answer_to_a_refresh_is_retried(
-    server: AuthorizationServer, virtual_clock: VirtualClock
+    authorization_server: AuthorizationServer,
 ) -> None:
     """A refresh answered slow_down is retried after a pause, not surfaced to the caller."""
     # Found by the soak: 0.5 % slow_down answers made get_token() raise OAuthError('slow_down')
     # whenever the cached token had run out (RFC 8628 3.5 defines slow_down for polling only;
     # outside it, it means "later", like 503, and the refresh token was not used).
-    provider = Provider(issuer=server.issuer)
-    async with DeviceFlowClient(
-        provider, client_id="c", clock=virtual_clock, on_code=lambda code, account: None
+    async with make_client(
+        authorization_server, client_id="c", on_code=lambda code, account: None
     ) as client:
         first = await client.get_token()
-        server.faults.add(
+        authorization_server.faults.add(
             Fault(
                 endpoint="token",
                 status=400,
@@ -53,11 +48,13 @@ async def test_slow_down_answer_to_a_refresh_is_retried(
         )
         refreshed = await client.refresh()
     refreshes = [
-        r for r in server.requests if r.endpoint == "token" and r.form.get("grant_type") == REFRESH
+        r
+        for r in authorization_server.requests
+        if r.endpoint == "token" and r.form.get("grant_type") == REFRESH
     ]
     assert 2 == len(refreshes)
     assert first.access_token != refreshed.access_token
-    assert server.is_valid_access_token(refreshed.access_token)
+    assert authorization_server.is_valid_access_token(refreshed.access_token)
 
 
 @pytest.mark.parametrize(

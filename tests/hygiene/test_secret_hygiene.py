@@ -27,6 +27,8 @@ import pytest
 
 from deviceflow import (
     AccessDeniedError,
+    AiohttpTransport,
+    ClientAuth,
     DeviceCode,
     DeviceFlowClient,
     DeviceFlowError,
@@ -196,7 +198,12 @@ async def test_no_secret_in_logs_reprs_or_messages(
                 **kwargs,
             )
 
-        async with client() as alice:
+        # alice's transport is the one the client would build, made here to be shown too.
+        alice_auth = ClientAuth.choose(CLIENT_ID, CLIENT_SECRET, "client_secret_post")
+        alice_transport = AiohttpTransport(
+            auth=alice_auth, dialect=provider.dialect, session=session
+        )
+        async with client(transport=alice_transport) as alice:
             # Device grant (with slow_down), a cached read, a forced refresh with rotation.
             evidence.token(await alice.get_token("alice"))
             evidence.token(await alice.get_token("alice"))
@@ -239,7 +246,7 @@ async def test_no_secret_in_logs_reprs_or_messages(
             assert await alice.logout("alice")
             evidence.token(await alice.get_token("frank"))
             versioned = await store.get(alice.store_key("frank"))
-            evidence.show(alice, store, provider, alice._transport, versioned, server)
+            evidence.show(alice, store, provider, alice_transport, alice_auth, versioned, server)
 
         async with client(client_auth="client_secret_basic") as gina:
             evidence.token(await gina.get_token("gina"))

@@ -10,48 +10,37 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import sys
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow import SystemClock
 from deviceflow.stores import EncryptedFileStore, TokenStore, generate_key
 from deviceflow.testing import AuthorizationServer
+from helpers import make_client, seed, time_factor
 
 WORKER = Path(__file__).with_name("worker.py")
 PROCESSES = 8
-LIFETIME = 2  # seconds: the access token's life; refreshed when half of it is left
-DURATION = 4.5  # seconds each process loops: several lifetimes
+#: Real seconds, scaled together so that a slow machine keeps their ratios: the access token's
+#: life (refreshed when half of it is left), and how long each process loops (several lives).
+LIFETIME = math.ceil(2 * time_factor())
+DURATION = 4.5 * time_factor()
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.authorization_server(
+        clock=SystemClock(), access_token_lifetime=LIFETIME, rotate_refresh_tokens=True
+    ),
+]
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[AuthorizationServer]:
-    async with AuthorizationServer(
-        access_token_lifetime=LIFETIME, rotate_refresh_tokens=True
-    ) as srv:
-        yield srv
-
-
-async def seed(server: AuthorizationServer, store: TokenStore) -> None:
+async def seed_shared(server: AuthorizationServer, store: TokenStore) -> None:
     """Store the grant all replicas share, as a login would have."""
-    issued = server.issue_tokens("svc", scope="openid offline_access")
-    async with DeviceFlowClient(
-        Provider(issuer=server.issuer), client_id="svc", store=store
-    ) as client:
-        await client.save_token(
-            "shared",
-            Token(
-                access_token=issued["access_token"],
-                refresh_token=issued["refresh_token"],
-                expires_at=server.clock.wall() + timedelta(seconds=LIFETIME),
-            ),
-        )
+    async with make_client(server, store=store) as client:
+        await seed(client, server, "shared", scope="openid offline_access")
 
 
 async def run_replicas(
@@ -79,7 +68,7 @@ async def run_replicas(
     ]
     reports = []
     for proc in procs:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=DURATION + 120)
+        out, err = await asyncio.wait_for(proc.communicate(), DURATION + 120 * time_factor())
         assert 0 == proc.returncode, err.decode()
         reports.append(json.loads(out))
     return reports
@@ -106,62 +95,62 @@ def check(server: AuthorizationServer, reports: list[Any]) -> None:
 
 
 async def test_file_store_replicas_refresh_once_per_window(
-    server: AuthorizationServer, tmp_path: Path
+    authorization_server: AuthorizationServer, tmp_path: Path
 ) -> None:
     """8 processes on one EncryptedFileStore folder: one refresh per window, zero invalid_grant."""
     key = generate_key()
     folder = tmp_path / "tokens"
-    await seed(server, EncryptedFileStore(folder, key=key))
-    reports = await run_replicas(server, f"file:{folder}", key)
-    check(server, reports)
+    await seed_shared(authorization_server, EncryptedFileStore(folder, key=key))
+    reports = await run_replicas(authorization_server, f"file:{folder}", key)
+    check(authorization_server, reports)
 
 
 async def test_redis_replicas_refresh_once_per_window(
-    server: AuthorizationServer, redis_server: Any
+    authorization_server: AuthorizationServer, redis_server: Any
 ) -> None:
     """8 processes on one Redis: one refresh per window, zero invalid_grant."""
     from deviceflow.stores import RedisStore
 
     key = generate_key()
     store = RedisStore(redis_server.url, key=key)
-    await seed(server, store)
+    await seed_shared(authorization_server, store)
     await store.aclose()
-    reports = await run_replicas(server, f"redis:{redis_server.url}", key)
-    check(server, reports)
+    reports = await run_replicas(authorization_server, f"redis:{redis_server.url}", key)
+    check(authorization_server, reports)
 
 
 async def test_redis_cluster_replicas_refresh_once_per_window(
-    server: AuthorizationServer, redis_cluster: Any
+    authorization_server: AuthorizationServer, redis_cluster: Any
 ) -> None:
     """8 processes on a 3-master Redis Cluster: one refresh per window, zero invalid_grant."""
     from deviceflow.stores import RedisStore
 
     key = generate_key()
     store = RedisStore(redis_cluster.url, key=key, cluster=True)
-    await seed(server, store)
+    await seed_shared(authorization_server, store)
     await store.aclose()
-    reports = await run_replicas(server, f"cluster:{redis_cluster.url}", key)
-    check(server, reports)
+    reports = await run_replicas(authorization_server, f"cluster:{redis_cluster.url}", key)
+    check(authorization_server, reports)
 
 
-async def test_file_store_replicas_share_one_device_flow(tmp_path: Path) -> None:
+@pytest.mark.authorization_server(interval=0.25, auto_approve_after=1)
+async def test_file_store_replicas_share_one_device_flow(
+    authorization_server: AuthorizationServer, tmp_path: Path
+) -> None:
     """8 processes without a token on one EncryptedFileStore: one device code, shown once."""
-    await check_one_device_flow(f"file:{tmp_path / 'tokens'}")
+    await check_one_device_flow(authorization_server, f"file:{tmp_path / 'tokens'}")
 
 
-async def test_redis_replicas_share_one_device_flow(redis_server: Any) -> None:
+@pytest.mark.authorization_server(interval=0.25, auto_approve_after=1)
+async def test_redis_replicas_share_one_device_flow(
+    authorization_server: AuthorizationServer, redis_server: Any
+) -> None:
     """8 processes without a token on one Redis: one device code, shown once."""
-    await check_one_device_flow(f"redis:{redis_server.url}")
+    await check_one_device_flow(authorization_server, f"redis:{redis_server.url}")
 
 
-async def check_one_device_flow(store_spec: str) -> None:
-    async with AuthorizationServer(
-        access_token_lifetime=LIFETIME,
-        rotate_refresh_tokens=True,
-        interval=0.25,
-        auto_approve_after=1,
-    ) as server:
-        reports = await run_replicas(server, store_spec, generate_key(), "--on-code")
+async def check_one_device_flow(server: AuthorizationServer, store_spec: str) -> None:
+    reports = await run_replicas(server, store_spec, generate_key(), "--on-code")
     assert [] == [r["errors"] for r in reports if r["errors"]], server.stats
     assert 1 == server.stats.device_authorizations
     assert 1 == sum(len(r["shown"]) for r in reports)

@@ -9,8 +9,7 @@ from provider_cases import CASE_IDS, CASES, Case, deciding
 
 from deviceflow import AccessDeniedError, ExpiredTokenError, FlowState, Token
 from deviceflow.testing import AuthorizationServer, VirtualClock
-
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+from helpers import DEVICE_GRANT
 
 cases = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 

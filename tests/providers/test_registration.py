@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from provider_cases import CASES, deciding
 
-from deviceflow import OAuthError, ProtocolError, TransportError
-from deviceflow._models import Dialect, RegisteredClient, Response
+from deviceflow import Dialect, OAuthError, ProtocolError, Response, TransportError
+from deviceflow._models import RegisteredClient
 from deviceflow._parse import interpret_registration_response
 from deviceflow._provider import AWS_SSO
 from deviceflow.stores import MemoryStore

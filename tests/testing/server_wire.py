@@ -11,8 +11,8 @@ import aiohttp
 import attrs
 
 from deviceflow.testing import AuthorizationServer
+from helpers import DEVICE_GRANT
 
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 CLIENT = "bot"
 
 

@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+import attrs
 import pytest
 
 from deviceflow import (
@@ -27,6 +28,7 @@ from deviceflow.testing import (
     ScriptExhaustedError,
     VirtualClock,
 )
+from helpers import issued_token, make_client
 
 IDP = "https://idp.example"
 PROVIDER = Provider(
@@ -308,20 +310,12 @@ async def test_a_held_refresh_has_reached_the_server_before_release(
 ) -> None:
     """With a real server behind it, a held refresh is done on the server, not yet returned."""
     server = authorization_server
-    issued = server.issue_tokens("svc")
     transport = ScriptedTransport(fallback=AiohttpTransport(auth=ClientAuth(client_id="svc")))
     transport.hold(RequestKind.TOKEN)
-    async with DeviceFlowClient(
-        Provider(issuer=server.issuer), client_id="svc", clock=virtual_clock, transport=transport
-    ) as client:
-        await client.save_token(
-            "a",
-            Token(
-                access_token=issued["access_token"],
-                refresh_token=issued["refresh_token"],
-                expires_at=datetime(2020, 1, 1, tzinfo=timezone.utc),
-            ),
-        )
+    async with make_client(server, transport=transport) as client:
+        issued = issued_token(server, client.client_id, scope=None)
+        expired = datetime(2020, 1, 1, tzinfo=timezone.utc)
+        await client.save_token("a", attrs.evolve(issued, expires_at=expired))
         refreshing = asyncio.ensure_future(client.get_token("a"))
         await transport.wait_held()
         assert 1 == server.stats.refreshes

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from urllib.parse import quote_plus
 
 import pytest
 from server_wire import get, obtain_tokens, post
 
-from deviceflow.testing import AuthorizationServer, VirtualClock
+from deviceflow.testing import AuthorizationServer
+from helpers import DEVICE_GRANT
 
 # Characters that RFC 6749 2.3.1's form-url-encoding must carry through Basic credentials.
 ODD_ID = "svc:bot/1 ä"
@@ -17,11 +17,7 @@ ODD_SECRET = "p@ss:wörd+%20 /="
 CLIENTS = {"public": None, "confidential": "s3cret", ODD_ID: ODD_SECRET}
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[AuthorizationServer]:
-    """A server that knows three clients."""
-    async with AuthorizationServer(clock=VirtualClock(), clients=CLIENTS) as srv:
-        yield srv
+pytestmark = pytest.mark.authorization_server(clients=CLIENTS)  # it knows three clients
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -30,15 +26,15 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
 
 
-async def test_public_client_needs_no_secret(server: AuthorizationServer) -> None:
+async def test_public_client_needs_no_secret(authorization_server: AuthorizationServer) -> None:
     """A client registered without a secret identifies itself with client_id alone."""
-    assert "access_token" in await obtain_tokens(server, "public")
+    assert "access_token" in await obtain_tokens(authorization_server, "public")
 
 
-async def test_client_secret_post(server: AuthorizationServer) -> None:
+async def test_client_secret_post(authorization_server: AuthorizationServer) -> None:
     """A confidential client authenticates with client_secret in the body."""
     answer = await post(
-        server.device_authorization_endpoint,
+        authorization_server.device_authorization_endpoint,
         {"client_id": "confidential", "client_secret": "s3cret"},
         headers={"Authorization": "Bearer unrelated"},  # not a client authentication scheme
     )
@@ -49,17 +45,17 @@ async def test_client_secret_post(server: AuthorizationServer) -> None:
     ("client_id", "secret"), [("confidential", "s3cret"), (ODD_ID, ODD_SECRET)]
 )
 async def test_client_secret_basic_with_url_encoded_credentials(
-    server: AuthorizationServer, client_id: str, secret: str
+    authorization_server: AuthorizationServer, client_id: str, secret: str
 ) -> None:
     """Basic credentials are form-url-decoded, so ':' '+' '%' and non-ASCII survive."""
     headers = basic(client_id, secret)
-    device = await post(server.device_authorization_endpoint, {}, headers=headers)
+    device = await post(authorization_server.device_authorization_endpoint, {}, headers=headers)
     assert 200 == device.status, device.text
-    server.approve(device.data["user_code"])
+    authorization_server.approve(device.data["user_code"])
     token = await post(
-        server.token_endpoint,
+        authorization_server.token_endpoint,
         {
-            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "grant_type": DEVICE_GRANT,
             "device_code": device.data["device_code"],
         },
         headers=headers,
@@ -81,10 +77,10 @@ async def test_client_secret_basic_with_url_encoded_credentials(
     ],
 )
 async def test_failed_authentication_is_invalid_client_401(
-    server: AuthorizationServer, form: dict[str, str], headers: dict[str, str]
+    authorization_server: AuthorizationServer, form: dict[str, str], headers: dict[str, str]
 ) -> None:
     """Missing or wrong secrets, unknown clients and bad Basic headers get 401 invalid_client."""
-    answer = await post(server.device_authorization_endpoint, form, headers=headers)
+    answer = await post(authorization_server.device_authorization_endpoint, form, headers=headers)
     assert (401, "invalid_client") == (answer.status, answer.error)
     assert answer.headers["WWW-Authenticate"].startswith("Basic realm=")
 
@@ -97,22 +93,24 @@ async def test_failed_authentication_is_invalid_client_401(
     ],
 )
 async def test_mixed_authentication_is_invalid_request(
-    server: AuthorizationServer, form: dict[str, str], headers: dict[str, str]
+    authorization_server: AuthorizationServer, form: dict[str, str], headers: dict[str, str]
 ) -> None:
     """RFC 6749 2.3: two methods at once, or a client_id that differs from Basic, are refused."""
-    answer = await post(server.device_authorization_endpoint, form, headers=headers)
+    answer = await post(authorization_server.device_authorization_endpoint, form, headers=headers)
     assert (400, "invalid_request") == (answer.status, answer.error)
 
 
 async def test_token_and_revocation_endpoints_authenticate_too(
-    server: AuthorizationServer,
+    authorization_server: AuthorizationServer,
 ) -> None:
     """The token and revocation endpoints refuse a confidential client without its secret."""
     token = await post(
-        server.token_endpoint,
+        authorization_server.token_endpoint,
         {"grant_type": "refresh_token", "refresh_token": "x", "client_id": "confidential"},
     )
-    revoke = await post(server.revocation_endpoint, {"token": "x", "client_id": "confidential"})
+    revoke = await post(
+        authorization_server.revocation_endpoint, {"token": "x", "client_id": "confidential"}
+    )
     assert (401, 401) == (token.status, revoke.status)
 
 

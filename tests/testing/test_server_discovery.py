@@ -6,8 +6,7 @@ import pytest
 from server_wire import get, post
 
 from deviceflow.testing import AuthorizationServer, Profile, VirtualClock
-
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+from helpers import DEVICE_GRANT
 
 
 async def test_both_well_known_paths_serve_the_metadata(

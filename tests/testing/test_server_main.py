@@ -7,9 +7,10 @@ import signal
 import sys
 
 import pytest
-from server_wire import DEVICE_GRANT, get, post
+from server_wire import get, post
 
 from deviceflow.testing.__main__ import main
+from helpers import DEVICE_GRANT, time_factor
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to the child")
@@ -26,7 +27,9 @@ async def test_standalone_server_prints_its_issuer_and_serves() -> None:
     )
     assert process.stdout is not None
     try:
-        issuer = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
+        issuer = (
+            (await asyncio.wait_for(process.stdout.readline(), 20 * time_factor())).decode().strip()
+        )
         assert issuer.startswith("http://127.0.0.1:")
         metadata = (await get(issuer + "/.well-known/openid-configuration")).data
         code = (await post(metadata["device_authorization_endpoint"], {"client_id": "c"})).data
@@ -36,11 +39,13 @@ async def test_standalone_server_prints_its_issuer_and_serves() -> None:
             {"grant_type": DEVICE_GRANT, "device_code": code["device_code"], "client_id": "c"},
         )
         assert 200 == token.status
-        lines = [await asyncio.wait_for(process.stdout.readline(), 5) for _ in range(3)]
+        lines = [
+            await asyncio.wait_for(process.stdout.readline(), 5 * time_factor()) for _ in range(3)
+        ]
         assert f"code issued: {code['user_code']}\n" == lines[-1].decode()
     finally:
         process.send_signal(signal.SIGINT)
-        assert 0 == await asyncio.wait_for(process.wait(), 10)
+        assert 0 == await asyncio.wait_for(process.wait(), 10 * time_factor())
 
 
 def test_bad_arguments_exit_with_usage() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from server_wire import CLIENT, DEVICE_GRANT, me, poll, post, start_flow
+from server_wire import CLIENT, me, poll, post, start_flow
 
 from deviceflow.testing import AuthorizationServer, VirtualClock
+from helpers import DEVICE_GRANT
 
 
 async def test_pending_then_approved_gives_tokens(

@@ -6,9 +6,10 @@ import re
 from typing import Any
 
 import pytest
-from server_wire import DEVICE_GRANT, post
+from server_wire import post
 
 from deviceflow.testing import PROFILES, RFC, AuthorizationServer, Profile, VirtualClock
+from helpers import DEVICE_GRANT
 
 GOOGLE_LIKE = Profile(
     name="google-like",

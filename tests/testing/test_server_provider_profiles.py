@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from server_wire import DEVICE_GRANT, get, obtain_tokens, poll, post, refresh, start_flow
+from server_wire import get, obtain_tokens, poll, post, refresh, start_flow
 
 from deviceflow.testing import PROFILES, AuthorizationServer, Profile, VirtualClock
+from helpers import DEVICE_GRANT
 
 PROVIDERS = ["devolutions", "entra", "google", "github", "auth0", "okta", "keycloak", "aws_sso"]
 
