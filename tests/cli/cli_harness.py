@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from deviceflow.stores import generate_key
 from deviceflow.testing import AuthorizationServer, RecordedRequest
+from helpers import time_factor
 
 _T = TypeVar("_T")
 
@@ -50,7 +51,7 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self._await(self.server.aclose)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=10 * time_factor())
         self._loop.close()
 
     @property
@@ -75,13 +76,15 @@ class ServerThread:
                 future.set_exception(exc)
 
         self._loop.call_soon_threadsafe(run)
-        return future.result(timeout=10)
+        return future.result(timeout=10 * time_factor())
 
     def _await(self, func: Callable[[], Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(func(), self._loop).result(timeout=10)
+        return asyncio.run_coroutine_threadsafe(func(), self._loop).result(10 * time_factor())
 
     def wait_for_code(self, timeout: float = 10.0) -> str:
-        """The user code of the next device code the server issues."""
+        """The user code of the next device code the server issues (``timeout`` real seconds,
+        times the time factor)."""
+        timeout *= time_factor()
         coroutine = self.server.wait_for_code(timeout=timeout)
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout + 5)
 
@@ -143,14 +146,15 @@ class Cli:
         env: Mapping[str, str | None] | None = None,
         timeout: float = 30,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``deviceflow *args`` to completion (stdin closed, output captured)."""
+        """Run ``deviceflow *args`` to completion (stdin closed, output captured) within
+        ``timeout`` real seconds, times the time factor."""
         return subprocess.run(
             [*COMMAND, *args],
             env=self.environment(env),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
-            timeout=timeout,
+            timeout=timeout * time_factor(),
             check=False,
         )
 
@@ -161,7 +165,7 @@ class Cli:
         processes = [self.popen(*args, env=env) for args in commands]
         results = []
         for process in processes:
-            stdout, stderr = process.communicate(timeout=30)
+            stdout, stderr = process.communicate(timeout=30 * time_factor())
             results.append(
                 subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
             )
@@ -221,7 +225,7 @@ def logins_approved(
         server.approve(server.wait_for_code())
     results = []
     for process in processes:
-        stdout, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=30 * time_factor())
         results.append(
             subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         )

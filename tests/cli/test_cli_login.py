@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
 import time
 
 from cli_harness import Cli, ServerThread, login_approved
+
+from helpers import time_factor, wait_until
 
 # Reads a token on stdin and calls the test server's protected resource with it, as
 # `curl -H "Authorization: Bearer $(deviceflow token)"` would.
@@ -56,13 +59,13 @@ def test_token_piped_into_another_process_authorizes_a_request(
         stdin=producer.stdout,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=30 * time_factor(),
         check=False,
     )
     assert producer.stdout is not None
     assert producer.stderr is not None
     producer.stdout.close()
-    assert 0 == producer.wait(timeout=30)
+    assert 0 == producer.wait(timeout=30 * time_factor())
     with producer.stderr:
         assert "" == producer.stderr.read()
     assert (0, "200\n", "") == (consumer.returncode, consumer.stdout, consumer.stderr)
@@ -91,9 +94,10 @@ def test_token_json_without_server_options_uses_the_signed_in_account(
 
 def test_token_refreshes_an_expiring_token(cli: Cli, server: ServerThread) -> None:
     """A token near its expiry is refreshed once by `token`; the new one is valid and stored."""
-    server.configure(access_token_lifetime=2)
+    lifetime = math.ceil(2 * time_factor())
+    server.configure(access_token_lifetime=lifetime)
     assert 0 == login_approved(cli, server, *cli.server_args()).returncode
-    time.sleep(1.2)  # into the last half of the 2 s lifetime: due for refresh
+    time.sleep(0.6 * lifetime)  # into the last half of the lifetime: due for refresh
     printed = cli.run("token", *cli.server_args())
     refreshes = [r for r in server.requests("token") if r.form.get("grant_type") == "refresh_token"]
     assert (0, 1) == (printed.returncode, len(refreshes))
@@ -104,7 +108,7 @@ def test_denied_code_exits_3_with_one_line(cli: Cli, server: ServerThread) -> No
     """A code denied on the verification page ends login with exit 3 and one error line."""
     process = cli.popen("login", "--no-browser", *cli.server_args())
     server.deny(server.wait_for_code())
-    _, stderr = process.communicate(timeout=30)
+    _, stderr = process.communicate(timeout=30 * time_factor())
     assert 3 == process.returncode
     errors = [line for line in stderr.splitlines() if "error" in line]
     assert 1 == len(errors)
@@ -133,11 +137,9 @@ def test_ctrl_c_while_polling_exits_130_and_leaves_the_store_alone(
     process = cli.popen("login", "--no-browser", "--account", "ci")
     server.wait_for_code()
     polls = len(server.requests("token"))
-    deadline = time.monotonic() + 10
-    while len(server.requests("token")) == polls and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling has begun once the server sees a poll
+    wait_until(lambda: len(server.requests("token")) > polls)  # polling has begun
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=10)
+    _, stderr = process.communicate(timeout=10 * time_factor())
 
     assert 130 == process.returncode
     assert stderr.splitlines()[-1] == "deviceflow: interrupted; nothing was stored"

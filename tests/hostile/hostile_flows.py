@@ -20,6 +20,7 @@ from deviceflow import (
     Token,
 )
 from deviceflow._urls import require_secure_url
+from helpers import time_factor
 
 __all__ = [
     "BOUND",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 #: Real seconds any one hostile exchange may take before the test calls it a hang.
-BOUND = 10.0
+BOUND = 10.0 * time_factor()
 
 
 async def flow_events(client: DeviceFlowClient, account: str = "hostile") -> list[FlowEvent]:

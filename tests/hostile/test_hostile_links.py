@@ -9,6 +9,7 @@ import pytest
 from hostile_flows import UNSAFE_LINKS
 
 from deviceflow._cli._terminal import can_open_browser, open_link, open_link_in_background
+from helpers import time_factor
 
 
 class FakeBrowser:
@@ -62,7 +63,7 @@ async def test_open_link_in_background_refuses_unsafe_links(
     """The background opener reports False for an unsafe link and opens nothing."""
     opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     open_link_in_background(link, opened)
-    assert await asyncio.wait_for(opened, 5) is False
+    assert await asyncio.wait_for(opened, 5 * time_factor()) is False
     assert [] == browser.opened
 
 

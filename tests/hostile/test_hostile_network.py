@@ -38,11 +38,13 @@ from deviceflow import (
     FlowState,
     ProtocolError,
     Provider,
+    Request,
+    RequestKind,
     TransportError,
 )
-from deviceflow._models import Request, RequestKind
 from deviceflow._provider import fetch_metadata
 from deviceflow.testing import VirtualClock
+from helpers import time_factor
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
@@ -89,7 +91,7 @@ async def test_never_answering_refresh_ends_within_http_timeout(
     )
     async with client:
         await client.save_token("a", expired_token())
-        with anyio.fail_after(5.0):  # generous: the refresh itself gives up at 0.5 s
+        with anyio.fail_after(5.0 * time_factor()):  # the refresh itself gives up at 0.5 s
             error, _ = await typed_error(client.get_token("a"))
     assert isinstance(error, TransportError)
     assert "timed out" in str(error)

@@ -10,6 +10,7 @@ import pytest
 
 from deviceflow.exceptions import ConflictError, LockTimeoutError
 from deviceflow.stores import TokenStore, Versioned
+from helpers import time_factor
 
 TOKEN = os.urandom(2048)
 
@@ -138,10 +139,11 @@ async def test_many_keys_are_independent(store: TokenStore) -> None:
 
 async def test_ttl_expires_value(store: TokenStore) -> None:
     """A value put with a ttl reads as absent once the ttl has passed, and can be created again."""
-    await store.put("short", b"a", expected_version=None, ttl=0.3)
+    ttl = 0.3 * time_factor()  # long enough for the next two calls
+    await store.put("short", b"a", expected_version=None, ttl=ttl)
     await store.put("long", b"b", expected_version=None, ttl=60)
     assert Versioned(b"a", 1) == await store.get("short")
-    await anyio.sleep(0.5)
+    await anyio.sleep(ttl + 0.2)
     assert None is await store.get("short")
     assert Versioned(b"b", 1) == await store.get("long")
     assert 1 == await store.put("short", b"again", expected_version=None)
@@ -149,9 +151,10 @@ async def test_ttl_expires_value(store: TokenStore) -> None:
 
 async def test_put_without_ttl_keeps_value(store: TokenStore) -> None:
     """A later put without ttl removes the earlier expiry."""
-    await store.put("k", b"a", expected_version=None, ttl=0.3)
+    ttl = 0.3 * time_factor()  # long enough for the next call
+    await store.put("k", b"a", expected_version=None, ttl=ttl)
     await store.put("k", b"b", expected_version=1)
-    await anyio.sleep(0.5)
+    await anyio.sleep(ttl + 0.2)
     assert Versioned(b"b", 2) == await store.get("k")
 
 

@@ -64,8 +64,11 @@ async def test_values_are_encrypted_on_disk(tmp_path: Path) -> None:
     await store.put("k", b"visible-token-text", expected_version=None)
     async with store.lock("k", ttl=5, wait=0):
         pass
-    for path in files(tmp_path / "s").values():
-        assert b"visible-token-text" not in path.read_bytes()
+    found = files(tmp_path / "s")
+    assert 1 == sum(name.endswith(".tok") for name in found)  # the record is among them
+    assert [] == [
+        name for name, path in found.items() if b"visible-token-text" in path.read_bytes()
+    ]
 
 
 @posix_only

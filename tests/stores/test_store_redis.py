@@ -18,6 +18,7 @@ from redis.crc import key_slot
 from _redis import RedisClusterProcess, RedisProcess, free_port, open_redis_store
 from deviceflow.exceptions import DecryptionError, KeyDerivationError, StoreError
 from deviceflow.stores import KeySet, Passphrase, RedisStore, Versioned, generate_key
+from helpers import time_factor
 
 pytestmark = pytest.mark.redis
 
@@ -311,7 +312,7 @@ async def test_dead_redis_is_a_store_error(redis_factory: RedisFactory) -> None:
     async with open_redis_store(server, timeout=1.0) as store:
         await store.put("k", b"v", expected_version=None)
         server.kill()
-        with anyio.fail_after(10):
+        with anyio.fail_after(10 * time_factor()):
             for attempt in (
                 store.get("k"),
                 store.put("k", b"w", expected_version=1),
@@ -331,7 +332,7 @@ async def test_frozen_redis_times_out_as_store_error(redis_factory: RedisFactory
         await store.put("k", b"v", expected_version=None)
         server.pause()
         try:
-            with anyio.fail_after(5), pytest.raises(StoreError):
+            with anyio.fail_after(5 * time_factor()), pytest.raises(StoreError):
                 await store.get("k")
         finally:
             server.resume()

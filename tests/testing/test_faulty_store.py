@@ -14,6 +14,7 @@ from deviceflow.exceptions import ConflictError, LockTimeoutError, StoreError
 from deviceflow.stores import EncryptedFileStore, MemoryStore, TokenStore, Versioned, generate_key
 from deviceflow.testing import FaultyStore
 from deviceflow.testing._faulty_store import OPERATIONS, Operation
+from helpers import time_factor
 
 KEY = generate_key()
 
@@ -58,7 +59,7 @@ def faulty(inner: TokenStore) -> FaultyStore:
 
 async def until(condition: Callable[[], bool]) -> None:
     """Yield to the event loop until ``condition()`` holds (a safety limit, not a timing)."""
-    with anyio.fail_after(10):
+    with anyio.fail_after(10 * time_factor()):
         while not condition():
             await anyio.sleep(0)
 

@@ -9,6 +9,7 @@ import pytest
 from server_wire import CLIENT, poll, post, start_flow
 
 from deviceflow.testing import AuthorizationServer, VirtualClock
+from helpers import time_factor
 
 USER_CODE = re.compile(r"[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}")
 
@@ -123,9 +124,9 @@ async def test_wait_for_code_hands_out_codes_in_order() -> None:
     """wait_for_code returns each issued user code once, even if issued before the call."""
     async with AuthorizationServer(clock=VirtualClock()) as server:
         first = await start_flow(server)
-        waiter = asyncio.create_task(server.wait_for_code(timeout=5))
+        waiter = asyncio.create_task(server.wait_for_code(timeout=5 * time_factor()))
         assert first["user_code"] == await waiter
-        waiter = asyncio.create_task(server.wait_for_code(timeout=5))
+        waiter = asyncio.create_task(server.wait_for_code(timeout=5 * time_factor()))
         await asyncio.sleep(0)
         second = await start_flow(server)
         assert second["user_code"] == await waiter
