@@ -34,9 +34,10 @@ Every rule below serves that, and each is written once, here.
    process would read the older record. If it still fails, the token is kept as *unsaved*:
    get_token() serves it, a background task retries the write with back-off (0.5 s doubling
    to 30 s), and aclose() keeps trying for 10 s and logs one ERROR line per account it could
-   not save. A device flow's new token that the store refuses is kept the same way. While a token is unsaved, this process never refreshes from the store's
-   older record: the next transaction writes the unsaved token first, and if that fails again
-   it refreshes with the unsaved token's own refresh token, the newest there is.
+   not save. A device flow's new token that the store refuses is kept the same way. While a
+   token is unsaved, this process never refreshes from the store's older record: the next
+   transaction writes the unsaved token first, and if that fails again it refreshes with the
+   unsaved token's own refresh token, the newest there is.
 
 4. **Memory newer than the store is written back.** A logout leaves a tombstone (see
    _records.py), so a record that is simply missing means the store lost it (Redis restarted
