@@ -67,23 +67,18 @@ class TokenCache:
         seq: int = 0,
     ) -> CacheEntry:
         """A new entry for ``token`` (not yet cached)."""
-        if token.expires_at is None:
-            return CacheEntry(
-                token=token,
-                refresh_at=math.inf,
-                usable_until=math.inf,
-                obtained=obtained,
-                stamp=stamp,
-                seq=seq,
-            )
-        now = self._clock.monotonic()
-        remaining = (token.expires_at - self._clock.wall()).total_seconds()
-        lifetime = (token.expires_at - obtained).total_seconds() if obtained else remaining
-        ahead = min(self._skew, max(0.0, lifetime) / 2)
+        refresh_at = usable_until = math.inf  # a token without expiry never needs refreshing
+        if token.expires_at is not None:
+            now = self._clock.monotonic()
+            remaining = (token.expires_at - self._clock.wall()).total_seconds()
+            lifetime = (token.expires_at - obtained).total_seconds() if obtained else remaining
+            ahead = min(self._skew, max(0.0, lifetime) / 2)
+            refresh_at = now + remaining - ahead * (1.0 - 0.75 * spread(account))
+            usable_until = now + remaining - min(1.0, ahead)
         return CacheEntry(
             token=token,
-            refresh_at=now + remaining - ahead * (1.0 - 0.75 * spread(account)),
-            usable_until=now + remaining - min(1.0, ahead),
+            refresh_at=refresh_at,
+            usable_until=usable_until,
             obtained=obtained,
             stamp=stamp,
             seq=seq,
