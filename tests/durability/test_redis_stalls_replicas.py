@@ -195,7 +195,9 @@ async def test_replicas_keep_one_grant_through_random_redis_stalls(
     assert [] == [key for key in log if key.startswith("ERROR")], summary
     assert all(r["accepted"] >= 10 for r in reports), [r["accepted"] for r in reports]
 
-    slack = 0.5 * factor  # for scheduling, the replicas' pauses between calls, HTTP round trips
+    # For scheduling on a shared machine, the replicas' pauses between calls, HTTP round trips:
+    # a refresh that late still comes well before its token expires (half the lifetime later).
+    slack = 1.5 * factor
 
     # StoreErrors: a call fails only when one of its Redis calls waited a whole store timeout
     # for a sleeping Redis, so it ends while Redis sleeps (plain StoreError; a LockTimeoutError
