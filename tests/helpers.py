@@ -61,7 +61,7 @@ async def eventually(
             if outcome:
                 return
             await anyio.sleep(0.01)
-    raise AssertionError(f"still not true after {limit:g} s: {condition.__qualname__}")
+    raise AssertionError(f"still not true after {limit:g} s: {_name(condition)}")
 
 
 def wait_until(condition: Callable[[], object], *, within: float = 10.0) -> None:
@@ -70,8 +70,12 @@ def wait_until(condition: Callable[[], object], *, within: float = 10.0) -> None
     deadline = time.monotonic() + limit
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {limit:g} s: {condition.__qualname__}")
+            raise AssertionError(f"still not true after {limit:g} s: {_name(condition)}")
         time.sleep(0.01)
+
+
+def _name(condition: Callable[..., object]) -> str:
+    return getattr(condition, "__qualname__", repr(condition))
 
 
 def make_client(server: AuthorizationServer, **kwargs: Any) -> DeviceFlowClient:

@@ -135,6 +135,7 @@ class Cli:
         )
         self.env = env
         self.logins: list[subprocess.CompletedProcess[str]] = []  # set by the signed_in fixture
+        self.started: list[subprocess.Popen[str]] = []  # by popen(), ended by close()
 
     def server_args(self, client_id: str = "cli-test") -> list[str]:
         """The options that name the test server and the client."""
@@ -177,13 +178,24 @@ class Cli:
         """Start ``deviceflow *args`` with output captured through pipes."""
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [*COMMAND, *args],
             env=self.environment(env),
             text=True,
             stdin=subprocess.DEVNULL,
             **kwargs,
         )
+        self.started.append(process)
+        return process
+
+    def close(self) -> None:
+        """Kill every process popen() started that is still running (a test that failed
+        midway), and reap them all, so that none outlives its test."""
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+        self.started.clear()
 
     def environment(self, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
         """The private environment, with ``extra`` applied (None removes a variable)."""

@@ -17,9 +17,11 @@ def server() -> Iterator[ServerThread]:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, server: ServerThread) -> Cli:
+def cli(tmp_path: Path, server: ServerThread) -> Iterator[Cli]:
     """The ``deviceflow`` command in a private home, pointed at ``server``."""
-    return Cli(tmp_path, server.issuer)
+    running = Cli(tmp_path, server.issuer)
+    yield running
+    running.close()
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +37,4 @@ def signed_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, S
         assert [0, 0] == [r.returncode for r in results], [r.stderr for r in results]
         shared.logins = results
         yield shared, running
+        shared.close()

@@ -139,7 +139,11 @@ def test_ctrl_c_while_polling_exits_130_and_leaves_the_store_alone(
     polls = len(server.requests("token"))
     wait_until(lambda: len(server.requests("token")) > polls)  # polling has begun
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=10 * time_factor())
+    try:
+        _, stderr = process.communicate(timeout=10 * time_factor())
+    except subprocess.TimeoutExpired:
+        process.kill()  # it ignored Ctrl-C: end it here, then fail
+        raise
 
     assert 130 == process.returncode
     assert stderr.splitlines()[-1] == "deviceflow: interrupted; nothing was stored"

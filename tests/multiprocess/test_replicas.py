@@ -56,8 +56,7 @@ async def run_replicas(
             server.resource_url,
             "--store",
             store_spec,
-            "--key",
-            key,
+            f"--key={key}",  # one argument even when the key starts with "-"
             "--duration",
             str(DURATION),
             *options,
@@ -66,12 +65,18 @@ async def run_replicas(
         )
         for _ in range(PROCESSES)
     ]
-    reports = []
-    for proc in procs:
-        out, err = await asyncio.wait_for(proc.communicate(), DURATION + 120 * time_factor())
-        assert 0 == proc.returncode, err.decode()
-        reports.append(json.loads(out))
-    return reports
+    try:
+        outputs = await asyncio.wait_for(
+            asyncio.gather(*(proc.communicate() for proc in procs)),
+            DURATION + 120 * time_factor(),
+        )
+    finally:  # none left running (and holding pipes) when a replica fails or hangs
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.communicate()
+    assert [0] * PROCESSES == [proc.returncode for proc in procs], [e.decode() for _, e in outputs]
+    return [json.loads(out) for out, _ in outputs]
 
 
 def check(server: AuthorizationServer, reports: list[Any]) -> None:

@@ -27,9 +27,8 @@ async def test_standalone_server_prints_its_issuer_and_serves() -> None:
     )
     assert process.stdout is not None
     try:
-        issuer = (
-            (await asyncio.wait_for(process.stdout.readline(), 20 * time_factor())).decode().strip()
-        )
+        first_line = await asyncio.wait_for(process.stdout.readline(), 20 * time_factor())
+        issuer = first_line.decode().strip()
         assert issuer.startswith("http://127.0.0.1:")
         metadata = (await get(issuer + "/.well-known/openid-configuration")).data
         code = (await post(metadata["device_authorization_endpoint"], {"client_id": "c"})).data
@@ -45,7 +44,12 @@ async def test_standalone_server_prints_its_issuer_and_serves() -> None:
         assert f"code issued: {code['user_code']}\n" == lines[-1].decode()
     finally:
         process.send_signal(signal.SIGINT)
-        assert 0 == await asyncio.wait_for(process.wait(), 10 * time_factor())
+        try:
+            assert 0 == await asyncio.wait_for(process.wait(), 10 * time_factor())
+        finally:
+            if process.returncode is None:  # it ignored Ctrl-C: end it here, then fail
+                process.kill()
+                await process.wait()
 
 
 def test_bad_arguments_exit_with_usage() -> None:
