@@ -150,7 +150,7 @@ async def test_replicas_keep_one_grant_through_random_redis_stalls(
         staller = Staller(redis, factor, random.Random(seed_value))
         stalling = asyncio.ensure_future(staller.run())
         args = ["--issuer", server.issuer, "--resource", server.resource_url]
-        args += ["--redis", redis.url, "--prefix", PREFIX, "--key", str(key)]
+        args += ["--redis", redis.url, "--prefix", PREFIX, f"--key={key}"]
         args += ["--duration", str(duration), "--timeout", str(timeout)]
         args += ["--http-timeout", str(http_timeout), "--lock-ttl", str(lock_ttl)]
         try:
