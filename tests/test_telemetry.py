@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -23,13 +22,13 @@ from deviceflow import (
     DeviceCode,
     DeviceFlowClient,
     FlowState,
-    Provider,
     ReauthorizationRequiredError,
     Token,
     _telemetry,
 )
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault, FaultyStore, VirtualClock
+from helpers import make_client, seed
 
 CLIENT_ID = "otel-app"
 SECRET = "s3cret-client-value"
@@ -113,50 +112,27 @@ def otel() -> Iterator[Recorded]:
     tracer_provider.shutdown()
 
 
-@pytest.fixture
-async def server(virtual_clock: VirtualClock) -> AsyncIterator[AuthorizationServer]:
-    async with AuthorizationServer(
-        clock=virtual_clock, access_token_lifetime=LIFETIME, clients={CLIENT_ID: SECRET}
-    ) as srv:
-        yield srv
+pytestmark = pytest.mark.authorization_server(
+    access_token_lifetime=LIFETIME, clients={CLIENT_ID: SECRET}
+)
 
 
-def client_for(
-    server: AuthorizationServer, clock: VirtualClock, **options: Any
-) -> DeviceFlowClient:
-    return DeviceFlowClient(
-        Provider(issuer=server.issuer),
-        client_id=CLIENT_ID,
-        client_secret=SECRET,
-        clock=clock,
-        **options,
-    )
-
-
-async def seed(
-    client: DeviceFlowClient, server: AuthorizationServer, clock: VirtualClock, account: str
-) -> Token:
-    issued = server.issue_tokens(CLIENT_ID, scope="openid")
-    token = Token(
-        access_token=issued["access_token"],
-        refresh_token=issued["refresh_token"],
-        expires_at=clock.wall() + timedelta(seconds=LIFETIME),
-    )
-    await client.save_token(account, token)
-    return token
+def client_for(server: AuthorizationServer, **options: Any) -> DeviceFlowClient:
+    """A confidential client of ``server``, on its clock."""
+    return make_client(server, client_id=CLIENT_ID, client_secret=SECRET, **options)
 
 
 async def test_a_refresh_is_a_span_a_count_and_a_duration(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """A refresh makes one deviceflow.refresh span naming the client, one count of outcome ok
     and one duration in seconds."""
-    async with client_for(server, virtual_clock) as client:
-        await seed(client, server, virtual_clock, "alice")
+    async with client_for(authorization_server) as client:
+        await seed(client, authorization_server, "alice")
         await client.refresh("alice")
     [span] = otel.spans("deviceflow.refresh")
     expected = {
-        "issuer": server.issuer,
+        "issuer": authorization_server.issuer,
         "client_id": CLIENT_ID,
         "provider": "custom",
         "outcome": "ok",
@@ -171,11 +147,11 @@ async def test_a_refresh_is_a_span_a_count_and_a_duration(
 
 
 async def test_the_hot_path_records_nothing(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """get_token() on a cached token that is not due makes no span and counts nothing."""
-    async with client_for(server, virtual_clock) as client:
-        await seed(client, server, virtual_clock, "alice")
+    async with client_for(authorization_server) as client:
+        await seed(client, authorization_server, "alice")
         for _ in range(1000):
             await client.get_token("alice")
         assert [] == list(otel.exporter.get_finished_spans())
@@ -183,12 +159,12 @@ async def test_the_hot_path_records_nothing(
 
 
 async def test_a_refused_refresh_counts_as_invalid_grant(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """A refresh token the server refuses: outcome invalid_grant, and the span is an error."""
-    async with client_for(server, virtual_clock) as client:
-        await seed(client, server, virtual_clock, "alice")
-        server.revoke_all()
+    async with client_for(authorization_server) as client:
+        await seed(client, authorization_server, "alice")
+        authorization_server.revoke_all()
         with pytest.raises(ReauthorizationRequiredError):
             await client.refresh("alice")
     [span] = otel.spans("deviceflow.refresh")
@@ -198,15 +174,17 @@ async def test_a_refused_refresh_counts_as_invalid_grant(
 
 
 async def test_retry_after_is_a_busy_server_a_gate_closure_and_busy_refreshes(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer, virtual_clock: VirtualClock
 ) -> None:
     """A 429 with Retry-After on the token endpoint: one busy answer, one gate closure, busy
     refreshes that are tried again, then one ok refresh per account."""
-    async with client_for(server, virtual_clock) as client:
+    async with client_for(authorization_server) as client:
         for n in range(3):
-            await seed(client, server, virtual_clock, f"tenant-{n}")
+            await seed(client, authorization_server, f"tenant-{n}")
         virtual_clock.advance(LIFETIME + 1)
-        server.faults.add(Fault(endpoint="token", status=429, retry_after=30, times=1))
+        authorization_server.faults.add(
+            Fault(endpoint="token", status=429, retry_after=30, times=1)
+        )
         await asyncio.gather(*(client.get_token(f"tenant-{n}") for n in range(3)))
     busy = frozenset({"endpoint": "token", "status": 429}.items())
     assert {busy: 1} == otel.counts("deviceflow.server_busy")
@@ -221,13 +199,13 @@ async def test_retry_after_is_a_busy_server_a_gate_closure_and_busy_refreshes(
 
 
 async def test_5xx_answers_are_counted_by_status(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """Two 503s without Retry-After: counted by endpoint and status; the retried refresh is one
     refresh, ok."""
-    async with client_for(server, virtual_clock) as client:
-        await seed(client, server, virtual_clock, "alice")
-        server.faults.add(Fault(endpoint="token", status=503, times=2))
+    async with client_for(authorization_server) as client:
+        await seed(client, authorization_server, "alice")
+        authorization_server.faults.add(Fault(endpoint="token", status=503, times=2))
         await client.refresh("alice")
     busy = frozenset({"endpoint": "token", "status": 503}.items())
     assert {busy: 2} == otel.counts("deviceflow.server_busy")
@@ -236,12 +214,12 @@ async def test_5xx_answers_are_counted_by_status(
 
 
 async def test_a_refresh_the_store_refuses_counts_as_unsaved(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """A refreshed token the store cannot take: outcome unsaved, an error span."""
     store = FaultyStore(MemoryStore())
-    async with client_for(server, virtual_clock, store=store) as client:
-        await seed(client, server, virtual_clock, "alice")
+    async with client_for(authorization_server, store=store) as client:
+        await seed(client, authorization_server, "alice")
         store.fail("put", times=None)
         await client.refresh("alice")
         store.heal()  # aclose() stores it
@@ -257,17 +235,16 @@ async def test_a_refresh_the_store_refuses_counts_as_unsaved(
 )
 async def test_a_device_flow_is_a_span_with_its_states(
     otel: Recorded,
-    server: AuthorizationServer,
-    virtual_clock: VirtualClock,
+    authorization_server: AuthorizationServer,
     decide: str,
     expected: str,
 ) -> None:
     """A device flow makes one deviceflow.device_flow span with an event per state, and one
     count of its outcome: granted, denied or expired."""
-    async with client_for(server, virtual_clock) as client:
+    async with client_for(authorization_server) as client:
         async for event in client.authorize("alice"):
             if event.state is FlowState.PENDING and event.code is not None:
-                getattr(server, decide)(event.code.user_code)
+                getattr(authorization_server, decide)(event.code.user_code)
     [span] = otel.spans("deviceflow.device_flow")
     assert expected == (span.attributes or {})["outcome"]
     states = [(e.attributes or {})["state"] for e in span.events]
@@ -276,10 +253,10 @@ async def test_a_device_flow_is_a_span_with_its_states(
 
 
 async def test_a_flow_left_before_its_end_counts_as_abandoned(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """A caller that stops listening at PENDING: outcome abandoned, and the span is ended."""
-    async with client_for(server, virtual_clock) as client:
+    async with client_for(authorization_server) as client:
         async for event in client.authorize("alice"):
             if event.state is FlowState.PENDING:
                 break
@@ -289,13 +266,13 @@ async def test_a_flow_left_before_its_end_counts_as_abandoned(
 
 
 async def test_a_granted_flow_whose_token_the_store_refuses_is_still_granted(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """A flow granted by the server whose token the store cannot take yet: the token is kept
     (unsaved, written later), so the flow counts as granted."""
     store = FaultyStore(MemoryStore())
-    server.configure(auto_approve_after=0)
-    async with client_for(server, virtual_clock, store=store) as client:
+    authorization_server.configure(auto_approve_after=0)
+    async with client_for(authorization_server, store=store) as client:
         store.fail("put", times=None)
         states = [event.state async for event in client.authorize("alice")]
         assert FlowState.GRANTED == states[-1]
@@ -307,19 +284,19 @@ async def test_a_granted_flow_whose_token_the_store_refuses_is_still_granted(
 
 
 async def test_the_gauge_counts_cached_accounts_until_the_client_closes(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """deviceflow.accounts.cached reads the client's cache: 5 accounts, then none once closed."""
-    client = client_for(server, virtual_clock)
+    client = client_for(authorization_server)
     async with client:
         for n in range(5):
-            await seed(client, server, virtual_clock, f"tenant-{n}")
+            await seed(client, authorization_server, f"tenant-{n}")
         assert {frozenset(): 5} == otel.counts("deviceflow.accounts.cached")
     assert {} == otel.counts("deviceflow.accounts.cached")
 
 
 async def test_no_attribute_carries_a_token_a_code_a_secret_or_an_account(
-    otel: Recorded, server: AuthorizationServer, virtual_clock: VirtualClock
+    otel: Recorded, authorization_server: AuthorizationServer
 ) -> None:
     """After device flows, refreshes, a refused refresh and busy answers, no recorded attribute
     value contains a token, a device or user code, the client secret or an account name."""
@@ -328,24 +305,24 @@ async def test_no_attribute_carries_a_token_a_code_a_secret_or_an_account(
 
     def on_code(code: DeviceCode, account: str) -> None:
         codes.append(code)
-        server.approve(code.user_code)
+        authorization_server.approve(code.user_code)
 
     tokens: list[Token] = []
-    async with client_for(server, virtual_clock, on_code=on_code) as client:
+    async with client_for(authorization_server, on_code=on_code) as client:
         for account in accounts:
             tokens.append(await client.get_token(account))  # a device flow each
-        server.faults.add(Fault(endpoint="token", status=503, times=1))
+        authorization_server.faults.add(Fault(endpoint="token", status=503, times=1))
         tokens.append(await client.refresh(accounts[0]))
-        server.faults.add(Fault(endpoint="token", status=429, retry_after=5, times=1))
+        authorization_server.faults.add(Fault(endpoint="token", status=429, retry_after=5, times=1))
         tokens.append(await client.refresh(accounts[1]))
-        server.revoke_all()
+        authorization_server.revoke_all()
         tokens.append(await client.refresh(accounts[0]))  # refused: a new device flow
     secrets = {SECRET, *accounts}
     for token in tokens:
         secrets |= {token.access_token, token.refresh_token or "", token.id_token or ""}
     for code in codes:
         secrets |= {code.user_code, code.device_code, code.verification_uri_complete or ""}
-    for request in server.requests:
+    for request in authorization_server.requests:
         for name in ("refresh_token", "device_code", "client_secret", "token"):
             secrets.add(request.form.get(name, ""))
     secrets.discard("")
@@ -356,7 +333,8 @@ async def test_no_attribute_carries_a_token_a_code_a_secret_or_an_account(
 
 
 async def test_without_opentelemetry_the_client_works_and_records_nothing(
-    monkeypatch: pytest.MonkeyPatch, server: AuthorizationServer, virtual_clock: VirtualClock
+    monkeypatch: pytest.MonkeyPatch,
+    authorization_server: AuthorizationServer,
 ) -> None:
     """With opentelemetry not importable, device flows, refreshes and busy answers are handled
     as before, and nothing is recorded."""
@@ -364,14 +342,18 @@ async def test_without_opentelemetry_the_client_works_and_records_nothing(
         monkeypatch.setitem(sys.modules, name, None)
     _telemetry.use_providers()
     try:
-        server.configure(auto_approve_after=0)
-        async with client_for(server, virtual_clock, on_code=lambda code, account: None) as c:
+        authorization_server.configure(auto_approve_after=0)
+        async with client_for(authorization_server, on_code=lambda code, account: None) as c:
             first = await c.get_token("alice")
-            server.faults.add(Fault(endpoint="token", status=503, times=1))
-            server.faults.add(Fault(endpoint="token", status=429, retry_after=5, times=1))
+            authorization_server.faults.add(Fault(endpoint="token", status=503, times=1))
+            authorization_server.faults.add(
+                Fault(endpoint="token", status=429, retry_after=5, times=1)
+            )
             second = await c.refresh("alice")
         assert first.access_token != second.access_token
-        assert [503, 429, 200] == [r.status for r in server.requests if r.endpoint == "token"][1:]
+        assert [503, 429, 200] == [
+            r.status for r in authorization_server.requests if r.endpoint == "token"
+        ][1:]
         assert _telemetry._instruments() is None
     finally:
         _telemetry.use_providers()
