@@ -66,16 +66,14 @@ class Gate:
         self._telemetry = telemetry
         self._slots = asyncio.Semaphore(limit)
         self._opens_at = -math.inf  # the client clock's monotonic time
-        self.closures = 0
 
     def close_for(self, seconds: float) -> None:
         """Keep the gate closed for ``seconds`` from now (never shortens a closure)."""
         opens_at = self._clock.monotonic() + min(seconds, MAX_RETRY_AFTER)
         if opens_at > self._opens_at:
-            if self._opens_at <= self._clock.monotonic():
-                self.closures += 1
-                if self._telemetry is not None:
-                    self._telemetry.gate_closed()
+            was_open = self._opens_at <= self._clock.monotonic()
+            if was_open and self._telemetry is not None:
+                self._telemetry.gate_closed()
             self._opens_at = opens_at
 
     def closed_for(self) -> float:

@@ -64,11 +64,6 @@ class Flights(Generic[T]):
         if key not in self._flights and not self.closed:
             self._flight(key, work, args, None)
 
-    def waiting(self, key: str) -> int:
-        """How many callers wait on ``key``'s flight."""
-        flight = self._flights.get(key)
-        return 0 if flight is None else len(flight.waiters)
-
     def __len__(self) -> int:
         return len(self._flights)
 
