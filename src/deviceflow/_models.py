@@ -370,6 +370,14 @@ class FlowEvent:
 
     ``code`` is set from PENDING on; ``token`` only with GRANTED; ``error`` with EXPIRED, DENIED
     and FAILED; ``interval`` is the polling interval in force (it grows with slow_down).
+
+    ``code_issued`` is true on exactly one event of a flow: the first PENDING, which brings the
+    code. Show the code (open the browser) on that event: PENDING comes again whenever the
+    interval changes or polling resumes after a ``slow_down``.
+
+    >>> async for event in client.authorize():  # doctest: +SKIP
+    ...     if event.code_issued:
+    ...         webbrowser.open(event.code.link)
     """
 
     state: FlowState
@@ -378,6 +386,7 @@ class FlowEvent:
     token: Token | None = None
     error: DeviceFlowError | None = None
     interval: float | None = None
+    code_issued: bool = False
 
 
 class RequestKind(enum.Enum):
