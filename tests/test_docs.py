@@ -31,7 +31,10 @@ import contextlib
 import functools
 import importlib.util
 import inspect
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -49,16 +52,20 @@ DOCS = ROOT / "docs"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 _SKIP = re.compile(r'^\s*<!--\s*skip:\s*next\s+"(?P<reason>[^"]+)"\s*-->\s*$')
 _INVISIBLE = re.compile(r"^\s*<!--\s*invisible-code-block:\s*python\s*$")
+_TITLE = re.compile(r'\btitle="([^"]+)"')
 
 
 @attrs.frozen
 class Block:
-    """One piece of Python in a page: where it starts (1-based line) and its source."""
+    """One piece of Python in a page: where it starts (1-based line), its source, and whether
+    it is skipped (with the reason) or invisible."""
 
     path: Path
     line: int
     source: str
     skip: str | None = None
+    invisible: bool = False
+    title: str | None = None
 
 
 def blocks(path: Path) -> list[Block]:
@@ -80,7 +87,7 @@ def blocks(path: Path) -> list[Block]:
             while i < len(lines) and lines[i].strip() != "-->":
                 body.append(lines[i])
                 i += 1
-            found.append(Block(path, start + 1, "\n".join(body)))
+            found.append(Block(path, start + 1, "\n".join(body), invisible=True))
             i += 1
             continue
         if match := _FENCE.match(line):
@@ -94,7 +101,11 @@ def blocks(path: Path) -> list[Block]:
                 body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
                 i += 1
             if language in ("python", "py"):
-                found.append(Block(path, start + 1, "\n".join(body), skip))
+                title = _TITLE.search(match["info"])
+                source = "\n".join(body)
+                found.append(
+                    Block(path, start + 1, source, skip, title=title[1] if title else None)
+                )
             elif skip is not None:
                 raise AssertionError(f"{path}:{start}: a skip marker before a {language} block")
             skip = None
@@ -168,6 +179,38 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 outcome = callback()
                 if inspect.isawaitable(outcome):
                     loop.run_until_complete(outcome)
+
+
+def pytest_files() -> list[Block]:
+    """The blocks titled ``test_*.py``: test modules a page shows, to be run by pytest."""
+    return [
+        block
+        for page in pages()
+        for block in blocks(page)
+        if block.title is not None and re.fullmatch(r"test_\w+\.py", block.title)
+    ]
+
+
+@pytest.mark.parametrize("block", pytest_files(), ids=lambda b: f"{b.path.name}:{b.title}")
+def test_pytest_examples_pass(block: Block, tmp_path: Path) -> None:
+    """A test module shown on a page passes under pytest, with the plugin the package installs
+    and pytest-asyncio in auto mode, as the page says to run it."""
+    assert block.title is not None
+    (tmp_path / block.title).write_text(block.source + "\n", encoding="utf-8")
+    names = _test_names(tmp_path / block.title)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        + ["-o", "asyncio_mode=auto", block.title],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert f"{len(names)} passed" in result.stdout
 
 
 def test_skip_markers_give_reasons() -> None:
