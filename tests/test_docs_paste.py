@@ -2,7 +2,7 @@
 
 tests/test_docs.py runs every page's examples in-process, with the page's invisible blocks.
 Here only what a reader sees is used: the visible ``python`` blocks of each page in
-``docs/howto/`` are typed, one after the other, into a real asyncio REPL (a subprocess reading
+``docs/howto/`` and ``docs/providers/`` are typed, one after the other, into a real asyncio REPL (a subprocess reading
 stdin), with ``HOME`` and the working directory in a temporary folder. The REPL's rules apply as
 they would to a person: top-level ``await`` works and ``asyncio.run()`` does not; an indented
 block ends at a blank line, so a page's blocks keep blank lines out of indented code and after
@@ -35,6 +35,8 @@ from test_docs import DOCS, ROOT, Block, blocks
 from test_docs import pages as all_pages
 
 HOWTO = DOCS / "howto"
+#: How-to guides: the general ones, and one per provider.
+GUIDES = (HOWTO, DOCS / "providers")
 _FENCE = re.compile(r"^(?P<fence>`{3,})(?P<info>[^`]*)$")
 _PROMPTS = re.compile(r"^(?:(?:>>>|\.\.\.) )+")
 _BANNER = re.compile(
@@ -50,8 +52,8 @@ _VARYING = [
 
 
 def howto_pages() -> list[Path]:
-    """The how-to pages that have Python blocks."""
-    return [page for page in all_pages() if page.parent == HOWTO]
+    """The how-to pages (general and per provider) that have Python blocks."""
+    return [page for page in all_pages() if page.parent in GUIDES]
 
 
 def visible(page: Path) -> list[Block]:
@@ -131,7 +133,7 @@ def environment(tmp_path: Path, redis_url: str | None) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("page", howto_pages(), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", howto_pages(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_howto_pastes_into_the_asyncio_repl(
     page: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
