@@ -213,6 +213,27 @@ def test_pytest_examples_pass(block: Block, tmp_path: Path) -> None:
     assert f"{len(names)} passed" in result.stdout
 
 
+def _install_texts() -> dict[str, str]:
+    files = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    return {str(path.relative_to(ROOT)): path.read_text(encoding="utf-8") for path in files}
+
+
+def test_install_instructions_work_before_publication() -> None:
+    """No page tells readers to install deviceflow from PyPI, where it is not published yet;
+    a wheel they are told to install is named for the current version."""
+    from deviceflow import __version__
+
+    from_pypi = re.compile(r"pip\s+install\s+(?:-\S+\s+)*['\"]?deviceflow\b")
+    assert [] == [name for name, text in _install_texts().items() if from_pypi.search(text)]
+    wheels = {
+        wheel
+        for text in _install_texts().values()
+        for wheel in re.findall(r"deviceflow-[\w.]+-py3-none-any\.whl", text)
+    }
+    assert wheels
+    assert {f"deviceflow-{__version__}-py3-none-any.whl"} == wheels
+
+
 def test_skip_markers_give_reasons() -> None:
     """Every skipped block says why, and at least most of the examples do run."""
     every = [block for page in pages() for block in blocks(page)]
