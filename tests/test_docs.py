@@ -199,9 +199,10 @@ def test_pytest_examples_pass(block: Block, tmp_path: Path) -> None:
     (tmp_path / block.title).write_text(block.source + "\n", encoding="utf-8")
     names = _test_names(tmp_path / block.title)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)}
+    # As the page runs it (`pytest -o asyncio_mode=auto FILE`), in a folder of its own.
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-        + ["-o", "asyncio_mode=auto", block.title],
+        [*command, "-o", "asyncio_mode=auto", block.title],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -211,6 +212,41 @@ def test_pytest_examples_pass(block: Block, tmp_path: Path) -> None:
     )
     assert 0 == result.returncode, result.stdout + result.stderr
     assert f"{len(names)} passed" in result.stdout
+
+
+async def test_migration_script_runs_from_the_command_line(tmp_path: Path) -> None:
+    """The migration page's dvls_api.py, its parts put together as the page shows them, signs in
+    once, calls the API, and on its second run uses the stored token instead of a new code."""
+    from deviceflow.stores import generate_key
+    from deviceflow.testing import AuthorizationServer
+
+    parts = [
+        block.source
+        for block in blocks(DOCS / "howto" / "migrate-powershell.md")
+        if block.title is not None and block.title.startswith("dvls_api.py")
+    ]
+    assert 2 == len(parts)
+    (tmp_path / "dvls_api.py").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "HOME": str(tmp_path),
+        "DEVICEFLOW_KEY": generate_key(),
+    }
+    async with AuthorizationServer(issuer_path="/dvls", interval=1, auto_approve_after=0) as dvls:
+        for _ in range(2):
+            process = await asyncio.create_subprocess_exec(
+                *[sys.executable, "dvls_api.py", dvls.issuer, "my-client-id", "/api/me"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(process.communicate(), 120)
+            assert 0 == process.returncode, err.decode()
+            assert "'client_id': 'my-client-id'" in out.decode()
+        assert 1 == dvls.stats.device_authorizations
+    assert list((tmp_path / ".local" / "share" / "dvls-api").iterdir())
 
 
 def _install_texts() -> dict[str, str]:

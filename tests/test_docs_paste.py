@@ -1,12 +1,13 @@
 """Every how-to page works when its Python blocks are pasted into ``python -m asyncio``, in order.
 
 tests/test_docs.py runs every page's examples in-process, with the page's invisible blocks.
-Here only what a reader sees is used: the visible ``python`` blocks of each page in
-``docs/howto/`` and ``docs/providers/`` are typed, one after the other, into a real asyncio REPL (a subprocess reading
-stdin), with ``HOME`` and the working directory in a temporary folder. The REPL's rules apply as
-they would to a person: top-level ``await`` works and ``asyncio.run()`` does not; an indented
-block ends at a blank line, so a page's blocks keep blank lines out of indented code and after
-it. Anything the page needs (the built-in authorization server) it starts itself, visibly.
+Here only what a reader sees is used: the visible ``python`` blocks of each how-to page
+(``docs/howto/`` and ``docs/providers/``) are typed, one after the other, into a real asyncio
+REPL (a subprocess reading stdin), with ``HOME`` and the working directory in a temporary
+folder. The REPL's rules apply as they would to a person: top-level ``await`` works and
+``asyncio.run()`` does not; an indented block ends at a blank line, so a page's blocks keep
+blank lines out of indented code and put one after it. Anything the page needs (the built-in
+authorization server) it starts itself, visibly.
 
 The test then checks that the REPL wrote nothing to stderr but its banner (no traceback, no
 warning, no log line), and that what it printed is what the page shows: every ``text`` block
@@ -153,7 +154,7 @@ def test_howto_pastes_into_the_asyncio_repl(
     ]
     expected = outputs(page)
     mismatch = len(expected) != len(printed) or not all(
-        _matches(want, got) for want, got in zip(expected, printed)
+        _matches(want, got) for want, got in zip(expected, printed, strict=True)
     )
     assert not mismatch, "\n".join(["expected:", *expected, "", "printed:", *printed])
 
