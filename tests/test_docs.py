@@ -8,8 +8,12 @@ changes nothing in the pages):
   is allowed (as in ``python -m asyncio``); all blocks of a page share one event loop.
 - ``<!-- skip: next "reason" -->`` on the line before a block leaves that block out. The reason
   is required; use it only for code that cannot run here (a real provider, a Redis Cluster).
-- ``<!-- invisible-code-block: python`` ... ``-->`` is code that runs but is not shown: set-up
-  (start a server, seed a token) and checks that keep an example honest.
+- ``<!-- invisible-code-block: python`` ... ``-->`` is code that runs but is not shown: checks
+  that keep an example honest, clean-up, and set-up that changes nothing a reader would see
+  (what the environment of tests/test_docs_paste.py provides). How-to pages start what they
+  need (the test server) visibly, since tests/test_docs_paste.py pastes only what is shown.
+- A block titled ``test_*.py`` (``python title="test_x.py"``) is a test module: besides running
+  in the page, it is written to a folder of its own and run with pytest, as the page says.
 - Pages run in an empty temporary directory, with ``HOME`` pointing into it, so examples may
   write files and use ``~``. ``docs_test`` in the namespace offers ``defer(callback)`` (run at the
   end, even when a block fails) and ``tmp_path``.
