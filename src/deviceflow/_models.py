@@ -371,9 +371,9 @@ class FlowEvent:
     ``code`` is set from PENDING on; ``token`` only with GRANTED; ``error`` with EXPIRED, DENIED
     and FAILED; ``interval`` is the polling interval in force (it grows with slow_down).
 
-    ``code_issued`` is true on exactly one event of a flow: the first PENDING, which brings the
-    code. Show the code (open the browser) on that event: PENDING comes again whenever the
-    interval changes or polling resumes after a ``slow_down``.
+    ``code_issued`` is true on one event of a flow (none if the flow fails before a code is
+    issued): the first PENDING, which brings the code. Show the code (open the browser) on that
+    event: PENDING comes again, with the same code, when polling resumes after a ``slow_down``.
 
     >>> async for event in client.authorize():  # doctest: +SKIP
     ...     if event.code_issued:
