@@ -139,6 +139,49 @@ async def test_slow_down_adds_five_seconds_kept_afterwards(
     assert len(spacing) >= 3
 
 
+async def test_code_issued_marks_one_event_despite_slow_down(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """After slow_down PENDING comes again with the same code; code_issued is true only once."""
+    events = []
+    async with make_client(authorization_server) as client:
+        async for event in client.authorize():
+            events.append(event)
+            if event.code_issued:
+                assert event.code is not None
+                authorization_server.slow_down(event.code.user_code)
+            elif event.state is FlowState.PENDING and event.interval == 10.0:
+                assert event.code is not None
+                authorization_server.approve(event.code.user_code)
+    assert [
+        (FlowState.DISCOVER, False),
+        (FlowState.REQUEST_CODE, False),
+        (FlowState.PENDING, True),
+        (FlowState.SLOW_DOWN, False),
+        (FlowState.PENDING, False),
+        (FlowState.GRANTED, False),
+    ] == [(event.state, event.code_issued) for event in events]
+    codes = [event.code for event in events if event.code is not None]
+    assert all(code is codes[0] for code in codes)
+
+
+async def test_on_code_is_called_once_despite_slow_down(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """get_token() shows a code once, though PENDING repeats after a slow_down."""
+    shown: list[DeviceCode] = []
+
+    def on_code(code: DeviceCode, account: str) -> None:
+        shown.append(code)
+        authorization_server.slow_down(code.user_code)
+
+    authorization_server.configure(auto_approve_after=3)
+    async with make_client(authorization_server, on_code=on_code) as client:
+        await client.get_token()
+    assert 1 == authorization_server.stats.slow_downs
+    assert 1 == len(shown)
+
+
 async def test_denied_raises_access_denied(
     authorization_server: AuthorizationServer,
 ) -> None:

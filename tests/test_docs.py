@@ -8,8 +8,12 @@ changes nothing in the pages):
   is allowed (as in ``python -m asyncio``); all blocks of a page share one event loop.
 - ``<!-- skip: next "reason" -->`` on the line before a block leaves that block out. The reason
   is required; use it only for code that cannot run here (a real provider, a Redis Cluster).
-- ``<!-- invisible-code-block: python`` ... ``-->`` is code that runs but is not shown: set-up
-  (start a server, seed a token) and checks that keep an example honest.
+- ``<!-- invisible-code-block: python`` ... ``-->`` is code that runs but is not shown: checks
+  that keep an example honest, clean-up, and set-up that changes nothing a reader would see
+  (what the environment of tests/test_docs_paste.py provides). How-to pages start what they
+  need (the test server) visibly, since tests/test_docs_paste.py pastes only what is shown.
+- A block titled ``test_*.py`` (``python title="test_x.py"``) is a test module: besides running
+  in the page, it is written to a folder of its own and run with pytest, as the page says.
 - Pages run in an empty temporary directory, with ``HOME`` pointing into it, so examples may
   write files and use ``~``. ``docs_test`` in the namespace offers ``defer(callback)`` (run at the
   end, even when a block fails) and ``tmp_path``.
@@ -31,7 +35,10 @@ import contextlib
 import functools
 import importlib.util
 import inspect
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -49,16 +56,20 @@ DOCS = ROOT / "docs"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 _SKIP = re.compile(r'^\s*<!--\s*skip:\s*next\s+"(?P<reason>[^"]+)"\s*-->\s*$')
 _INVISIBLE = re.compile(r"^\s*<!--\s*invisible-code-block:\s*python\s*$")
+_TITLE = re.compile(r'\btitle="([^"]+)"')
 
 
 @attrs.frozen
 class Block:
-    """One piece of Python in a page: where it starts (1-based line) and its source."""
+    """One piece of Python in a page: where it starts (1-based line), its source, and whether
+    it is skipped (with the reason) or invisible."""
 
     path: Path
     line: int
     source: str
     skip: str | None = None
+    invisible: bool = False
+    title: str | None = None
 
 
 def blocks(path: Path) -> list[Block]:
@@ -80,7 +91,7 @@ def blocks(path: Path) -> list[Block]:
             while i < len(lines) and lines[i].strip() != "-->":
                 body.append(lines[i])
                 i += 1
-            found.append(Block(path, start + 1, "\n".join(body)))
+            found.append(Block(path, start + 1, "\n".join(body), invisible=True))
             i += 1
             continue
         if match := _FENCE.match(line):
@@ -94,7 +105,11 @@ def blocks(path: Path) -> list[Block]:
                 body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
                 i += 1
             if language in ("python", "py"):
-                found.append(Block(path, start + 1, "\n".join(body), skip))
+                title = _TITLE.search(match["info"])
+                source = "\n".join(body)
+                found.append(
+                    Block(path, start + 1, source, skip, title=title[1] if title else None)
+                )
             elif skip is not None:
                 raise AssertionError(f"{path}:{start}: a skip marker before a {language} block")
             skip = None
@@ -168,6 +183,95 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 outcome = callback()
                 if inspect.isawaitable(outcome):
                     loop.run_until_complete(outcome)
+
+
+def pytest_files() -> list[Block]:
+    """The blocks titled ``test_*.py``: test modules a page shows, to be run by pytest."""
+    return [
+        block
+        for page in pages()
+        for block in blocks(page)
+        if block.title is not None and re.fullmatch(r"test_\w+\.py", block.title)
+    ]
+
+
+@pytest.mark.parametrize("block", pytest_files(), ids=lambda b: f"{b.path.name}:{b.title}")
+def test_pytest_examples_pass(block: Block, tmp_path: Path) -> None:
+    """A test module shown on a page passes under pytest, with the plugin the package installs
+    and pytest-asyncio in auto mode, as the page says to run it."""
+    assert block.title is not None
+    (tmp_path / block.title).write_text(block.source + "\n", encoding="utf-8")
+    names = _test_names(tmp_path / block.title)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)}
+    # As the page runs it (`pytest -o asyncio_mode=auto FILE`), in a folder of its own.
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    result = subprocess.run(
+        [*command, "-o", "asyncio_mode=auto", block.title],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert f"{len(names)} passed" in result.stdout
+
+
+async def test_migration_script_runs_from_the_command_line(tmp_path: Path) -> None:
+    """The migration page's dvls_api.py, its parts put together as the page shows them, signs in
+    once, calls the API, and on its second run uses the stored token instead of a new code."""
+    from deviceflow.stores import generate_key
+    from deviceflow.testing import AuthorizationServer
+
+    parts = [
+        block.source
+        for block in blocks(DOCS / "howto" / "migrate-powershell.md")
+        if block.title is not None and block.title.startswith("dvls_api.py")
+    ]
+    assert 2 == len(parts)
+    (tmp_path / "dvls_api.py").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "HOME": str(tmp_path),
+        "DEVICEFLOW_KEY": generate_key(),
+    }
+    async with AuthorizationServer(issuer_path="/dvls", interval=1, auto_approve_after=0) as dvls:
+        for _ in range(2):
+            process = await asyncio.create_subprocess_exec(
+                *[sys.executable, "dvls_api.py", dvls.issuer, "my-client-id", "/api/me"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(process.communicate(), 120)
+            assert 0 == process.returncode, err.decode()
+            assert "'client_id': 'my-client-id'" in out.decode()
+        assert 1 == dvls.stats.device_authorizations
+    assert list((tmp_path / ".local" / "share" / "dvls-api").iterdir())
+
+
+def _install_texts() -> dict[str, str]:
+    files = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    return {str(path.relative_to(ROOT)): path.read_text(encoding="utf-8") for path in files}
+
+
+def test_install_instructions_work_before_publication() -> None:
+    """No page tells readers to install deviceflow from PyPI, where it is not published yet;
+    a wheel they are told to install is named for the current version."""
+    from deviceflow import __version__
+
+    from_pypi = re.compile(r"pip\s+install\s+(?:-\S+\s+)*['\"]?deviceflow\b")
+    assert [] == [name for name, text in _install_texts().items() if from_pypi.search(text)]
+    wheels = {
+        wheel
+        for text in _install_texts().values()
+        for wheel in re.findall(r"deviceflow-[\w.]+-py3-none-any\.whl", text)
+    }
+    assert wheels
+    assert {f"deviceflow-{__version__}-py3-none-any.whl"} == wheels
 
 
 def test_skip_markers_give_reasons() -> None:

@@ -288,13 +288,15 @@ class DeviceFlowClient:
     ) -> AsyncIterator[FlowEvent]:
         """Run one device flow for ``account`` and yield a FlowEvent at every change of state.
 
-        The PENDING event carries the DeviceCode to show the person; the last event is GRANTED
+        The first PENDING event carries the DeviceCode to show the person, with
+        ``event.code_issued`` true (later PENDING events, after a ``slow_down`` or a change of
+        interval, carry the same code with ``code_issued`` false); the last event is GRANTED
         (with the token, already saved to the store when ``store`` is true), EXPIRED, DENIED or
         FAILED (with the typed error in ``event.error``). ``on_code`` is not called here: show
         the code from the events.
 
         >>> async for event in client.authorize("bot"):  # doctest: +SKIP
-        ...     if event.state is FlowState.PENDING and event.code:
+        ...     if event.code_issued:
         ...         print(event.code.user_code, event.code.verification_uri)
         """
         async with contextlib.aclosing(self._flows.events(account, store=store)) as events:

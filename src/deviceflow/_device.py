@@ -109,8 +109,12 @@ class DeviceFlowDriver:
         machine = self._machine()
         clock = self.clock
         last: tuple[FlowState, float] | None = None
+        announced = False  # whether an event has carried the code yet
 
         def event() -> FlowEvent:
+            nonlocal announced
+            issued = machine.code is not None and not announced
+            announced = announced or issued
             return FlowEvent(
                 state=machine.state,
                 account=account,
@@ -118,6 +122,7 @@ class DeviceFlowDriver:
                 token=machine.token,
                 error=machine.error,
                 interval=machine.interval if machine.code else None,
+                code_issued=issued,
             )
 
         action = machine.start(now=clock.monotonic(), wall=clock.wall())
@@ -228,13 +233,11 @@ class DeviceFlowDriver:
             if token is not None:
                 raise _SignedInElsewhere(token)
 
-        shown = False
         events = self.events(account, store=True, before_wait=before_wait)
         try:
             async with contextlib.aclosing(events):
                 async for event in events:
-                    if event.state is FlowState.PENDING and event.code is not None and not shown:
-                        shown = True
+                    if event.code_issued and event.code is not None:
                         result = on_code(event.code, account)
                         if inspect.isawaitable(result):
                             await result

@@ -370,6 +370,14 @@ class FlowEvent:
 
     ``code`` is set from PENDING on; ``token`` only with GRANTED; ``error`` with EXPIRED, DENIED
     and FAILED; ``interval`` is the polling interval in force (it grows with slow_down).
+
+    ``code_issued`` is true on one event of a flow (none if the flow fails before a code is
+    issued): the first PENDING, which brings the code. Show the code (open the browser) on that
+    event: PENDING comes again, with the same code, when polling resumes after a ``slow_down``.
+
+    >>> async for event in client.authorize():  # doctest: +SKIP
+    ...     if event.code_issued:
+    ...         webbrowser.open(event.code.link)
     """
 
     state: FlowState
@@ -378,6 +386,7 @@ class FlowEvent:
     token: Token | None = None
     error: DeviceFlowError | None = None
     interval: float | None = None
+    code_issued: bool = False
 
 
 class RequestKind(enum.Enum):
