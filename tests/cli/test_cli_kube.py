@@ -7,11 +7,9 @@ import base64
 import datetime
 import http.server
 import io
-import ipaddress
 import json
 import re
 import shutil
-import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,16 +17,12 @@ from typing import Any
 
 import pytest
 from cli_harness import Cli, ServerThread, login_approved
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from howto_pages import DOCS, commands, fenced, run_shell, shim, substitute
 
 from deviceflow import Token
 from deviceflow._cli._errors import CliError
 from deviceflow._cli._kube import ExecInfo, exec_credential, read_exec_info
-from helpers import time_factor
+from helpers import self_signed_context, time_factor
 
 V1 = "client.authentication.k8s.io/v1"
 V1BETA1 = "client.authentication.k8s.io/v1beta1"
@@ -201,34 +195,8 @@ class ApiServer:
     """An https "Kubernetes API" on loopback: /version for a valid bearer token, else 401."""
 
     def __init__(self, folder: Path, valid: Any) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-apiserver")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        pem = cert.public_bytes(serialization.Encoding.PEM)
-        (folder / "api.crt").write_bytes(pem)
-        (folder / "api.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        self.ca_data = base64.b64encode(pem).decode()
+        context = self_signed_context(folder)
+        self.ca_data = base64.b64encode((folder / "cert.pem").read_bytes()).decode()
         self.seen: list[str | None] = []
         outer = self
 
@@ -253,8 +221,6 @@ class ApiServer:
                 pass
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(folder / "api.crt", folder / "api.key")
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
