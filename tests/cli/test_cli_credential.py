@@ -4,15 +4,19 @@ private HOME, against the built-in server."""
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import subprocess
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from cli_harness import COMMAND, Cli, ServerThread, login_approved
 from howto_pages import DOCS, commands, fenced, run_shell, shim, substitute
 
+from deviceflow import DeviceFlowClient, ProtocolError, Provider, Token
+from deviceflow._cli import _credential as credential
 from deviceflow._cli._credential import (
     CredentialRequest,
     HostPattern,
@@ -20,7 +24,11 @@ from deviceflow._cli._credential import (
     read_request,
 )
 from deviceflow._cli._settings import Settings, load_settings
+from deviceflow._cli._terminal import Console
+from deviceflow._records import record_key
 from deviceflow.cli import build_parser
+from deviceflow.stores import EncryptedFileStore, generate_key
+from deviceflow.testing import AuthorizationServer
 from helpers import time_factor
 
 
@@ -296,3 +304,89 @@ def test_howto_git_commands_run(cli: Cli, server: ServerThread) -> None:
     got = answer(results[-1])
     assert "oauth2" == got["username"]
     assert server.is_valid(got["password"])
+
+
+# --- erase and get, in process ----------------------------------------------------------------
+
+
+class InProcess:
+    """The helper run in this process against the built-in server, with a private store."""
+
+    def __init__(self, tmp_path: Path, server: AuthorizationServer, key: str) -> None:
+        self.server = server
+        self.host = server.issuer.removeprefix("http://")
+        profiles = tmp_path / "profiles.toml"
+        profiles.write_text(
+            f'[work]\nissuer = "{server.issuer}"\nclient-id = "git-app"\nhosts = ["{self.host}"]\n',
+            encoding="utf-8",
+        )
+        self.args = ["--profile-file", str(profiles), "--store", str(tmp_path / "store")]
+        self.store = EncryptedFileStore(tmp_path / "store", key=key)
+
+    async def seed(self, access_token: str | None = None) -> Token:
+        """Store a token of a new grant for "default", as a login would."""
+        issued = self.server.issue_tokens("git-app")
+        token = Token(
+            access_token=access_token or issued["access_token"],
+            refresh_token=issued["refresh_token"],
+            expires_at=datetime.now(timezone.utc) + timedelta(hours=1),
+        )
+        async with DeviceFlowClient(
+            Provider(issuer=self.server.issuer), client_id="git-app", store=self.store
+        ) as client:
+            await client.save_token("default", token)
+        return token
+
+    async def run(self, action: str, password: str | None = None) -> tuple[int, str]:
+        """Run ``credential ACTION`` for the server's host; (exit code, stdout)."""
+        lines = f"protocol=http\nhost={self.host}\n"
+        if password is not None:
+            lines += f"password={password}\n"
+        namespace = build_parser().parse_args(["credential", action, *self.args])
+        settings = load_settings("credential", namespace, env=dict(os.environ))
+        out, err = io.StringIO(), io.StringIO()
+        code = await credential.run(action, settings, Console(out, err), io.StringIO(lines))
+        return code, out.getvalue()
+
+    async def record(self) -> bytes | None:
+        current = await self.store.get(record_key(self.server.issuer, "git-app", "default"))
+        return None if current is None else current.value
+
+
+@pytest.fixture
+def in_process(
+    tmp_path: Path, authorization_server: AuthorizationServer, monkeypatch: pytest.MonkeyPatch
+) -> InProcess:
+    key = generate_key()
+    for name, value in {
+        "HOME": tmp_path,
+        "XDG_CONFIG_HOME": tmp_path / "config",
+        "XDG_DATA_HOME": tmp_path / "data",
+        "DEVICEFLOW_KEY": key,
+        "GIT_TERMINAL_PROMPT": "0",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    return InProcess(tmp_path, authorization_server, key)
+
+
+async def test_erase_edge_cases_erase_nothing(in_process: InProcess) -> None:
+    """No password, no stored record, or a record already signed out: erase does nothing;
+    erasing the current token twice leaves one tombstone."""
+    assert (0, "") == await in_process.run("erase", password="x")  # nothing stored
+    token = await in_process.seed()
+    before = await in_process.record()
+    assert (0, "") == await in_process.run("erase")  # git sent no password
+    assert before == await in_process.record()
+    assert (0, "") == await in_process.run("erase", password=token.access_token)
+    tombstone = await in_process.record()
+    assert tombstone is not None
+    assert b"rejected" in tombstone
+    assert (0, "") == await in_process.run("erase", password=token.access_token)
+    assert tombstone == await in_process.record()
+
+
+async def test_token_unfit_for_the_protocol_is_refused(in_process: InProcess) -> None:
+    """A token with a line break in it would forge protocol lines: get refuses it."""
+    await in_process.seed(access_token="good\npassword=forged")
+    with pytest.raises(ProtocolError, match="b64token"):
+        await in_process.run("get")

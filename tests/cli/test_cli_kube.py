@@ -171,6 +171,9 @@ def test_exec_info_defaults() -> None:
     """Without KUBERNETES_EXEC_INFO, v1 and interactive only on a terminal; a missing
     spec.interactive means not interactive."""
     assert ExecInfo(api_version=V1, interactive=False) == read_exec_info({}, io.StringIO())
+    closed = io.StringIO()
+    closed.close()  # isatty() raises on a closed stream: not a terminal
+    assert ExecInfo(api_version=V1, interactive=False) == read_exec_info({}, closed)
     assert ExecInfo(api_version=V1, interactive=False) == read_exec_info(
         {"KUBERNETES_EXEC_INFO": json.dumps({"apiVersion": V1, "kind": "ExecCredential"})},
         io.StringIO(),

@@ -34,7 +34,7 @@ from deviceflow._urls import is_loopback_host
 from deviceflow.exceptions import ConflictError, ProtocolError
 
 from ._commands import _needs_index, _opened, resolve_target
-from ._errors import EXIT_OK, CliError, one_line
+from ._errors import EXIT_OK
 from ._plugin import plugin_token
 from ._settings import Profile, Settings, load_profiles
 from ._store import AccountIndex
@@ -188,11 +188,7 @@ async def _erase(settings: Settings, console: Console, request: CredentialReques
         return
     async with _opened(settings, console) as store:
         known = await AccountIndex(store).entries() if _needs_index(settings) else []
-        try:
-            target = await resolve_target(settings, known)
-        except CliError as exc:  # git shows stderr; an erase has nothing to answer
-            print(f"deviceflow: {one_line(exc)}", file=console.err, flush=True)
-            return
+        target = await resolve_target(settings, known)
         codec = RecordCodec(target.provider.identity, target.client_id)
         key = target.key
         current = await store.get(key)
