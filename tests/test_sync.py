@@ -147,6 +147,19 @@ def test_async_on_code_is_awaited(approving: Served) -> None:
     assert ["bot"] == seen
 
 
+def test_on_code_returning_an_awaitable_is_awaited(approving: Served) -> None:
+    """A plain callable that returns an awaitable (a lambda around a coroutine function) has
+    it awaited on the client's loop."""
+    seen: list[str] = []
+
+    async def record(account: str) -> None:
+        seen.append(account)
+
+    with approving.client(on_code=lambda code, account: record(account)) as client:
+        client.get_token("bot")
+    assert ["bot"] == seen
+
+
 def test_errors_keep_their_types(served: Served) -> None:
     """No token and no on_code: the asyncio client's ReauthorizationRequiredError, as is."""
     with served.client() as client, pytest.raises(ReauthorizationRequiredError):

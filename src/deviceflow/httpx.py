@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 __all__ = ["DeviceFlowAuth"]
 
 
-def _headers(token: Token) -> dict[str, str]:
-    # The one place a request's auth headers are made. With sender-constrained tokens this
-    # becomes the client's request_headers(method, url, account=...), which adds the proof.
+def _headers(token: Token, request: httpx.Request) -> dict[str, str]:
+    # The one place a request's auth headers are made (both flows call it once per send).
+    # Sender-constrained tokens (DPoP) turn it into the client's
+    # request_headers(request.method, str(request.url), account=...), which adds the proof.
     return {"Authorization": token.authorization}
 
 
@@ -61,8 +62,6 @@ class DeviceFlowAuth(httpx.Auth):
     - with ``hosts``, to https requests for those host names (any port), and no other;
     - never over plain http, loopback addresses excepted (tests).
     """
-
-    requires_request_body = True  # a request retried after a refresh sends its body again
 
     def __init__(
         self,
@@ -104,14 +103,14 @@ class DeviceFlowAuth(httpx.Auth):
         if not self._carries_token(request):
             yield request
             return
-        request.read()
+        request.read()  # in memory: a request retried after a refresh sends its body again
         token = client.get_token(self._account)
-        sent = _headers(token)
+        sent = _headers(token, request)
         request.headers.update(sent)
         response = yield request
         if self._rejected(response, sent):
             fresh = client.refresh(self._account, stale=token)
-            request.headers.update(_headers(fresh))
+            request.headers.update(_headers(fresh, request))
             yield request
 
     async def async_auth_flow(
@@ -121,14 +120,14 @@ class DeviceFlowAuth(httpx.Auth):
         if not self._carries_token(request):
             yield request
             return
-        await request.aread()
+        await request.aread()  # in memory: a retried request sends its body again
         token = await self._get_token()
-        sent = _headers(token)
+        sent = _headers(token, request)
         request.headers.update(sent)
         response = yield request
         if self._rejected(response, sent):
             fresh = await self._refresh(token)
-            request.headers.update(_headers(fresh))
+            request.headers.update(_headers(fresh, request))
             yield request
 
     async def _get_token(self) -> Token:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -254,12 +255,15 @@ class DeviceFlowClient:
             raise
 
 
-def _in_worker_thread(on_code: OnCode) -> Callable[[DeviceCode, str], Awaitable[None]]:
-    """``on_code`` as the asyncio client calls it: a plain function runs in a worker thread."""
+def _in_worker_thread(on_code: OnCode) -> OnCode:
+    """``on_code`` as the asyncio client calls it: a plain function runs in a worker thread,
+    a coroutine function on the client's loop."""
+    if inspect.iscoroutinefunction(on_code):
+        return on_code
 
     async def show(code: DeviceCode, account: str) -> None:
         result = await anyio.to_thread.run_sync(on_code, code, account)
-        if result is not None:
-            await result  # a coroutine function: its coroutine runs on the client's loop
+        if inspect.isawaitable(result):
+            await result  # a plain function that returned an awaitable
 
     return show

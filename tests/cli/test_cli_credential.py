@@ -211,6 +211,11 @@ username = "robot"
 [elsewhere]
 issuer = "https://other.example.com"
 client-id = "o"
+
+[local]
+issuer = "http://localhost:8080"
+client-id = "l"
+hosts = ["localhost", "[::1]:8080", "127.0.0.2:8080"]
 """
 
 
@@ -226,6 +231,9 @@ client-id = "o"
         ("protocol=http\nhost=git.example.com\n", None),  # never in cleartext
         ("protocol=https\nhost=other.example.com\n", None),  # a profile without hosts
         ("host=git.example.com\n", None),
+        ("protocol=http\nhost=localhost\n", "local"),  # loopback: plain http is fine
+        ("protocol=http\nhost=[::1]:8080\n", "local"),
+        ("protocol=http\nhost=127.0.0.2:8080\n", "local"),
     ],
 )
 def test_profiles_are_matched_by_host_and_path(

@@ -104,6 +104,13 @@ class HostPattern:
         return None
 
 
+def _hostname(host: str) -> str:
+    """``host`` without its ``:port``: ``[::1]:8080`` -> ``[::1]``, ``localhost`` as is."""
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
+
+
 def _trim(path: str) -> str:
     path = path.strip("/")
     return path.removesuffix(".git")
@@ -127,7 +134,7 @@ def choose_settings(settings: Settings, request: CredentialRequest) -> Settings 
     profile whose ``hosts`` match best (the longest path; the first in the file on a tie).
     """
     secure = request.protocol == "https" or (
-        request.protocol == "http" and is_loopback_host(request.host.rpartition(":")[0] or None)
+        request.protocol == "http" and is_loopback_host(_hostname(request.host))
     )
     if not secure or not request.host:
         return None  # never a token in cleartext
