@@ -20,7 +20,11 @@ from collections.abc import AsyncGenerator, Collection, Generator
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
-import httpx
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - the extra is not installed
+    raise ImportError("deviceflow.httpx needs httpx: pip install 'deviceflow[httpx]'") from exc
 
 from ._bearer import TokenScope, says_invalid_token
 from ._client import DeviceFlowClient as AsyncDeviceFlowClient
