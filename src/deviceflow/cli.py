@@ -181,7 +181,8 @@ _COMMANDS: dict[str, tuple[_Handler, str, str]] = {
         "print a valid access token (refreshed if needed)",
         "Print the account's access token and nothing else on stdout, refreshing it first if "
         'needed: curl -H "Authorization: Bearer $(deviceflow token)" ... Never starts a device '
-        "flow: run login first.",
+        "flow (run login first), except as kubectl's plugin when kubectl says a person is "
+        "there (--format exec-credential).",
     ),
     "status": (
         _run_status,
