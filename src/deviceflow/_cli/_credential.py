@@ -170,13 +170,12 @@ async def run(action: str, settings: Settings, console: Console, stdin: TextIO) 
 
 async def _get(settings: Settings, console: Console) -> int:
     prompt = os.environ.get("GIT_TERMINAL_PROMPT", "").strip().lower() not in _FALSE
-    obtained = await plugin_token(
+    token = await plugin_token(
         settings,
         console,
         interactive=prompt,
         why_not="git runs the helper with GIT_TERMINAL_PROMPT=0",
     )
-    token = obtained.token
     if not is_b64token(token.access_token):  # a line break would forge protocol lines
         raise ProtocolError("the access token is not an RFC 6750 b64token; it is not given to git")
     lines = [

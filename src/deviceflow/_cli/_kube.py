@@ -77,13 +77,13 @@ def exec_credential(token: Token, api_version: str = API_VERSIONS[0]) -> dict[st
 async def run(settings: Settings, console: Console, stdin: TextIO | None = None) -> int:
     """``deviceflow token --format exec-credential``."""
     info = read_exec_info(settings.env, sys.stdin if stdin is None else stdin)
-    obtained = await plugin_token(
+    token = await plugin_token(
         settings,
         console,
         interactive=info.interactive,
         why_not="kubectl runs the plugin without a terminal (spec.interactive is false)",
     )
-    credential = exec_credential(obtained.token, info.api_version)
+    credential = exec_credential(token, info.api_version)
     print(json.dumps(credential), file=console.out, flush=True)
     return EXIT_OK
 

@@ -7,31 +7,21 @@ token is an error that says how to sign in.
 
 from __future__ import annotations
 
-import attrs
-
 from deviceflow._models import DeviceCode, Token
 from deviceflow.exceptions import ReauthorizationRequiredError
 
-from ._commands import Target, _client, _needs_index, _opened, resolve_target
+from ._commands import _client, _needs_index, _opened, resolve_target
 from ._errors import EXIT_CONFIG, CliError
 from ._settings import Settings
 from ._store import AccountIndex
 from ._terminal import Console, LoginView
 
-__all__ = ["Obtained", "plugin_token"]
-
-
-@attrs.frozen(kw_only=True)
-class Obtained:
-    """The token and whose it is."""
-
-    target: Target
-    token: Token = attrs.field(repr=False)
+__all__ = ["plugin_token"]
 
 
 async def plugin_token(
     settings: Settings, console: Console, *, interactive: bool, why_not: str
-) -> Obtained:
+) -> Token:
     """``settings``' account's token; a device flow shown on stderr only when ``interactive``
     (``why_not`` says, in the error, why there is no person to ask)."""
     login = "deviceflow login"
@@ -62,4 +52,4 @@ async def plugin_token(
                 await view.close()
             if view.shown:  # signed in here: `status` and `token` know the account from now on
                 await index.add(target.entry(client.scope))
-    return Obtained(target=target, token=token)
+    return token
