@@ -13,7 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
-def install(session: nox.Session, *groups: str, extras: str = "cli,redis") -> None:
+def install(session: nox.Session, *groups: str, extras: str = "cli,redis,httpx") -> None:
     """Install the project with ``extras`` and the named dependency groups."""
     requirements: list[str] = []
     for group in groups:

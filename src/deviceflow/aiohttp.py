@@ -13,27 +13,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
+from ._bearer import TokenScope, says_invalid_token
 from ._client import DeviceFlowClient
-from ._urls import is_loopback_host
-
-if TYPE_CHECKING:
-    from yarl import URL  # aiohttp's URL type
 
 __all__ = ["BearerAuth"]
-
-# RFC 6750 3: WWW-Authenticate: Bearer realm="...", error="invalid_token", ...
-_BEARER = re.compile(r"^\s*bearer\b", re.IGNORECASE)
-_INVALID_TOKEN = re.compile(r"""\berror\s*=\s*"?invalid_token"?""", re.IGNORECASE)
-
-
-def _says_invalid_token(challenges: list[str]) -> bool:
-    return any(_BEARER.match(c) and _INVALID_TOKEN.search(c) for c in challenges)
 
 
 class BearerAuth:
@@ -66,32 +53,19 @@ class BearerAuth:
     ) -> None:
         self._client = client
         self._account = account
-        self._hosts = frozenset(h.lower() for h in hosts) if hosts is not None else None
-        self._origin: tuple[str, str, int | None] | None = None  # bound on first use
+        self._scope = TokenScope(hosts)
 
     def __repr__(self) -> str:
-        return f"BearerAuth(account={self._account!r}, hosts={self._hosts!r})"
-
-    def _carries_token(self, url: URL) -> bool:
-        host = (url.host or "").lower()
-        if url.scheme != "https" and not is_loopback_host(host):
-            return False  # never in cleartext
-        if self._hosts is not None:
-            return host in self._hosts
-        origin = (url.scheme, host, url.port)
-        if self._origin is None:
-            self._origin = origin  # the first request binds the token to its origin
-        return origin == self._origin
+        return f"BearerAuth(account={self._account!r}, hosts={self._scope.hosts!r})"
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        if not self._carries_token(request.url):
+        url = request.url
+        if not self._scope.carries_token(url.scheme, url.host, url.port):
             return await handler(request)
         token = await self._client.get_token(self._account)
         request.headers["Authorization"] = token.authorization
         response = await handler(request)
-        if response.status != 401 or not _says_invalid_token(
-            response.headers.getall("WWW-Authenticate", [])
-        ):
+        if not says_invalid_token(response.status, response.headers.getall("WWW-Authenticate", [])):
             return response
         response.release()
         fresh = await self._client.refresh(self._account, stale=token)

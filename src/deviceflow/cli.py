@@ -30,6 +30,8 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TextIO
 
+import attrs
+
 from . import __version__
 from ._cli import _commands
 from ._cli._errors import (
@@ -134,7 +136,21 @@ async def _run_login(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _run_token(args: argparse.Namespace, console: Console) -> int:
-    return await _commands.token(load_settings("token", args), console)
+    settings = load_settings("token", args)
+    if args.format == "exec-credential":
+        from ._cli import _kube
+
+        return await _kube.run(settings, console)
+    if args.format == "json":
+        settings = attrs.evolve(settings, cli={**settings.cli, "json": True})
+    return await _commands.token(settings, console)
+
+
+async def _run_credential(args: argparse.Namespace, console: Console) -> int:
+    from ._cli import _credential
+
+    settings = load_settings("credential", args)
+    return await _credential.run(args.action, settings, console, sys.stdin)
 
 
 async def _run_status(args: argparse.Namespace, console: Console) -> int:
@@ -165,7 +181,8 @@ _COMMANDS: dict[str, tuple[_Handler, str, str]] = {
         "print a valid access token (refreshed if needed)",
         "Print the account's access token and nothing else on stdout, refreshing it first if "
         'needed: curl -H "Authorization: Bearer $(deviceflow token)" ... Never starts a device '
-        "flow: run login first.",
+        "flow (run login first), except as kubectl's plugin when kubectl says a person is "
+        "there (--format exec-credential).",
     ),
     "status": (
         _run_status,
@@ -178,6 +195,13 @@ _COMMANDS: dict[str, tuple[_Handler, str, str]] = {
         "revoke the grant (where supported) and delete the token",
         "Revoke the account's grant where the provider supports it (RFC 7009) and delete the "
         "stored token.",
+    ),
+    "credential": (
+        _run_credential,
+        "git credential helper: the token as git's password",
+        "Speak git's credential helper protocol (get, store, erase): "
+        "git config --global credential.helper '!deviceflow credential'. The profile whose "
+        "hosts match the request's host gives the server; see docs/howto/git.md.",
     ),
     "keygen": (
         _run_keygen,
@@ -209,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (handler, summary, description) in _COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=description)
         add_options(command, name)
+        if name == "token":
+            command.add_argument(
+                "--format",
+                choices=("token", "json", "exec-credential"),
+                default="token",
+                help="token: the access token alone (the default); json: as --json; "
+                "exec-credential: a kubectl ExecCredential (see docs/howto/kubectl.md)",
+            )
+        if name == "credential":
+            command.add_argument(
+                "action", metavar="ACTION", help="get, store or erase (given by git)"
+            )
         if name == "keygen":
             command.add_argument(
                 "--output",

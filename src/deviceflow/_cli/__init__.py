@@ -6,4 +6,6 @@
 - ``_store``: the default encrypted store, its key file, and the index of signed-in accounts.
 - ``_terminal``: what a person sees: the big user code, the QR code, the countdown.
 - ``_commands``: login, token, status, logout, keygen.
+- ``_kube``, ``_credential``: the plugins for kubectl (``token --format exec-credential``) and
+  git (``credential``); ``_plugin``: how a plugin gets its token.
 """

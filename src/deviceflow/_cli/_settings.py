@@ -37,6 +37,7 @@ __all__ = [
     "add_options",
     "default_config_dir",
     "default_data_dir",
+    "load_profiles",
     "load_settings",
 ]
 
@@ -52,10 +53,11 @@ class Option:
     name: str  # the long flag without dashes; also the profile key
     help: str
     commands: frozenset[str]
-    kind: Literal["str", "flag"] = "str"
+    kind: Literal["str", "flag", "list"] = "str"  # a list: words in a string, or a TOML array
     metavar: str | None = None
     env: bool = True  # read DEVICEFLOW_<NAME>
     profile: bool = True  # may be set in a profile
+    flag_too: bool = True  # also a command-line flag
 
     @property
     def flag(self) -> str:
@@ -73,8 +75,8 @@ class Option:
         return f"DEVICEFLOW_{self.dest.upper()}" if self.env else None
 
 
-_FLOW = frozenset({"login", "token", "logout"})
-_STORE = frozenset({"login", "token", "status", "logout"})
+_FLOW = frozenset({"login", "token", "logout", "credential"})
+_STORE = frozenset({"login", "token", "status", "logout", "credential"})
 
 
 def _opt(name: str, text: str, commands: frozenset[str], **kw: Any) -> Option:
@@ -136,6 +138,20 @@ OPTIONS: tuple[Option, ...] = (
     _opt("no-qr", "do not show a QR code", frozenset({"login"}), kind="flag"),
     _opt("no-browser", "never open a browser", frozenset({"login"}), kind="flag"),
     _opt(
+        "hosts",
+        "credential: the hosts (host[:port][/path]) whose git credentials this profile gives",
+        frozenset({"credential"}),
+        kind="list",
+        env=False,
+        flag_too=False,
+    ),
+    _opt(
+        "username",
+        "credential: the user name given to git with the token (default: oauth2)",
+        frozenset({"credential"}),
+        metavar="NAME",
+    ),
+    _opt(
         "json",
         "print JSON for scripts",
         frozenset({"token", "status"}),
@@ -155,7 +171,7 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
     environment and the profile can fill in the rest.
     """
     for option in OPTIONS:
-        if command not in option.commands:
+        if command not in option.commands or not option.flag_too:
             continue
         text = option.help
         if option.env_var:
@@ -276,7 +292,17 @@ def load_settings(
     return Settings(command=command, cli=cli, env=env, profile=profile)
 
 
-def _load_profile(name: str | None, file: str | None, bare: Settings) -> Profile | None:
+def load_profiles(settings: Settings) -> list[Profile]:
+    """Every table of the profile file, each checked as ``--profile NAME`` would check it;
+    none when the default file does not exist."""
+    found = _read_tables(None, settings.value("profile-file"))
+    if found is None:
+        return []
+    path, tables = found
+    return [_profile(name, tables[name], path) for name in tables]
+
+
+def _read_tables(name: str | None, file: str | None) -> tuple[Path, dict[str, Any]] | None:
     explicit_file = file is not None
     path = Path(file).expanduser() if file else default_config_dir() / "profiles.toml"
     try:
@@ -300,6 +326,14 @@ def _load_profile(name: str | None, file: str | None, bare: Settings) -> Profile
         raise CliError(
             f"the profile file {path} has values outside a [profile] table: {', '.join(stray)}"
         )
+    return path, tables
+
+
+def _load_profile(name: str | None, file: str | None, bare: Settings) -> Profile | None:
+    found = _read_tables(name, file)
+    if found is None:
+        return None
+    path, tables = found
     chosen = name if name is not None else "default"
     if chosen not in tables:
         if name is None:
@@ -309,15 +343,23 @@ def _load_profile(name: str | None, file: str | None, bare: Settings) -> Profile
             f"no profile [{name}] in {path} (profiles: {known})",
             hint=f"check {bare.origin('profile')}",
         )
+    return _profile(chosen, tables[chosen], path)
+
+
+def _profile(chosen: str, table: dict[str, Any], path: Path) -> Profile:
     values: dict[str, str | bool] = {}
-    for raw_key, value in tables[chosen].items():
+    for raw_key, value in table.items():
         key = raw_key.replace("_", "-")
         option = _BY_NAME.get(key)
         if option is None or not option.profile:
             raise CliError(f"unknown setting {raw_key!r} in profile [{chosen}] of {path}")
+        if option.kind == "list" and isinstance(value, list):
+            if not all(isinstance(item, str) and item.split() == [item] for item in value):
+                raise CliError(f"{raw_key} in profile [{chosen}] of {path} must list words")
+            value = " ".join(value)
         wanted = bool if option.kind == "flag" else str
         if not isinstance(value, wanted):
-            kind = "true or false" if wanted is bool else "a string"
+            kind = {"flag": "true or false", "list": "a list of words"}.get(option.kind, "a string")
             raise CliError(f"{raw_key} in profile [{chosen}] of {path} must be {kind}")
         values[key] = value
     return Profile(name=chosen, path=path, values=values)

@@ -1,0 +1,236 @@
+"""deviceflow.sync.DeviceFlowClient: blocking calls on a background event loop, shared by
+threads, against the built-in server (itself on a loop of its own, so that tests may block)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import anyio.from_thread
+import pytest
+
+from deviceflow import (
+    DeviceCode,
+    FlowState,
+    Provider,
+    ReauthorizationRequiredError,
+    Token,
+)
+from deviceflow.sync import DeviceFlowClient
+from deviceflow.testing import AuthorizationServer, VirtualClock
+
+
+class Served:
+    """An AuthorizationServer on a blocking portal (its own thread and loop)."""
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, server: AuthorizationServer):
+        self.portal = portal
+        self.server = server
+
+    def token(self, *, expired: bool = False) -> Token:
+        """A token of a new grant the server issues directly (expired an hour ago if asked)."""
+        issued = self.portal.call(lambda: self.server.issue_tokens("svc", scope="openid"))
+        lifetime = -3600 if expired else int(issued["expires_in"])
+        return Token(
+            access_token=issued["access_token"],
+            refresh_token=issued["refresh_token"],
+            expires_at=self.server.clock.wall() + timedelta(seconds=lifetime),
+        )
+
+    def client(self, **kwargs: object) -> DeviceFlowClient:
+        """A blocking client for the server, on the server's clock."""
+        return DeviceFlowClient(
+            Provider(issuer=self.server.issuer),
+            client_id="svc",
+            clock=self.server.clock,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def _served(**options: object) -> Iterator[Served]:
+    with anyio.from_thread.start_blocking_portal() as portal:
+        server = AuthorizationServer(clock=VirtualClock(), interval=1, **options)  # type: ignore[arg-type]
+        portal.call(server.start)
+        try:
+            yield Served(portal, server)
+        finally:
+            portal.call(server.aclose)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    """A server that approves nothing by itself."""
+    yield from _served()
+
+
+@pytest.fixture
+def approving() -> Iterator[Served]:
+    """A server that approves every code after its first poll."""
+    yield from _served(auto_approve_after=1)
+
+
+def test_sixteen_threads_share_one_refresh(served: Served) -> None:
+    """Sixteen threads asking at once for one expired account cause exactly one refresh, and
+    all get its token."""
+    with served.client() as client:
+        client.save_token("default", served.token(expired=True))
+        start = threading.Barrier(16)
+        tokens: list[Token] = []
+
+        def ask() -> None:
+            start.wait()
+            tokens.append(client.get_token())
+
+        threads = [threading.Thread(target=ask) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert 16 == len(tokens)
+    assert 1 == len({token.access_token for token in tokens})
+    assert 1 == served.server.stats.refreshes
+    assert served.server.is_valid_access_token(tokens[0].access_token)
+
+
+async def test_works_inside_a_running_event_loop(served: Served) -> None:
+    """Called from the thread of a running event loop (a Jupyter cell), a blocking call works:
+    the client's own loop does the work while this one waits."""
+    asyncio.get_running_loop()  # there is one
+    with served.client() as client:
+        client.save_token("default", served.token(expired=True))
+        token = client.get_token()
+        assert served.server.is_valid_access_token(token.access_token)
+        assert 1 == served.server.stats.refreshes
+
+
+def test_works_from_a_thread_running_its_own_loop(served: Served) -> None:
+    """A thread with an event loop of its own (asyncio.run) may call the blocking client."""
+    with served.client() as client:
+        client.save_token("default", served.token())
+
+        async def main() -> Token:
+            return client.get_token()
+
+        token = asyncio.run(main())
+    assert served.server.is_valid_access_token(token.access_token)
+
+
+def test_plain_on_code_runs_in_a_worker_thread(approving: Served) -> None:
+    """A plain on_code is called once, in a worker thread (neither the caller's nor the
+    client's loop thread), and the device flow ends with a stored token."""
+    seen: list[tuple[str, str, threading.Thread]] = []
+
+    def on_code(code: DeviceCode, account: str) -> None:
+        seen.append((code.user_code, account, threading.current_thread()))
+
+    with approving.client(on_code=on_code) as client:
+        token = client.get_token("bot")
+        assert token == client.get_token("bot")
+    assert 1 == len(seen)
+    assert "bot" == seen[0][1]
+    assert threading.current_thread() is not seen[0][2]
+    assert approving.server.is_valid_access_token(token.access_token)
+
+
+def test_async_on_code_is_awaited(approving: Served) -> None:
+    """A coroutine function as on_code is awaited."""
+    seen: list[str] = []
+
+    async def on_code(code: DeviceCode, account: str) -> None:
+        await asyncio.sleep(0)
+        seen.append(account)
+
+    with approving.client(on_code=on_code) as client:
+        client.get_token("bot")
+    assert ["bot"] == seen
+
+
+def test_on_code_returning_an_awaitable_is_awaited(approving: Served) -> None:
+    """A plain callable that returns an awaitable (a lambda around a coroutine function) has
+    it awaited on the client's loop."""
+    seen: list[str] = []
+
+    async def record(account: str) -> None:
+        seen.append(account)
+
+    with approving.client(on_code=lambda code, account: record(account)) as client:
+        client.get_token("bot")
+    assert ["bot"] == seen
+
+
+def test_errors_keep_their_types(served: Served) -> None:
+    """No token and no on_code: the asyncio client's ReauthorizationRequiredError, as is."""
+    with served.client() as client, pytest.raises(ReauthorizationRequiredError):
+        client.get_token("nobody")
+
+
+def test_refresh_logout_and_the_rest(served: Served) -> None:
+    """refresh, save_token, logout, flush, unsaved_accounts and store_key block and answer
+    as the asyncio client's do."""
+    with served.client(scope="openid") as client:
+        first = served.token()
+        client.save_token("a", first)
+        refreshed = client.refresh("a")
+        assert refreshed.access_token != first.access_token
+        assert refreshed == client.refresh("a", stale=first)  # already replaced: no refresh
+        assert 1 == served.server.stats.refreshes
+        assert client.flush()
+        assert frozenset() == client.unsaved_accounts()
+        assert client.store_key("a").endswith("a")
+        assert client.logout("a")
+        assert not served.server.is_valid_access_token(refreshed.access_token)
+        assert ("svc", "openid") == (client.client_id, client.scope)
+        assert served.server.issuer == client.provider.issuer
+        assert client.store is not None
+
+
+def test_authorize_yields_every_event(approving: Served) -> None:
+    """authorize() is a blocking iterator of the flow's events, GRANTED last."""
+    with approving.client() as client:
+        states = [event.state for event in client.authorize("bot")]
+        assert FlowState.PENDING in states
+        assert FlowState.GRANTED == states[-1]
+        assert client.get_token("bot").access_token
+
+
+def test_leaving_authorize_early_stops_the_flow(served: Served) -> None:
+    """authorize() runs in step with its reader: breaking out at the code stops the flow
+    before its first poll, and close() returns."""
+    with served.client() as client:
+        for event in client.authorize("bot"):
+            if event.state is FlowState.PENDING:
+                break
+    assert 1 == served.server.stats.device_authorizations
+    assert 0 == served.server.stats.polls
+
+
+def test_close_is_idempotent_and_final(served: Served) -> None:
+    """close() twice is fine; any call afterwards raises a RuntimeError that says why."""
+    client = served.client()
+    assert "open" in repr(client)
+    client.close()
+    client.close()
+    assert client.closed
+    assert "closed" in repr(client)
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get_token()
+    with pytest.raises(RuntimeError, match="closed"):
+        list(client.authorize())
+    with pytest.raises(RuntimeError, match="closed"):
+        client.unsaved_accounts()
+
+
+def test_bad_arguments_leave_no_thread_behind() -> None:
+    """A refused argument raises the asyncio client's error, and the loop's thread is gone."""
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="client_id"):
+        DeviceFlowClient(Provider(issuer="https://idp.example.com"), client_id="")
+    with pytest.raises(TypeError, match="on_code"):
+        DeviceFlowClient(
+            Provider(issuer="https://idp.example.com"),
+            client_id="svc",
+            on_code="print",  # type: ignore[arg-type]
+        )
+    assert before == threading.active_count()
