@@ -12,7 +12,15 @@ __all__ = ["ENDPOINTS", "Endpoint", "Fault", "FaultList"]
 
 #: Names of the server's endpoints, as used by :class:`Fault` and ``RecordedRequest.endpoint``.
 Endpoint = Literal[
-    "discovery", "registration", "device", "token", "revoke", "resource", "verification", "unknown"
+    "discovery",
+    "registration",
+    "device",
+    "token",
+    "revoke",
+    "resource",
+    "verification",
+    "jwks",
+    "unknown",
 ]
 ENDPOINTS: frozenset[str] = frozenset(
     {
@@ -23,6 +31,7 @@ ENDPOINTS: frozenset[str] = frozenset(
         "revoke",
         "resource",
         "verification",
+        "jwks",
         "unknown",
     }
 )

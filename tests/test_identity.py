@@ -1,0 +1,537 @@
+"""Verified identity (OpenID Connect Core 3.1.3.7): client.identity() and verify_identity, end
+to end against the built-in server, which signs its id_tokens."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import pytest
+
+from deviceflow import (
+    DeviceCode,
+    DeviceFlowClient,
+    FlowState,
+    Identity,
+    IdentityError,
+    Provider,
+    Token,
+)
+from deviceflow.testing import AuthorizationServer, VirtualClock
+from helpers import issued_token, make_client, stored_token
+
+pytestmark = pytest.mark.authorization_server(interval=5)
+
+
+def approver(server: AuthorizationServer) -> Any:
+    """An on_code callback that approves the code as a person would."""
+
+    def on_code(code: DeviceCode, account: str) -> None:
+        server.approve(code.user_code)
+
+    return on_code
+
+
+def jwks_fetches(server: AuthorizationServer) -> int:
+    """How many times the client asked for the server's JWKS."""
+    return sum(1 for r in server.requests if r.endpoint == "jwks")
+
+
+def with_id_token(server: AuthorizationServer, id_token: str) -> Token:
+    """A token of a new grant at ``server``, carrying ``id_token``."""
+    return attrs.evolve(issued_token(server, "svc"), id_token=id_token)
+
+
+def secrets_of(token: Token) -> list[str]:
+    return [s for s in (token.access_token, token.refresh_token, token.id_token) if s]
+
+
+async def test_identity_after_a_device_flow(authorization_server: AuthorizationServer) -> None:
+    """A device flow with the openid scope gives a verified identity: sub, iss, name, email."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        await client.get_token()
+        identity = await client.identity()
+    assert (
+        Identity(
+            subject="user",
+            issuer=server.issuer,
+            name="alice",
+            email="alice@example.com",
+            claims=identity.claims,
+        )
+        == identity
+    )
+    assert "svc" == identity.claims["aud"]
+    assert "alice (alice@example.com)" == str(identity)
+    assert 1 == jwks_fetches(server)
+
+
+@pytest.mark.authorization_server(id_token_algorithm="RS256")
+async def test_identity_of_an_rs256_id_token(authorization_server: AuthorizationServer) -> None:
+    """An RS256-signed id_token verifies as well as an ES256 one."""
+    server = authorization_server
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        assert "user" == (await client.identity("a")).subject
+
+
+async def test_keys_are_fetched_once_for_many_identities(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """The JWKS is cached: many identity() calls fetch it once."""
+    server = authorization_server
+    async with make_client(server) as client:
+        for account in ("a", "b", "c"):
+            await client.save_token(account, with_id_token(server, server.id_tokens.mint("svc")))
+        for account in ("a", "b", "c", "a"):
+            await client.identity(account)
+    assert 1 == jwks_fetches(server)
+
+
+async def test_bad_signature_is_refused(authorization_server: AuthorizationServer) -> None:
+    """An id_token whose signature does not verify with the provider's keys is refused."""
+    server = authorization_server
+    token = with_id_token(server, server.id_tokens.mint("svc", unpublished_key=True))
+    async with make_client(server) as client:
+        await client.save_token("a", token)
+        with pytest.raises(IdentityError, match="signature that does not verify") as caught:
+            await client.identity("a")
+    assert "'a'" in str(caught.value)
+    assert not any(secret in str(caught.value) for secret in secrets_of(token))
+
+
+async def test_tampered_claims_are_refused(authorization_server: AuthorizationServer) -> None:
+    """An id_token whose claims were changed after signing is refused."""
+    server = authorization_server
+    genuine = server.id_tokens.mint("svc")
+    forged = server.id_tokens.mint("svc", sub="mallory").split(".")[1]
+    head, _, signature = genuine.split(".")
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, f"{head}.{forged}.{signature}"))
+        with pytest.raises(IdentityError, match="signature that does not verify"):
+            await client.identity("a")
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"aud": "another-client"}, "not for this client 'svc'"),
+        ({"aud": ["svc", "api"]}, "several audiences"),
+        ({"aud": ["svc", "api"], "azp": "api"}, "several audiences"),
+        ({"azp": "another-client"}, "several audiences"),
+        ({"iss": "https://evil.example"}, "names the issuer 'https://evil.example'"),
+        ({"sub": None}, "has no sub"),
+    ],
+)
+async def test_wrong_claims_are_refused(
+    authorization_server: AuthorizationServer, claims: dict[str, Any], message: str
+) -> None:
+    """A signed id_token for another client, another issuer, or without an azp for several
+    audiences is refused, and the message names the account, not the token."""
+    server = authorization_server
+    token = with_id_token(server, server.id_tokens.mint("svc", **claims))
+    async with make_client(server) as client:
+        await client.save_token("tenant-7", token)
+        with pytest.raises(IdentityError, match=message) as caught:
+            await client.identity("tenant-7")
+    assert "account 'tenant-7'" in str(caught.value)
+    assert not any(secret in str(caught.value) for secret in secrets_of(token))
+
+
+async def test_several_audiences_with_our_azp_are_accepted(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Several audiences are fine when azp names this client (Core 3.1.3.7 steps 4 and 5)."""
+    server = authorization_server
+    token = with_id_token(server, server.id_tokens.mint("svc", aud=["svc", "api"], azp="svc"))
+    async with make_client(server) as client:
+        await client.save_token("a", token)
+        assert "user" == (await client.identity("a")).subject
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+async def test_unsigned_and_symmetric_id_tokens_are_refused(
+    authorization_server: AuthorizationServer, alg: str
+) -> None:
+    """alg none and HS256 (signed with a shared secret) are refused before any key is used."""
+    server = authorization_server
+    genuine = server.id_tokens.mint("svc")
+    import base64
+    import json
+
+    head = base64.urlsafe_b64encode(json.dumps({"alg": alg}).encode()).rstrip(b"=").decode()
+    _, payload, signature = genuine.split(".")
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, f"{head}.{payload}.{signature}"))
+        with pytest.raises(IdentityError, match=f"signed with '{alg}'"):
+            await client.identity("a")
+    assert 0 == jwks_fetches(server)
+
+
+async def test_garbage_id_token_is_refused(authorization_server: AuthorizationServer) -> None:
+    """An id_token that is not a JWT at all is an IdentityError, not a crash."""
+    server = authorization_server
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, "not-a-jwt"))
+        with pytest.raises(IdentityError, match="not a signed JWT"):
+            await client.identity("a")
+
+
+async def test_unknown_kid_refetches_the_keys_once(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """After a key rotation, an id_token signed with the new key fetches the JWKS once more."""
+    server = authorization_server
+    async with make_client(server) as client:
+        await client.save_token("old", with_id_token(server, server.id_tokens.mint("svc")))
+        await client.identity("old")
+        assert 1 == jwks_fetches(server)
+        server.id_tokens.rotate()
+        await server.clock.sleep(61)
+        await client.save_token("new", with_id_token(server, server.id_tokens.mint("svc")))
+        assert "user" == (await client.identity("new")).subject
+        assert 2 == jwks_fetches(server)
+        await client.identity("old")  # the old key is still published
+        await client.identity("new")
+    assert 2 == jwks_fetches(server)
+
+
+async def test_a_flood_of_unknown_kids_fetches_the_keys_at_most_once_a_minute(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """id_tokens naming key ids the provider does not have are refused, and fetch the JWKS
+    at most once every 60 s however many there are."""
+    server = authorization_server
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        await client.identity("a")
+        await server.clock.sleep(61)
+        for number in range(20):
+            forged = server.id_tokens.mint("svc", kid=f"unknown-{number}")
+            await client.save_token("x", with_id_token(server, forged))
+            with pytest.raises(IdentityError, match="which the provider's JWKS does not have"):
+                await client.identity("x")
+        assert 2 == jwks_fetches(server)
+        await server.clock.sleep(61)
+        with pytest.raises(IdentityError):
+            await client.identity("x")
+    assert 3 == jwks_fetches(server)
+
+
+async def test_rotation_without_the_old_key_refuses_old_tokens(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A key the provider withdrew stops verifying once the cached JWKS is an hour old."""
+    server = authorization_server
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        await client.identity("a")
+        server.id_tokens.rotate(keep_old=False)
+        await server.clock.sleep(3601)
+        with pytest.raises(IdentityError, match="JWKS does not have"):
+            await client.identity("a")
+
+
+async def test_an_old_id_token_of_a_valid_grant_still_gives_the_identity(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """exp applies at receipt: hours later, the account's identity is still known."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        await client.get_token()
+        await server.clock.sleep(6 * 3600)
+        assert "user" == (await client.identity()).subject
+
+
+async def test_an_id_token_expired_on_arrival_is_not_kept(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device flow whose id_token has already expired stores the grant without it."""
+    server = authorization_server
+    server.id_tokens.lifetime = -600
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        with caplog.at_level(logging.WARNING, logger="deviceflow"):
+            token = await client.get_token("a")
+        assert token.id_token is None
+        with pytest.raises(IdentityError, match="has no id_token"):
+            await client.identity("a")
+    assert "had expired when it was received" in caplog.text
+    stored = await stored_token(client, "a")
+    assert stored is not None
+    assert stored.id_token is None
+
+
+async def test_an_id_token_from_the_future_is_not_kept(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """An id_token issued after it was received (a clock far off) is not kept."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        clock = server.clock
+        assert isinstance(clock, VirtualClock)
+        server.id_tokens.claims["iat"] = int(clock.wall().timestamp()) + 3600
+        token = await client.get_token("a")
+    assert token.id_token is None
+
+
+async def test_refresh_keeps_the_id_token_when_it_brings_none(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A refresh answer without an id_token keeps the one held."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        first = await client.get_token()
+        server.id_tokens.on_refresh = False
+        await server.clock.sleep(3600)
+        refreshed = await client.refresh()
+        assert first.access_token != refreshed.access_token
+        assert first.id_token is not None
+        assert first.id_token == refreshed.id_token
+        assert "user" == (await client.identity()).subject
+    stored = await stored_token(client)
+    assert stored is not None
+    assert first.id_token == stored.id_token
+
+
+async def test_refresh_with_another_sub_keeps_the_old_id_token(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenID Connect Core 12.2: an id_token for someone else does not replace the one held;
+    the refreshed access token is kept, and a warning names the account."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        first = await client.get_token("a")
+        server.id_tokens.claims["sub"] = "mallory"
+        with caplog.at_level(logging.WARNING, logger="deviceflow"):
+            refreshed = await client.refresh("a")
+        assert first.access_token != refreshed.access_token
+        assert first.id_token == refreshed.id_token
+        assert "user" == (await client.identity("a")).subject
+    stored = await stored_token(client, "a")
+    assert stored is not None
+    assert first.id_token == stored.id_token
+    assert "account 'a': the refresh brought an id_token for another iss or sub" in caplog.text
+    assert not any(secret in caplog.text for secret in secrets_of(refreshed))
+
+
+async def test_refresh_with_the_same_sub_replaces_the_id_token(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A refreshed id_token for the same person replaces the one held."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        first = await client.get_token("a")
+        server.id_tokens.claims["name"] = "Alice Liddell"
+        refreshed = await client.refresh("a")
+        assert first.id_token != refreshed.id_token
+        assert "Alice Liddell" == (await client.identity("a")).name
+
+
+async def test_no_id_token_without_the_openid_scope(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Without the openid scope the server gives no id_token, and identity() says so."""
+    server = authorization_server
+    async with make_client(server, scope="profile", on_code=approver(server)) as client:
+        await client.get_token()
+        with pytest.raises(IdentityError, match="has no id_token: sign in with the 'openid'"):
+            await client.identity()
+
+
+async def test_no_identity_before_sign_in(authorization_server: AuthorizationServer) -> None:
+    """An account that never signed in (or signed out) has no identity."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        with pytest.raises(IdentityError, match="'nobody' is not signed in"):
+            await client.identity("nobody")
+        await client.get_token("a")
+        await client.logout("a")
+        with pytest.raises(IdentityError, match="'a' is not signed in"):
+            await client.identity("a")
+
+
+async def test_identity_of_a_token_stored_by_another_client(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """identity() reads the store when this process holds no token for the account."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as first:
+        await first.get_token("a")
+        async with make_client(server, store=first.store) as second:
+            assert "user" == (await second.identity("a")).subject
+
+
+# --- verify_identity ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_verify_identity_accepts(
+    authorization_server: AuthorizationServer, asynchronous: bool
+) -> None:
+    """verify_identity (sync or async) sees the verified identity and the account; True keeps
+    the grant."""
+    server = authorization_server
+    seen: list[tuple[Identity, str]] = []
+
+    def check(identity: Identity, account: str) -> bool:
+        seen.append((identity, account))
+        return identity.email == "alice@example.com"
+
+    async def async_check(identity: Identity, account: str) -> bool:
+        return check(identity, account)
+
+    async with make_client(
+        server,
+        scope="openid",
+        on_code=approver(server),
+        verify_identity=async_check if asynchronous else check,
+    ) as client:
+        token = await client.get_token("tenant-42")
+    assert [("user", "tenant-42")] == [(i.subject, a) for i, a in seen]
+    assert token == await stored_token(client, "tenant-42")
+    assert 0 == server.stats.grants_revoked
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_verify_identity_refusal_stores_nothing_and_revokes(
+    authorization_server: AuthorizationServer, asynchronous: bool
+) -> None:
+    """A check that says no: the grant is revoked at the server, nothing is stored, and
+    get_token() raises IdentityError naming the account, never the token."""
+    server = authorization_server
+    granted: list[Token] = []
+
+    def check(identity: Identity, account: str) -> bool:
+        return False
+
+    async def async_check(identity: Identity, account: str) -> bool:
+        return False
+
+    async with make_client(
+        server,
+        scope="openid",
+        on_code=approver(server),
+        verify_identity=async_check if asynchronous else check,
+    ) as client:
+        with pytest.raises(IdentityError, match="verify_identity refused") as caught:
+            await client.get_token("tenant-42")
+        assert None is await client.store.get(client.store_key("tenant-42"))
+        assert 1 == server.stats.grants_revoked
+        assert "account 'tenant-42'" in str(caught.value)
+        assert "the grant was revoked and nothing was stored" in str(caught.value)
+        for request in server.requests:
+            if request.endpoint == "revoke":
+                granted.append(Token(access_token="x", refresh_token=request.form["token"]))
+        assert not any(t.refresh_token in str(caught.value) for t in granted)
+        # The revoked grant does not come back: a new flow runs on the next call.
+        with pytest.raises(IdentityError):
+            await client.get_token("tenant-42")
+    assert 2 == server.stats.device_authorizations
+
+
+async def test_verify_identity_refusal_in_authorize(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """authorize() ends FAILED with the IdentityError, and no token in any event."""
+    server = authorization_server
+    async with make_client(
+        server, scope="openid", verify_identity=lambda identity, account: False
+    ) as client:
+        events = []
+        async for event in client.authorize("a"):
+            if event.state is FlowState.PENDING and event.code is not None:
+                server.approve(event.code.user_code)
+            events.append(event)
+    assert FlowState.FAILED is events[-1].state
+    assert isinstance(events[-1].error, IdentityError)
+    assert all(event.token is None for event in events)
+    assert None is await stored_token(client, "a")
+
+
+async def test_verify_identity_without_an_id_token_refuses(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """verify_identity cannot judge a grant without an id_token: it is refused and revoked."""
+    server = authorization_server
+    called: list[str] = []
+    async with make_client(
+        server,
+        scope="profile",
+        on_code=approver(server),
+        verify_identity=lambda identity, account: called.append(account) or True,
+    ) as client:
+        with pytest.raises(IdentityError, match="gave no id_token"):
+            await client.get_token("a")
+    assert [] == called
+    assert 1 == server.stats.grants_revoked
+
+
+async def test_verify_identity_with_a_bad_id_token_refuses(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """An id_token that does not verify (here: expired on arrival) fails verify_identity."""
+    server = authorization_server
+    server.id_tokens.lifetime = -600
+    async with make_client(
+        server,
+        scope="openid",
+        on_code=approver(server),
+        verify_identity=lambda identity, account: True,
+    ) as client:
+        with pytest.raises(IdentityError, match="had expired when it was received"):
+            await client.get_token("a")
+        assert None is await stored_token(client, "a")
+    assert 1 == server.stats.grants_revoked
+
+
+async def test_a_check_that_raises_revokes_and_propagates(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """An exception in the check is the caller's: it propagates, after the grant is revoked."""
+    server = authorization_server
+
+    def check(identity: Identity, account: str) -> bool:
+        raise LookupError("tenant directory unavailable")
+
+    async with make_client(
+        server, scope="openid", on_code=approver(server), verify_identity=check
+    ) as client:
+        with pytest.raises(LookupError):
+            await client.get_token("a")
+        assert None is await stored_token(client, "a")
+    assert 1 == server.stats.grants_revoked
+
+
+async def test_refusal_without_revocation_endpoint(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Where the provider offers no revocation, nothing is stored and the message says so."""
+    server = authorization_server
+    provider = Provider(
+        issuer=server.issuer,
+        device_authorization_endpoint=server.device_authorization_endpoint,
+        token_endpoint=server.token_endpoint,
+        jwks_uri=server.jwks_uri,
+    )
+    async with make_client(
+        server,
+        provider=provider,
+        scope="openid",
+        on_code=approver(server),
+        verify_identity=lambda identity, account: False,
+    ) as client:
+        with pytest.raises(IdentityError, match="did not confirm a revocation"):
+            await client.get_token("a")
+        assert None is await stored_token(client, "a")
+
+
+def test_verify_identity_must_be_callable() -> None:
+    """A verify_identity that cannot be called is a TypeError at construction."""
+    with pytest.raises(TypeError, match="verify_identity must be a callable"):
+        DeviceFlowClient(
+            Provider(issuer="https://idp.example"),
+            client_id="svc",
+            verify_identity=True,  # type: ignore[arg-type]
+        )
