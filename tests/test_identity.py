@@ -3,7 +3,11 @@ to end against the built-in server, which signs its id_tokens."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import logging
+import warnings
 from typing import Any
 
 import attrs
@@ -18,7 +22,7 @@ from deviceflow import (
     Provider,
     Token,
 )
-from deviceflow.testing import AuthorizationServer, VirtualClock
+from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 from helpers import issued_token, make_client, stored_token
 
 pytestmark = pytest.mark.authorization_server(interval=5)
@@ -158,9 +162,6 @@ async def test_unsigned_and_symmetric_id_tokens_are_refused(
     """alg none and HS256 (signed with a shared secret) are refused before any key is used."""
     server = authorization_server
     genuine = server.id_tokens.mint("svc")
-    import base64
-    import json
-
     head = base64.urlsafe_b64encode(json.dumps({"alg": alg}).encode()).rstrip(b"=").decode()
     _, payload, signature = genuine.split(".")
     async with make_client(server) as client:
@@ -401,7 +402,6 @@ async def test_verify_identity_refusal_stores_nothing_and_revokes(
     """A check that says no: the grant is revoked at the server, nothing is stored, and
     get_token() raises IdentityError naming the account, never the token."""
     server = authorization_server
-    granted: list[Token] = []
 
     def check(identity: Identity, account: str) -> bool:
         return False
@@ -421,10 +421,9 @@ async def test_verify_identity_refusal_stores_nothing_and_revokes(
         assert 1 == server.stats.grants_revoked
         assert "account 'tenant-42'" in str(caught.value)
         assert "the grant was revoked and nothing was stored" in str(caught.value)
-        for request in server.requests:
-            if request.endpoint == "revoke":
-                granted.append(Token(access_token="x", refresh_token=request.form["token"]))
-        assert not any(t.refresh_token in str(caught.value) for t in granted)
+        revoked = [r.form["token"] for r in server.requests if r.endpoint == "revoke"]
+        assert 1 == len(revoked)
+        assert revoked[0] not in str(caught.value)
         # The revoked grant does not come back: a new flow runs on the next call.
         with pytest.raises(IdentityError):
             await client.get_token("tenant-42")
@@ -456,11 +455,13 @@ async def test_verify_identity_without_an_id_token_refuses(
     """verify_identity cannot judge a grant without an id_token: it is refused and revoked."""
     server = authorization_server
     called: list[str] = []
+
+    def check(identity: Identity, account: str) -> bool:
+        called.append(account)
+        return True
+
     async with make_client(
-        server,
-        scope="profile",
-        on_code=approver(server),
-        verify_identity=lambda identity, account: called.append(account) or True,
+        server, scope="profile", on_code=approver(server), verify_identity=check
     ) as client:
         with pytest.raises(IdentityError, match="gave no id_token"):
             await client.get_token("a")
@@ -535,3 +536,101 @@ def test_verify_identity_must_be_callable() -> None:
             client_id="svc",
             verify_identity=True,  # type: ignore[arg-type]
         )
+
+
+# --- the provider's keys ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault(endpoint="jwks", status=503), "the provider's JWKS answered HTTP 503"),
+        (
+            Fault(endpoint="jwks", status=200, content_type="text/html", body="<html>"),
+            "the provider's JWKS is not a JSON JWK set",
+        ),
+        (
+            Fault(endpoint="jwks", status=200, content_type="application/json", body="[1]"),
+            "the provider's JWKS is not a JSON JWK set",
+        ),
+    ],
+)
+async def test_a_broken_jwks_is_an_identity_error_and_is_asked_again_later(
+    authorization_server: AuthorizationServer, fault: Fault, message: str
+) -> None:
+    """A JWKS that fails is an IdentityError; it is asked again only a minute later."""
+    server = authorization_server
+    server.faults.add(fault)
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        with pytest.raises(IdentityError, match=message):
+            await client.identity("a")
+        with pytest.raises(IdentityError, match="JWKS does not have"):
+            await client.identity("a")
+        assert 1 == jwks_fetches(server)
+        await server.clock.sleep(61)
+        assert "user" == (await client.identity("a")).subject
+    assert 2 == jwks_fetches(server)
+
+
+async def test_unusable_keys_in_the_jwks_are_skipped(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Symmetric, encryption, unknown, malformed and weak keys in the JWKS are skipped; the
+    provider's signing key among them still verifies."""
+    from joserfc.jwk import RSAKey
+
+    server = authorization_server
+    real = server.id_tokens.jwks()["keys"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc warns of a key this weak: that is the point
+        weak = RSAKey.generate_key(1024, private=False).as_dict(private=False)
+    document = {
+        "keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": server.id_tokens.kid},
+            {**real[0], "use": "enc"},
+            {"kty": "XYZ", "kid": "x"},
+            {"kty": "EC", "crv": "P-256", "x": "not base64!"},
+            "not a key",
+            {**weak, "kid": "weak"},
+            *real,
+        ]
+    }
+    server.faults.add(
+        Fault(
+            endpoint="jwks",
+            status=200,
+            content_type="application/json",
+            body=json.dumps(document),
+        )
+    )
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        assert "user" == (await client.identity("a")).subject
+
+
+async def test_an_id_token_without_kid_uses_the_key_that_fits(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Without a kid, the keys of the token's algorithm are tried in turn."""
+    server = authorization_server
+    unnamed = server.id_tokens.mint("svc", kid="")
+    assert "kid" not in json.loads(base64.urlsafe_b64decode(unnamed.split(".")[0] + "=="))
+    server.id_tokens.rotate()  # two published keys now: the token's is the second
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, unnamed))
+        assert "user" == (await client.identity("a")).subject
+
+
+async def test_concurrent_identities_share_one_fetch(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Callers that need the keys at once wait for one fetch of the JWKS."""
+    server = authorization_server
+    async with make_client(server) as client:
+        accounts = [f"a{n}" for n in range(10)]
+        for account in accounts:
+            await client.save_token(account, with_id_token(server, server.id_tokens.mint("svc")))
+        identities = await asyncio.gather(*(client.identity(a) for a in accounts))
+    assert {"user"} == {identity.subject for identity in identities}
+    assert 1 == jwks_fetches(server)

@@ -464,12 +464,16 @@ class Provider:
         come only with "Allow Offline Access" on in that API's settings, the "Refresh Token"
         grant type on the application and ``offline_access`` in the scope (the default is
         ``openid profile offline_access``). Auth0 answers pending and denials with HTTP 403,
-        slow_down with 429, and expired_token once, then invalid_grant.
+        slow_down with 429, and expired_token once, then invalid_grant. Its id_tokens name
+        ``https://{domain}/`` (with the slash) as their issuer and are signed with the keys at
+        ``/.well-known/jwks.json``.
         """
         root = _https(domain, "domain").rstrip("/")
         optional_printable_text("audience", audience)
         return cls(
             name="auth0",
+            jwks_uri=f"{root}/.well-known/jwks.json",
+            id_token_issuers=(f"{root}/",),
             device_authorization_endpoint=f"{root}/oauth/device/code",
             token_endpoint=f"{root}/oauth/token",
             revocation_endpoint=f"{root}/oauth/revoke",

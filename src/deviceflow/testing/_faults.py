@@ -68,8 +68,8 @@ class Fault:
     ``Fault(endpoint="token", status=None, delay=2.0)`` is a slow server.
 
     ``endpoint`` is one of ``"discovery"``, ``"registration"``, ``"device"``, ``"token"``,
-    ``"revoke"``, ``"resource"``, ``"verification"``, ``"unknown"`` (any other path) or ``"*"``
-    (all).
+    ``"revoke"``, ``"resource"``, ``"verification"``, ``"jwks"``, ``"unknown"`` (any other
+    path) or ``"*"`` (all).
     ``times=None`` keeps the fault until it is removed with ``server.faults.clear()``.
 
     Examples::

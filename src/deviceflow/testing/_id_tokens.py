@@ -113,8 +113,8 @@ class IdTokens:
         ``exp=``, ``iss=``, ...; a value of None removes the claim).
 
         ``kid`` names another key id in the header (the token is still signed with the
-        current key); ``unpublished_key`` signs with a key the JWKS does not have, under the
-        current key's id (a bad signature).
+        current key; ``kid=""`` leaves the key id out); ``unpublished_key`` signs with a key
+        the JWKS does not have, under the current key's id (a bad signature).
         """
         from joserfc import jws
 
@@ -129,7 +129,9 @@ class IdTokens:
         body.update(claims)
         body = {name: value for name, value in body.items() if value is not None}
         key = self._signing_key()
-        header = {"alg": self.algorithm, "typ": "JWT", "kid": kid or key.kid}
+        header = {"alg": self.algorithm, "typ": "JWT", "kid": key.kid if kid is None else kid}
+        if not header["kid"]:
+            del header["kid"]
         if unpublished_key:
             key = _new_key(self.algorithm)
         payload = json.dumps(body, separators=(",", ":")).encode()

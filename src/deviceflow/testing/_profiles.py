@@ -276,6 +276,8 @@ AUTH0 = Profile(
     },
     expired_token_once=True,
     metadata_issuer="{issuer}/",
+    id_token_issuer="{issuer}/",
+    jwks_path="/.well-known/jwks.json",
     device_authorization_path="/oauth/device/code",
     token_path="/oauth/token",
     revocation_path="/oauth/revoke",
