@@ -634,3 +634,37 @@ async def test_concurrent_identities_share_one_fetch(
         identities = await asyncio.gather(*(client.identity(a) for a in accounts))
     assert {"user"} == {identity.subject for identity in identities}
     assert 1 == jwks_fetches(server)
+
+
+async def test_identity_with_a_provider_discovered_beforehand(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Provider.discover() keeps the document's jwks_uri and issuer for identity()."""
+    server = authorization_server
+    provider = await Provider.discover(server.issuer)
+    async with make_client(
+        server, provider=provider, scope="openid", on_code=approver(server)
+    ) as client:
+        await client.get_token()
+        assert server.issuer == (await client.identity()).issuer
+    assert 1 == jwks_fetches(server)
+
+
+@pytest.mark.authorization_server(
+    metadata_overrides={"issuer": "https://idp.example/{tenantid}/v2.0"}
+)
+async def test_the_discovered_issuer_wins_over_the_one_asked_for(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """With check_issuer=False the id_token must name the document's issuer, as Entra's
+    common document does with its {tenantid} placeholder."""
+    server = authorization_server
+    tid = "0c5a54a2-3f1e-4b6e-9a51-7d2c1e8f4b3a"
+    provider = await Provider.discover(server.issuer, check_issuer=False)
+    token = server.id_tokens.mint("svc", tid=tid, iss=f"https://idp.example/{tid}/v2.0")
+    async with make_client(server, provider=provider) as client:
+        await client.save_token("a", with_id_token(server, token))
+        assert tid == (await client.identity("a")).claims["tid"]
+        await client.save_token("b", with_id_token(server, server.id_tokens.mint("svc")))
+        with pytest.raises(IdentityError, match="names the issuer"):
+            await client.identity("b")

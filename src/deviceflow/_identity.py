@@ -402,12 +402,22 @@ class Identities:
             raise refuse("has no sub")
         return Identity.from_claims(claims)
 
+    async def _discovered(self, name: str) -> object:
+        """Field ``name`` of the discovery document: the client's, or the one
+        ``Provider.discover()`` read (kept in ``Provider.extra``)."""
+        metadata = await self.endpoints.ensure_metadata()
+        document = self.endpoints.provider.extra.get("metadata")
+        found = metadata.extra.get(name)
+        if found is None and isinstance(document, Mapping):
+            found = document.get(name)
+        return found
+
     async def _issuers(self, account: str) -> tuple[str, ...]:
         provider = self.endpoints.provider
         if provider.id_token_issuers:
             return provider.id_token_issuers
-        metadata = await self.endpoints.ensure_metadata()
-        issuer = metadata.issuer or provider.issuer
+        discovered = await self._discovered("issuer")
+        issuer = discovered if isinstance(discovered, str) and discovered else provider.issuer
         if issuer is None:
             raise IdentityError(
                 f"account {account!r}: the provider's issuer is unknown, so its id_token "
@@ -460,8 +470,7 @@ class Identities:
         provider = self.endpoints.provider
         if provider.jwks_uri is not None:
             return provider.jwks_uri
-        metadata = await self.endpoints.ensure_metadata()
-        uri = metadata.extra.get("jwks_uri")
+        uri = await self._discovered("jwks_uri")
         if isinstance(uri, str) and uri:
             return uri
         raise IdentityError(
