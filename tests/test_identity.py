@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import warnings
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
@@ -22,6 +23,7 @@ from deviceflow import (
     Provider,
     Token,
 )
+from deviceflow._identity import receive
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
 from helpers import issued_token, make_client, stored_token
 
@@ -668,3 +670,76 @@ async def test_the_discovered_issuer_wins_over_the_one_asked_for(
         await client.save_token("b", with_id_token(server, server.id_tokens.mint("svc")))
         with pytest.raises(IdentityError, match="names the issuer"):
             await client.identity("b")
+
+
+# --- at receipt (pure) ------------------------------------------------------------------------
+
+
+def _jwt(claims: object, header: object | None = None) -> str:
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part(header or {'alg': 'ES256'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+GOOD = {"iss": "https://idp.example", "sub": "u", "iat": NOW.timestamp(), "exp": 2e9}
+
+
+@pytest.mark.parametrize(
+    ("id_token", "problem"),
+    [
+        ("a.!!!.c", "is not a JWT"),
+        (_jwt(["not", "an", "object"]), "is not a JWT"),
+        (_jwt({**GOOD, "sub": None}), "has no iss or no sub"),
+        (_jwt({**GOOD, "iss": ""}), "has no iss or no sub"),
+        (_jwt({**GOOD, "exp": True}), "has no exp or no iat"),
+        (_jwt({**GOOD, "iat": "now"}), "has no exp or no iat"),
+    ],
+)
+def test_an_unreadable_id_token_is_not_kept_on_arrival(
+    id_token: str, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An id_token that is no JWT or lacks iss, sub, exp or iat is dropped when it arrives,
+    and the warning names the account but not the token."""
+    token = Token(access_token="at", id_token=id_token)
+    with caplog.at_level(logging.WARNING, logger="deviceflow"):
+        kept = receive(None, token, account="acme", now=NOW)
+    assert None is kept.id_token
+    assert f"account 'acme': the id_token {problem}; it is not kept" in caplog.text
+    assert id_token not in caplog.text
+
+
+def test_a_readable_id_token_is_kept_on_arrival() -> None:
+    """An id_token with iss, sub, a current exp and a past iat is kept as it came."""
+    token = Token(access_token="at", id_token=_jwt(GOOD))
+    assert token is receive(None, token, account="a", now=NOW)
+
+
+async def test_a_key_id_that_is_not_a_string_is_refused(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A header whose kid is not a string is refused before any key is fetched."""
+    server = authorization_server
+    forged = _jwt({**GOOD, "aud": "svc"}, {"alg": "ES256", "kid": 7})
+    async with make_client(server) as client:
+        await client.save_token("a", with_id_token(server, forged))
+        with pytest.raises(IdentityError, match="key id that is not a string"):
+            await client.identity("a")
+    assert 0 == jwks_fetches(server)
+
+
+def test_identity_is_shown_by_name_username_email_or_subject() -> None:
+    """str(Identity) picks the best label there is, and adds the email when it differs."""
+    issuer = "https://idp.example"
+    assert "Bob" == str(Identity(subject="s", issuer=issuer, name="Bob"))
+    named = Identity(subject="s", issuer=issuer, claims={"preferred_username": "bob@corp"})
+    assert "bob@corp" == str(named)
+    assert "b@x.example" == str(Identity(subject="s", issuer=issuer, email="b@x.example"))
+    assert "s" == str(Identity(subject="s", issuer=issuer))
+
+
+def test_the_test_server_signs_with_rs256_or_es256_only() -> None:
+    """AuthorizationServer refuses other id_token algorithms at construction."""
+    with pytest.raises(ValueError, match="id_token_algorithm"):
+        AuthorizationServer(id_token_algorithm="HS256")  # type: ignore[arg-type]

@@ -6,9 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
+import pytest
 from cli_harness import BOB_SCOPE, Cli, ServerThread, login_approved
 
-from deviceflow.testing import Fault
+from deviceflow._cli import _identity
+from deviceflow._cli._store import AccountEntry
+from deviceflow.stores import MemoryStore
+from deviceflow.testing import AuthorizationServer, Fault
+from helpers import make_client, seed
 
 
 def test_login_says_who_signed_in(cli: Cli, server: ServerThread) -> None:
@@ -62,3 +68,49 @@ def test_status_without_the_server_shows_no_identity_quickly(
     result = cli.run("status", "--json")
     assert (0, "") == (result.returncode, result.stderr)
     assert [None] == [row["identity"] for row in json.loads(result.stdout)]
+
+
+# --- the helper itself, in this process -------------------------------------------------------
+
+
+async def test_a_slow_provider_shows_no_identity(
+    authorization_server: AuthorizationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider slower than IDENTITY_TIMEOUT to serve its keys gives no identity."""
+    server = authorization_server
+    monkeypatch.setattr(_identity, "IDENTITY_TIMEOUT", 0.05)
+    server.faults.add(Fault(endpoint="jwks", status=None, delay=1.0))
+    async with make_client(server, scope="openid") as client:
+        await seed(client, server, "a")
+        token = await client.get_token("a")
+        id_token = server.id_tokens.mint("svc")
+        await client.save_token("a", attrs.evolve(token, id_token=id_token))
+        assert None is await _identity.signed_in_as(client, "a")
+
+
+async def test_accounts_whose_client_cannot_be_made_show_no_identity(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """An entry of a preset that needs a secret not given, or of an unknown preset, shows no
+    identity; the others still do."""
+    server = authorization_server
+    store = MemoryStore()
+    async with make_client(server, scope="openid", store=store) as client:
+        token = await seed(client, server, "a")
+        id_token = server.id_tokens.mint("svc")
+        await client.save_token("a", attrs.evolve(token, id_token=id_token))
+        key = client.store_key("a")
+    entries = [
+        AccountEntry(key=key, issuer=server.issuer, client_id="svc", account="a"),
+        AccountEntry(
+            key="g",
+            issuer=server.issuer,
+            client_id="svc",
+            account="g",
+            provider="google",
+            arguments={"base-url": server.issuer},
+        ),
+        AccountEntry(key="x", issuer=server.issuer, client_id="svc", account="x", provider="nope"),
+    ]
+    found = await _identity.signed_in_as_each(entries, store, None)
+    assert {key: "alice (alice@example.com)", "g": None, "x": None} == found
