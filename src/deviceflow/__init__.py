@@ -7,6 +7,7 @@ True
 
 from ._client import DeviceFlowClient, OnCode
 from ._clock import Clock, SystemClock
+from ._identity import Identity
 from ._models import (
     AuthMethod,
     ClientRegistration,
@@ -30,6 +31,7 @@ from .exceptions import (
     DeviceFlowError,
     DiscoveryError,
     ExpiredTokenError,
+    IdentityError,
     InsecureEndpointError,
     InvalidClientError,
     InvalidGrantError,
@@ -59,6 +61,8 @@ __all__ = [
     "ExpiredTokenError",
     "FlowEvent",
     "FlowState",
+    "Identity",
+    "IdentityError",
     "InsecureEndpointError",
     "InvalidClientError",
     "InvalidGrantError",

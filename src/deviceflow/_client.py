@@ -31,12 +31,14 @@ from ._clock import Clock, SystemClock
 from ._device import DeviceFlowDriver, OnCode, complete_despite_cancellation
 from ._endpoints import Endpoints
 from ._flights import Flights
+from ._identity import Identities, Identity, VerifyIdentity
 from ._ledger import TokenLedger
 from ._models import AuthMethod, FlowEvent, Token
 from ._provider import Provider
 from ._records import RecordCodec
 from ._refresh import Forced, NeedsGrant, RefreshTransaction, Stale
 from ._transport import AiohttpTransport, ClientAuth, Transport
+from .exceptions import IdentityError
 from .stores._protocol import TokenStore
 
 if TYPE_CHECKING:
@@ -71,6 +73,12 @@ class DeviceFlowClient:
     half of ``lock_ttl - http_timeout`` is kept for the store calls on each side of the request
     (see the durability guarantees in the security docs), so give the lock more time when the
     store is slow. ``lock_wait`` bounds the wait for another holder.
+
+    ``verify_identity(identity, account)`` (sync or async) is called after every device flow,
+    before anything is stored, with the verified :class:`Identity` of who approved the code;
+    unless it returns True, the grant is revoked where the provider offers revocation, nothing
+    is stored, and get_token() (or authorize()'s last event) gives an IdentityError. Bind an
+    account to a person or a directory this way (see :meth:`identity`).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class DeviceFlowClient:
         lock_ttl: float = 36.0,
         lock_wait: float = 60.0,
         poll_margin: float = 0.1,
+        verify_identity: VerifyIdentity | None = None,
     ) -> None:
         scope = check_client_args(
             client_id=client_id,
@@ -113,6 +122,8 @@ class DeviceFlowClient:
                 f"the {provider.name} provider registers its own client and authenticates with "
                 "the credentials it gets; do not pass client_secret or client_auth"
             )
+        if verify_identity is not None and not callable(verify_identity):
+            raise TypeError("verify_identity must be a callable (identity, account) -> bool")
         if store is None:
             from .stores._memory import MemoryStore
 
@@ -166,6 +177,7 @@ class DeviceFlowClient:
             finishing=self._flights.finishing,
             http_timeout=http_timeout,
         )
+        self._identities = Identities(endpoints=self._endpoints, clock=clock, check=verify_identity)
         self._flows = DeviceFlowDriver(
             endpoints=self._endpoints,
             ledger=self._ledger,
@@ -173,6 +185,7 @@ class DeviceFlowClient:
             scope=self.scope,
             poll_margin=poll_margin,
             http_timeout=http_timeout,
+            admit=self._identities.admit,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -277,6 +290,38 @@ class DeviceFlowClient:
         """The accounts whose newest token is in memory only (a store write failed): a process
         holding one should not be stopped before :meth:`flush` returns True."""
         return frozenset(self._ledger.unsaved)
+
+    async def identity(self, account: str = "default") -> Identity:
+        """Who signed in to ``account``: the verified identity of its id_token.
+
+        The id_token's signature is checked against the provider's keys (its JWKS, cached and
+        fetched again for a key it lacks), and its ``iss``, ``aud`` and ``azp`` (OpenID Connect
+        Core 3.1.3.7) every time. ``exp`` and ``iat`` were checked when the id_token was
+        received: an id_token is short-lived, but the identity of a grant that is still valid
+        stays what it was. Nothing is refreshed and no device flow starts. Raises
+        IdentityError when the account has no id_token (not signed in, no ``openid`` scope, or
+        a provider such as GitHub that issues none) or it does not verify; TransportError when
+        the provider's keys cannot be fetched.
+
+        >>> who = await client.identity("tenant-42")  # doctest: +SKIP
+        >>> who.subject, who.email, who.claims.get("tid")  # doctest: +SKIP
+        """
+        self._identities.require_provider(account)
+        held = self._ledger.held(account)
+        if held is not None:
+            token: Token | None = held.record.token
+        else:
+            stored = await self._ledger.read(account, self._ledger.codec.key(account))
+            record = self._ledger.trusted(account, stored.record)
+            token = record.token if record is not None else None
+        if token is None:
+            raise IdentityError(f"account {account!r} is not signed in, so it has no identity")
+        if token.id_token is None:
+            raise IdentityError(
+                f"account {account!r} has no id_token: sign in with the 'openid' scope for "
+                "the provider to tell who signed in"
+            )
+        return await self._identities.verify(token.id_token, account=account, at=None)
 
     def store_key(self, account: str = "default") -> str:
         """The key under which ``account``'s token record is kept in the store (issuer, client

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
+import attrs
 
 from ._claim import Claim, FlowClaim
 from ._clock import Clock
@@ -61,8 +62,11 @@ class DeviceFlowDriver:
         scope: str | None,
         poll_margin: float,
         http_timeout: float,
+        admit: Callable[[str, Token], Awaitable[Token]] | None = None,
     ) -> None:
         self.endpoints = endpoints
+        #: Judges a new grant's token before it is stored (the id_token, verify_identity).
+        self.admit = admit
         self.ledger = ledger
         self.clock = clock
         self.scope = scope
@@ -125,6 +129,11 @@ class DeviceFlowDriver:
                 code_issued=issued,
             )
 
+        def refused(error: DeviceFlowError) -> FlowEvent:
+            return FlowEvent(
+                state=FlowState.FAILED, account=account, code=machine.code, error=error
+            )
+
         action = machine.start(now=clock.monotonic(), wall=clock.wall())
         while True:
             if (machine.state, machine.interval) != last and not machine.state.is_terminal:
@@ -133,12 +142,19 @@ class DeviceFlowDriver:
             if isinstance(action, Done):
                 if machine.metadata is not None:
                     self.endpoints.metadata = machine.metadata
+                granted = action.token
+                if self.admit is not None:
+                    try:
+                        granted = await self.admit(account, granted)
+                    except DeviceFlowError as exc:  # refused: nothing is stored
+                        yield refused(exc)
+                        return
                 if store:
                     # The device code is redeemed: keep the grant even if we are cancelled now.
                     await complete_despite_cancellation(
-                        self.ledger.save(account, action.token, keep_on_failure=True)
+                        self.ledger.save(account, granted, keep_on_failure=True)
                     )
-                yield event()
+                yield attrs.evolve(event(), token=granted)
                 return
             if isinstance(action, Fail):
                 yield event()

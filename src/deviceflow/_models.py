@@ -397,6 +397,7 @@ class RequestKind(enum.Enum):
     TOKEN = "token"
     REVOCATION = "revocation"
     REGISTRATION = "registration"
+    JWKS = "jwks"  # the provider's signing keys (OpenID Connect Discovery 3 jwks_uri)
 
 
 @attrs.frozen(kw_only=True)

@@ -166,6 +166,18 @@ def _device_params(value: Mapping[str, str]) -> Mapping[str, str]:
     return string_map("device_params", value)
 
 
+def _issuers(value: str | Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    return tuple(printable_text("id_token_issuers", issuer) for issuer in value)
+
+
+#: Google signs its id_tokens with the keys published here, and names its issuer both ways
+#: (https://developers.google.com/identity/openid-connect/openid-connect#validatinganidtoken).
+GOOGLE_JWKS = "https://www.googleapis.com/oauth2/v3/certs"
+GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+
+
 @attrs.frozen(kw_only=True)
 class Provider:
     """An authorization server: its endpoints (known or to discover) and its quirks.
@@ -186,6 +198,12 @@ class Provider:
     ``registration`` describes a client registration the provider needs first (AWS SSO OIDC).
     ``client_auth`` is how a client with a secret authenticates when the client does not say
     (default: HTTP Basic, as RFC 6749 2.3.1 recommends).
+
+    For the verified identity (``DeviceFlowClient.identity()``), id_tokens are checked against
+    the keys at ``jwks_uri`` (by default the discovery document's) and must name one of
+    ``id_token_issuers`` (by default the discovered issuer) as their ``iss``; an issuer with a
+    ``{tenantid}`` placeholder matches the token's own ``tid`` claim (Entra's multi-tenant
+    endpoints). ``issues_id_tokens=False`` says the provider is not an OpenID provider (GitHub).
 
     Presets build the Provider of a known authorization server: :meth:`devolutions`,
     :meth:`entra`, :meth:`google`, :meth:`github`, :meth:`auth0`, :meth:`okta`,
@@ -216,6 +234,9 @@ class Provider:
         validator=attrs.validators.optional(attrs.validators.instance_of(ClientRegistration)),
     )
     extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False, validator=_mapping)
+    jwks_uri: str | None = attrs.field(default=None, validator=_optional_url("jwks_uri"))
+    id_token_issuers: tuple[str, ...] = attrs.field(default=(), converter=_issuers)
+    issues_id_tokens: bool = attrs.field(default=True, validator=_flag)
 
     def __attrs_post_init__(self) -> None:
         if self.issuer is None and (
@@ -347,6 +368,11 @@ class Provider:
         its documented endpoints are used without discovery. Show ``DeviceCode.message``:
         Entra sends ready-made instructions and no ``verification_uri_complete``.
 
+        id_tokens name ``{authority}/{tid}/v2.0`` as their issuer, ``tid`` being the directory
+        (tenant) of the person who signed in: with ``common`` and ``organizations`` any
+        directory's people may sign in, so bind an account to its directory with
+        ``verify_identity`` (see the multi-tenant how-to).
+
         >>> Provider.entra("common").expected_issuer
         'https://login.microsoftonline.com/{tenantid}/v2.0'
         """
@@ -372,6 +398,8 @@ class Provider:
             issuer=None,
             device_authorization_endpoint=f"{root}/{tenant}/oauth2/v2.0/devicecode",
             token_endpoint=f"{root}/{tenant}/oauth2/v2.0/token",
+            jwks_uri=f"{root}/{tenant}/discovery/v2.0/keys",
+            id_token_issuers=(f"{root}/{{tenantid}}/v2.0",),
         )
 
     @classmethod
@@ -385,10 +413,17 @@ class Provider:
         YouTube's, ...); the default is ``openid email profile``. Google answers
         ``verification_url`` (read as verification_uri), pending with HTTP 428, and slow_down
         and denials with HTTP 403. ``base_url`` only changes for tests.
+
+        id_tokens are checked against Google's published keys and may name their issuer
+        ``https://accounts.google.com`` or ``accounts.google.com``; with another ``base_url``
+        (a test server) the keys are looked for at ``{base_url}/oauth2/v3/certs``.
         """
         root = _https(base_url, "base_url").rstrip("/")
+        default = root == "https://oauth2.googleapis.com"
         return cls(
             name="google",
+            jwks_uri=GOOGLE_JWKS if default else f"{root}/oauth2/v3/certs",
+            id_token_issuers=GOOGLE_ISSUERS,
             device_authorization_endpoint=f"{root}/device/code",
             token_endpoint=f"{root}/token",
             revocation_endpoint=f"{root}/revoke",
@@ -407,7 +442,8 @@ class Provider:
         ``Token.scope``. GitHub App user tokens expire after 8 hours and their refresh tokens
         rotate. GitHub's own error codes map to the RFC's (``incorrect_device_code`` and
         ``bad_refresh_token`` to invalid_grant, ``incorrect_client_credentials`` to
-        invalid_client, ``device_flow_disabled`` to unauthorized_client).
+        invalid_client, ``device_flow_disabled`` to unauthorized_client). GitHub is not an
+        OpenID provider: it issues no id_token, so there is no verified identity.
         """
         root = _https(base_url, "base_url").rstrip("/")
         return cls(
@@ -415,6 +451,7 @@ class Provider:
             device_authorization_endpoint=f"{root}/login/device/code",
             token_endpoint=f"{root}/login/oauth/access_token",
             dialect=GITHUB,
+            issues_id_tokens=False,
         )
 
     @classmethod
@@ -427,12 +464,16 @@ class Provider:
         come only with "Allow Offline Access" on in that API's settings, the "Refresh Token"
         grant type on the application and ``offline_access`` in the scope (the default is
         ``openid profile offline_access``). Auth0 answers pending and denials with HTTP 403,
-        slow_down with 429, and expired_token once, then invalid_grant.
+        slow_down with 429, and expired_token once, then invalid_grant. Its id_tokens name
+        ``https://{domain}/`` (with the slash) as their issuer and are signed with the keys at
+        ``/.well-known/jwks.json``.
         """
         root = _https(domain, "domain").rstrip("/")
         optional_printable_text("audience", audience)
         return cls(
             name="auth0",
+            jwks_uri=f"{root}/.well-known/jwks.json",
+            id_token_issuers=(f"{root}/",),
             device_authorization_endpoint=f"{root}/oauth/device/code",
             token_endpoint=f"{root}/oauth/token",
             revocation_endpoint=f"{root}/oauth/revoke",
@@ -497,6 +538,7 @@ class Provider:
             dialect=AWS_SSO,
             default_scope="sso:account:access",
             device_params={"startUrl": start_url},
+            issues_id_tokens=False,  # CreateToken's idToken is documented as not supported
             registration=ClientRegistration(
                 endpoint=f"{root}/client/register",
                 params={"clientType": "public"},

@@ -76,6 +76,7 @@ import anyio
 import attrs
 
 from ._endpoints import Endpoints, GateClosed
+from ._identity import receive
 from ._ledger import TokenLedger
 from ._models import Token
 from ._records import (
@@ -331,6 +332,9 @@ class RefreshTransaction:
                 ledger.unsaved.pop(account, None)
                 await ledger.bury(key, account, version, base.seq, "refused")
                 return NeedsGrant(not_before=refused)
+            # An id_token for someone else, or one expired on arrival, does not replace the
+            # one held (_identity.py); the grant's new tokens are kept all the same.
+            new = receive(base.token, new, account=account, now=ledger.clock.wall())
             held = Held(record=Record(token=new, obtained=ledger.clock.wall(), seq=base.seq + 1))
             ledger.cache.remember(account, new, held.record.obtained, None, held.record.seq)
             ledger.unsaved[account] = held

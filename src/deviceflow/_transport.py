@@ -34,6 +34,9 @@ log = logging.getLogger("deviceflow")
 MAX_BODY = 1024 * 1024
 _CHUNK = 64 * 1024
 _MAX_SECURE_URLS = 64
+#: Requests for public documents: no client credentials go with them (a provider's JWKS may be
+#: served by another host).
+_PUBLIC_KINDS = frozenset({RequestKind.DISCOVERY, RequestKind.JWKS})
 _UNREACHABLE = {errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable"}
 
 
@@ -190,7 +193,7 @@ class AiohttpTransport:
     def _encode(self, request: Request) -> tuple[dict[str, str], dict[str, str]]:
         params = dict(request.params)
         headers = {"Accept": "application/json"}
-        if request.kind is not RequestKind.DISCOVERY:
+        if request.kind not in _PUBLIC_KINDS:
             self._auth.apply(params, headers)
         names = self._dialect.request_names
         return {names.get(k, k): v for k, v in params.items()}, headers

@@ -19,6 +19,7 @@ __all__ = [
     "DeviceFlowError",
     "DiscoveryError",
     "ExpiredTokenError",
+    "IdentityError",
     "InsecureEndpointError",
     "InvalidClientError",
     "InvalidGrantError",
@@ -168,6 +169,14 @@ class ReauthorizationRequiredError(DeviceFlowError):
 
     Raised by ``get_token()`` when the stored grant is gone (or was never there) and the client has
     no ``on_code`` callback to show a code with. Run ``authorize()`` (or ``deviceflow login``).
+    """
+
+
+class IdentityError(DeviceFlowError):
+    """No verified identity: the account has no id_token, or it does not verify (OpenID Connect
+    Core 3.1.3.7), or ``verify_identity`` refused who signed in.
+
+    The message names the account and what failed, never the token.
     """
 
 

@@ -72,13 +72,14 @@ def test_status_lists_accounts_without_secrets(signed_in: tuple[Cli, ServerThrea
 
     assert (0, "", 0) == (table.returncode, table.stderr, as_json.returncode)
     header, *rows = table.stdout.splitlines()
-    assert ["ACCOUNT", "ISSUER", "CLIENT", "ID", "SCOPE", "EXPIRES", "REFRESH", "TOKEN"] == (
-        header.split()
-    )
+    assert [
+        *("ACCOUNT", "ISSUER", "CLIENT", "ID", "SCOPE", "EXPIRES", "REFRESH", "TOKEN"),
+        *("SIGNED", "IN", "AS"),
+    ] == header.split()
     bob = next(row for row in rows if row.startswith("bob "))
     assert [server.issuer, "other-app", *BOB_SCOPE.split()] == bob.split()[1:6]
     # A one-hour token read within a minute of sign-in (under half a second: rounds to 1 h).
-    assert re.search(r" UTC \(in (5\d min|1 h)\)  yes$", bob)
+    assert re.search(r" UTC \(in (5\d min|1 h)\)  yes +alice \(alice@example.com\)$", bob)
     listed = sorted(
         (a["account"], a["client_id"], a["signed_in"], a["has_refresh_token"])
         for a in json.loads(as_json.stdout)

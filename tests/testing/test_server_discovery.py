@@ -45,7 +45,11 @@ async def test_metadata_names_every_endpoint(authorization_server: Authorization
             "client_secret_post",
             "client_secret_basic",
         ],
+        "jwks_uri": base + "/jwks",
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
     } == server.metadata
+    assert base + "/jwks" == server.jwks_uri
     assert base + "/device" == server.verification_uri
     assert base + "/api/me" == server.resource_url
 

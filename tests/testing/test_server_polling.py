@@ -23,7 +23,8 @@ async def test_pending_then_approved_gives_tokens(
     tokens = answer.data
     assert 200 == answer.status
     assert ("no-store", "no-cache") == (answer.headers["Cache-Control"], answer.headers["Pragma"])
-    assert {"access_token", "token_type", "expires_in", "refresh_token", "scope"} == set(tokens)
+    fields = {"access_token", "token_type", "expires_in", "refresh_token", "scope", "id_token"}
+    assert fields == set(tokens)
     assert ("Bearer", 3600, "openid offline_access") == (
         tokens["token_type"],
         tokens["expires_in"],

@@ -24,6 +24,7 @@ from deviceflow.exceptions import (
 from deviceflow.stores import TokenStore, generate_key
 
 from ._errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, CliError
+from ._identity import signed_in_as, signed_in_as_each
 from ._presets import PRESET_OPTIONS, PRESETS, build_provider, preset_named
 from ._settings import Settings
 from ._store import (
@@ -244,10 +245,13 @@ async def login(settings: Settings, console: Console) -> int:
             finally:
                 await view.close()
             scope = client.scope
+            who = await signed_in_as(client, target.account)
         if granted is None:  # pragma: no cover - authorize() ends in GRANTED or an error
             raise ProtocolError("the device flow ended without a token")
         await index.add(target.entry(scope))
     _report_login(console, target, granted)
+    if who is not None:
+        console.say(f"Signed in as {who}")
     return EXIT_OK
 
 
@@ -339,7 +343,9 @@ async def status(settings: Settings, console: Console) -> int:
     """List the accounts signed in to the store: issuer, scope, expiry, refresh token."""
     rows: list[dict[str, Any]] = []
     async with _opened(settings, console) as store:
-        for entry in await AccountIndex(store).entries():
+        entries = await AccountIndex(store).entries()
+        identities = await signed_in_as_each(entries, store, settings.value("client-secret"))
+        for entry in entries:
             stored = await read_token(store, entry.key)
             current = stored.token if stored else None
             rows.append(
@@ -354,6 +360,7 @@ async def status(settings: Settings, console: Console) -> int:
                         current.expires_at.isoformat() if current and current.expires_at else None
                     ),
                     "has_refresh_token": bool(current and current.refresh_token),
+                    "identity": identities[entry.key] if current else None,
                     "_expiry": _expiry(current) if current else "signed out",
                 }
             )
@@ -364,7 +371,9 @@ async def status(settings: Settings, console: Console) -> int:
     if not rows:
         print("No account is signed in with this store.", file=console.out, flush=True)
         return EXIT_OK
-    table = [["ACCOUNT", "ISSUER", "CLIENT ID", "SCOPE", "EXPIRES", "REFRESH TOKEN"]]
+    table = [
+        ["ACCOUNT", "ISSUER", "CLIENT ID", "SCOPE", "EXPIRES", "REFRESH TOKEN", "SIGNED IN AS"]
+    ]
     for row in rows:
         refresh = "yes" if row["has_refresh_token"] else "no"
         table.append(
@@ -375,6 +384,7 @@ async def status(settings: Settings, console: Console) -> int:
                 row["scope"] or "-",
                 row["_expiry"],
                 refresh if row["signed_in"] else "-",
+                row["identity"] or "-",
             ]
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]

@@ -17,6 +17,7 @@ With pytest, the ``authorization_server`` and ``virtual_clock`` fixtures come wi
 from ._clock import VirtualClock
 from ._faults import Fault, FaultList
 from ._faulty_store import FaultyStore
+from ._id_tokens import IdTokens
 from ._profiles import PROFILES, RFC, Profile
 from ._scripted_transport import ScriptedTransport, ScriptExhaustedError
 from ._server import AuthorizationServer, RecordedRequest
@@ -29,6 +30,7 @@ __all__ = [
     "Fault",
     "FaultList",
     "FaultyStore",
+    "IdTokens",
     "Profile",
     "RecordedRequest",
     "ScriptExhaustedError",

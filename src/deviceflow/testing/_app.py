@@ -48,6 +48,7 @@ def build_app(
         ("POST", prefix + profile.token_path, "token", endpoints.token),
         ("POST", prefix + profile.revocation_path, "revoke", endpoints.revoke),
         ("GET", prefix + profile.resource_path, "resource", endpoints.resource),
+        ("GET", prefix + profile.jwks_path, "jwks", endpoints.jwks),
         ("GET", prefix + profile.verification_path, "verification", page.get),
         ("POST", prefix + profile.verification_path, "verification", page.post),
     ]

@@ -20,6 +20,7 @@ from deviceflow._clock import Clock
 
 from ._clients import ClientRegistry, secret_presented
 from ._edge import HttpEdge, bearer_challenge
+from ._id_tokens import IdTokens
 from ._profiles import Profile
 from ._state import (
     DEVICE_CODE_GRANT,
@@ -53,6 +54,7 @@ class Endpoints:
     _scopes_supported: list[str] | None
     _metadata_overrides: dict[str, Any]
     _interval_as_string: bool
+    _id_tokens: IdTokens
     _issued: asyncio.Queue[str] | None = None
 
     async def next_user_code(self, timeout: float | None) -> str:
@@ -102,6 +104,10 @@ class Endpoints:
             document["scopes_supported"] = list(self._scopes_supported)
         if urls.registration_endpoint is not None:
             document["registration_endpoint"] = urls.registration_endpoint
+        if self._profile.id_tokens:  # OpenID Connect Discovery 3
+            document["jwks_uri"] = urls.jwks_uri
+            document["subject_types_supported"] = ["public"]
+            document["id_token_signing_alg_values_supported"] = [self._id_tokens.algorithm]
         for key, value in self._metadata_overrides.items():
             if value is None:
                 document.pop(key, None)
@@ -126,6 +132,9 @@ class Endpoints:
         if issued.scope is not None:
             separator = self._profile.scope_separator if profile_numbers else " "
             payload["scope"] = separator.join(issued.scope)
+            grant = issued.grant
+            if self._profile.id_tokens and "openid" in issued.scope and grant is not None:
+                payload["id_token"] = self._id_tokens.issue(grant.client_id)  # OIDC Core 3.1.3.3
         return payload
 
     # -- handlers -----------------------------------------------------------------------------
@@ -133,6 +142,10 @@ class Endpoints:
     async def discovery(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """OpenID Connect Discovery 4 and RFC 8414 3: the metadata document."""
         return web.json_response(self.metadata())
+
+    async def jwks(self, request: web.Request, params: dict[str, str]) -> web.Response:
+        """RFC 7517 5: the public keys the id_tokens are signed with."""
+        return web.json_response(self._id_tokens.jwks())
 
     async def device(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """RFC 8628 3.1 and 3.2: issue a device code and a user code."""
@@ -223,7 +236,10 @@ class Endpoints:
                 raise
         else:
             raise OAuthFailure("unsupported_grant_type", "grant_type is not supported")
-        return self._edge.answer(request, self._token_payload(issued))
+        payload = self._token_payload(issued)
+        if grant_type == REFRESH_TOKEN_GRANT and not self._id_tokens.on_refresh:
+            payload.pop("id_token", None)  # OpenID Connect Core 12.2: it MAY be omitted
+        return self._edge.answer(request, payload)
 
     async def revoke(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """RFC 7009: revoke an access or refresh token."""

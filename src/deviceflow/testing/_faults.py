@@ -12,7 +12,15 @@ __all__ = ["ENDPOINTS", "Endpoint", "Fault", "FaultList"]
 
 #: Names of the server's endpoints, as used by :class:`Fault` and ``RecordedRequest.endpoint``.
 Endpoint = Literal[
-    "discovery", "registration", "device", "token", "revoke", "resource", "verification", "unknown"
+    "discovery",
+    "registration",
+    "device",
+    "token",
+    "revoke",
+    "resource",
+    "verification",
+    "jwks",
+    "unknown",
 ]
 ENDPOINTS: frozenset[str] = frozenset(
     {
@@ -23,6 +31,7 @@ ENDPOINTS: frozenset[str] = frozenset(
         "revoke",
         "resource",
         "verification",
+        "jwks",
         "unknown",
     }
 )
@@ -59,8 +68,8 @@ class Fault:
     ``Fault(endpoint="token", status=None, delay=2.0)`` is a slow server.
 
     ``endpoint`` is one of ``"discovery"``, ``"registration"``, ``"device"``, ``"token"``,
-    ``"revoke"``, ``"resource"``, ``"verification"``, ``"unknown"`` (any other path) or ``"*"``
-    (all).
+    ``"revoke"``, ``"resource"``, ``"verification"``, ``"jwks"``, ``"unknown"`` (any other
+    path) or ``"*"`` (all).
     ``times=None`` keeps the fault until it is removed with ``server.faults.clear()``.
 
     Examples::

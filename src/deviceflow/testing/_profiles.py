@@ -117,6 +117,12 @@ class Profile:
       codes. The default is RFC 8628 6.1's base-20 consonant alphabet in two groups of four
       (``WDJB-MJHT``), which has no vowels (no words) and no easily confused characters.
     - ``discovery``: whether the server serves metadata at the well-known paths (GitHub: no).
+    - ``id_tokens``: whether token answers carry an id_token when the scope has ``openid``
+      (GitHub and AWS: no). ``id_token_issuer`` is the ``iss`` they name when it is not the
+      server's issuer, a ``str.format`` template with ``{base}``, ``{issuer}`` and ``{tid}``
+      (Entra: ``{base}/{tid}/v2.0``; Google: ``https://accounts.google.com``);
+      ``id_token_claims`` are claims added to each (Entra's ``tid``). The signing keys are
+      served at ``jwks_path``.
     - ``*_path``: where each endpoint lives below the issuer.
     """
 
@@ -146,6 +152,10 @@ class Profile:
     user_code_groups: tuple[int, ...] = attrs.field(default=(4, 4), validator=_check_groups)
     user_code_separator: str = "-"
     discovery: bool = True
+    id_tokens: bool = True
+    id_token_issuer: str | None = None
+    id_token_claims: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    jwks_path: str = attrs.field(default="/jwks", validator=_check_path)
     device_authorization_path: str = attrs.field(
         default="/device_authorization", validator=_check_path
     )
@@ -171,6 +181,9 @@ RFC = Profile()
 #: Devolutions Server: RFC 8628 with discovery; the server may live below an instance path
 #: (``AuthorizationServer(profile="devolutions", issuer_path="/dvls")``).
 DEVOLUTIONS = Profile(name="devolutions")
+
+#: The directory (tenant) id of the people who sign in to the ``entra`` profile (Entra's ``tid``).
+ENTRA_TENANT_ID = "0c5a54a2-3f1e-4b6e-9a51-7d2c1e8f4b3a"
 
 #: Microsoft Entra ID (v2.0), as its multi-tenant endpoints (organizations, common) answer: the
 #: discovery document names ``{tenantid}`` as its issuer, codes come with a ``message`` and no
@@ -204,6 +217,9 @@ ENTRA = Profile(
     user_code_groups=(9,),
     user_code_separator="",
     metadata_issuer="{base}/{{tenantid}}/v2.0",
+    id_token_issuer="{base}/{tid}/v2.0",
+    id_token_claims={"tid": ENTRA_TENANT_ID},
+    jwks_path="/discovery/v2.0/keys",
     device_authorization_path="/oauth2/v2.0/devicecode",
     token_path="/oauth2/v2.0/token",
 )
@@ -218,6 +234,8 @@ GOOGLE = Profile(
     verification_uri_complete=False,
     client_secret_required=True,
     discovery=False,
+    id_token_issuer="https://accounts.google.com",
+    jwks_path="/oauth2/v3/certs",
     device_authorization_path="/device/code",
 )
 
@@ -239,6 +257,7 @@ GITHUB = Profile(
     scope_separator=",",
     request_scope_separator=" ",
     discovery=False,
+    id_tokens=False,
     device_authorization_path="/login/device/code",
     token_path="/login/oauth/access_token",
     verification_path="/login/device",
@@ -257,6 +276,8 @@ AUTH0 = Profile(
     },
     expired_token_once=True,
     metadata_issuer="{issuer}/",
+    id_token_issuer="{issuer}/",
+    jwks_path="/.well-known/jwks.json",
     device_authorization_path="/oauth/device/code",
     token_path="/oauth/token",
     revocation_path="/oauth/revoke",
@@ -315,6 +336,7 @@ AWS_SSO = Profile(
         "token_type": "tokenType",
     },
     discovery=False,
+    id_tokens=False,
     registration_path="/client/register",
     device_authorization_path="/device_authorization",
 )

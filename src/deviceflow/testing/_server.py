@@ -24,6 +24,7 @@ from ._clients import ClientRegistry
 from ._edge import HttpEdge, RecordedRequest
 from ._endpoints import Endpoints
 from ._faults import FaultList
+from ._id_tokens import Algorithm, IdTokens
 from ._profiles import PROFILES, Profile
 from ._state import (
     DEVICE_CODE_GRANT,
@@ -84,6 +85,10 @@ class AuthorizationServer:
       ``/.well-known/oauth-authorization-server/dvls``.
     - ``metadata_overrides``: entries merged into the discovery document; a ``None`` value
       removes the entry (to test clients against a wrong ``issuer`` or a missing endpoint).
+    - ``id_token_algorithm``: ``"ES256"`` (default) or ``"RS256"``: how the id_tokens are
+      signed that token answers carry when the scope has ``openid`` (OpenID Connect Core 3.1.3.3;
+      not with profiles that issue none, such as GitHub's). The key is made when first needed
+      and published at ``jwks_uri``; see :attr:`id_tokens` to change claims or rotate keys.
     - ``allow_remote``: the server refuses to bind to a non-loopback ``host`` unless this is
       True: its verification page approves codes for anyone who can reach it.
     """
@@ -108,6 +113,7 @@ class AuthorizationServer:
         profile: Profile | str = "rfc",
         issuer_path: str = "",
         metadata_overrides: Mapping[str, Any] | None = None,
+        id_token_algorithm: Algorithm = "ES256",
         allow_remote: bool = False,
     ) -> None:
         profile = _checked_arguments(host, allow_remote, profile, issuer_path)
@@ -128,6 +134,12 @@ class AuthorizationServer:
             auto_approve_after=auto_approve_after,
         )
         self._urls = ServerUrls(profile=profile, issuer_path=issuer_path)
+        self._id_tokens = IdTokens(
+            clock=self._clock,
+            issuer=self._id_token_issuer,
+            algorithm=id_token_algorithm,
+            claims=profile.id_token_claims,
+        )
         self._edge = HttpEdge(profile=profile, clock=self._clock)
         self._endpoints = Endpoints(
             edge=self._edge,
@@ -143,6 +155,7 @@ class AuthorizationServer:
             scopes_supported=list(scopes_supported) if scopes_supported is not None else None,
             metadata_overrides=dict(metadata_overrides or {}),
             interval_as_string=interval_as_string,
+            id_tokens=self._id_tokens,
         )
         self._page = VerificationPage(state=self._state, clock=self._clock)
         self._runner: web.AppRunner | None = None
@@ -226,6 +239,24 @@ class AuthorizationServer:
     def revocation_endpoint(self) -> str:
         """URL of the revocation endpoint (RFC 7009)."""
         return self._urls.revocation_endpoint
+
+    @property
+    def jwks_uri(self) -> str:
+        """URL of the JWK set the id_tokens are signed with (RFC 7517 5)."""
+        return self._urls.jwks_uri
+
+    @property
+    def id_tokens(self) -> IdTokens:
+        """The id_tokens the server issues: ``claims``, ``lifetime``, ``rotate()`` of the
+        signing key, and ``mint()`` for tokens that are wrong on purpose."""
+        return self._id_tokens
+
+    def _id_token_issuer(self) -> str:
+        template = self._profile.id_token_issuer
+        if template is None:
+            return self._urls.issuer
+        tid = self._id_tokens.claims.get("tid", "")
+        return template.format(base=self._urls.started_base(), issuer=self._urls.issuer, tid=tid)
 
     @property
     def verification_uri(self) -> str:

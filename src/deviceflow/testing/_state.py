@@ -169,6 +169,7 @@ class IssuedTokens:
     expires_in: int | None
     refresh_token: str | None = attrs.field(repr=False)
     scope: Scope | None
+    grant: Grant | None = attrs.field(default=None, repr=False, eq=False)
 
 
 def _token(prefix: str) -> str:
@@ -353,6 +354,7 @@ class AuthorizationState:
             expires_in=self.access_token_lifetime,
             refresh_token=refresh_value,
             scope=scope,
+            grant=grant,
         )
 
     def access_token(self, value: str, now: float) -> AccessToken | None:

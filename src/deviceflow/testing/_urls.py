@@ -74,6 +74,11 @@ class ServerUrls:
         return self.issuer + self._profile.revocation_path
 
     @property
+    def jwks_uri(self) -> str:
+        """The JWK set of the keys id_tokens are signed with."""
+        return self.issuer + self._profile.jwks_path
+
+    @property
     def verification_uri(self) -> str:
         """The HTML verification page (RFC 8628 3.2)."""
         return self.issuer + self._profile.verification_path
