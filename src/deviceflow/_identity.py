@@ -331,11 +331,14 @@ class Identities:
 
     async def _revoke(self, account: str, token: Token) -> bool:
         revoked = await self.endpoints.revoke(token)
-        log.warning(
-            "account %r: the new grant was not accepted; %s",
-            account,
-            "it was revoked" if revoked else "it could not be revoked",
-        )
+        # The caller gets an IdentityError either way; a grant that outlives the refusal is
+        # worth a warning of its own, a revoked one is not.
+        if revoked:
+            log.info("account %r: the new grant was not accepted; it was revoked", account)
+        else:
+            log.warning(
+                "account %r: the new grant was not accepted and could not be revoked", account
+            )
         return revoked
 
     # --- verification ---------------------------------------------------------------------
