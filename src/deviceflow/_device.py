@@ -23,10 +23,11 @@ import anyio
 
 from ._claim import Claim, FlowClaim
 from ._clock import Clock
+from ._dpop import DPoPKey, check_token_type, new_key
 from ._endpoints import Endpoints
 from ._ledger import TokenLedger
 from ._machine import DeviceFlowMachine, Done, Fail, Send
-from ._models import DeviceCode, FlowEvent, FlowState, Token
+from ._models import DeviceCode, FlowEvent, FlowState, RequestKind, Token
 from .exceptions import DeviceFlowError, ProtocolError, ReauthorizationRequiredError
 
 __all__ = ["DeviceFlowDriver", "OnCode", "complete_despite_cancellation"]
@@ -110,17 +111,19 @@ class DeviceFlowDriver:
         clock = self.clock
         last: tuple[FlowState, float] | None = None
         announced = False  # whether an event has carried the code yet
+        key: DPoPKey | None = None  # with dpop=True: the key the token requests prove
+        granted: Token | None = None  # the machine's token, bound to that key
 
-        def event() -> FlowEvent:
+        def event(error: DeviceFlowError | None = None) -> FlowEvent:
             nonlocal announced
             issued = machine.code is not None and not announced
             announced = announced or issued
             return FlowEvent(
-                state=machine.state,
+                state=FlowState.FAILED if error is not None else machine.state,
                 account=account,
                 code=machine.code,
-                token=machine.token,
-                error=machine.error,
+                token=granted,
+                error=error or machine.error,
                 interval=machine.interval if machine.code else None,
                 code_issued=issued,
             )
@@ -133,10 +136,16 @@ class DeviceFlowDriver:
             if isinstance(action, Done):
                 if machine.metadata is not None:
                     self.endpoints.metadata = machine.metadata
+                try:
+                    # RFC 9449 5: a DPoP token when a proof was sent, a Bearer one otherwise.
+                    granted = check_token_type(action.token, key, account)
+                except ProtocolError as exc:
+                    yield event(exc)
+                    return
                 if store:
                     # The device code is redeemed: keep the grant even if we are cancelled now.
                     await complete_despite_cancellation(
-                        self.ledger.save(account, action.token, keep_on_failure=True)
+                        self.ledger.save(account, granted, keep_on_failure=True)
                     )
                 yield event()
                 return
@@ -149,8 +158,15 @@ class DeviceFlowDriver:
                 await before_wait(delay)
             if delay > 0:
                 await clock.sleep(delay)
+            dpop = self.endpoints.dpop_grants and action.request.kind is RequestKind.TOKEN
+            if dpop and key is None:
+                try:
+                    key = self._dpop_key(account, machine)
+                except ProtocolError as exc:  # no algorithm in common with the server
+                    yield event(exc)
+                    return
             try:
-                response = await self.endpoints.send(action.request)
+                response = await self.endpoints.send(action.request, dpop_key=key)
             except DeviceFlowError as exc:
                 log.debug("device flow %s request failed: %s", action.request.kind.value, exc)
                 action = machine.receive_failure(exc, now=clock.monotonic(), wall=clock.wall())
@@ -158,6 +174,15 @@ class DeviceFlowDriver:
                 action = machine.receive_response(
                     response, now=clock.monotonic(), wall=clock.wall()
                 )
+
+    def _dpop_key(self, account: str, machine: DeviceFlowMachine) -> DPoPKey:
+        """The account's DPoP key: the one its tokens had, else a new one (RFC 9449 5.1: of an
+        algorithm the server lists)."""
+        held = self.ledger.held(account)
+        if held is not None and held.record.token.dpop_key is not None:
+            return held.record.token.dpop_key
+        metadata = machine.metadata or self.endpoints.metadata
+        return new_key(metadata.extra if metadata is not None else None)
 
     async def obtain(
         self, account: str, on_code: OnCode | None, not_before: datetime | None

@@ -21,6 +21,7 @@ from deviceflow._clock import Clock, SystemClock
 
 from ._app import build_app, serve
 from ._clients import ClientRegistry
+from ._dpop import DEFAULT_ALGORITHMS, ProofChecker
 from ._edge import HttpEdge, RecordedRequest
 from ._endpoints import Endpoints
 from ._faults import FaultList
@@ -86,6 +87,14 @@ class AuthorizationServer:
       removes the entry (to test clients against a wrong ``issuer`` or a missing endpoint).
     - ``allow_remote``: the server refuses to bind to a non-loopback ``host`` unless this is
       True: its verification page approves codes for anyone who can reach it.
+    - ``dpop``: speak DPoP (RFC 9449): advertise ``dpop_signing_alg_values_supported``
+      (``dpop_algorithms``), check the proof of every token request that has one (signature,
+      ``typ``, ``htm``/``htu``, ``iat`` within a minute, ``jti`` never seen before) and bind
+      the grant to its key: ``token_type`` DPoP, refreshes only with a proof of that key, and
+      the protected resource asks for ``Authorization: DPoP`` with a proof (``ath`` included)
+      and refuses the token presented as a bearer token. Without a proof, Bearer tokens as
+      before. ``dpop_nonce``: proofs must also carry the server's nonce (RFC 9449 8, 9): the
+      first gets ``use_dpop_nonce`` and the nonce; ``rotate_dpop_nonce()`` changes it.
     """
 
     def __init__(
@@ -109,6 +118,9 @@ class AuthorizationServer:
         issuer_path: str = "",
         metadata_overrides: Mapping[str, Any] | None = None,
         allow_remote: bool = False,
+        dpop: bool = False,
+        dpop_nonce: bool = False,
+        dpop_algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
     ) -> None:
         profile = _checked_arguments(host, allow_remote, profile, issuer_path)
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -128,6 +140,11 @@ class AuthorizationServer:
             auto_approve_after=auto_approve_after,
         )
         self._urls = ServerUrls(profile=profile, issuer_path=issuer_path)
+        self._dpop = (
+            ProofChecker(clock=self._clock, algorithms=dpop_algorithms, require_nonce=dpop_nonce)
+            if dpop
+            else None
+        )
         self._edge = HttpEdge(profile=profile, clock=self._clock)
         self._endpoints = Endpoints(
             edge=self._edge,
@@ -143,6 +160,7 @@ class AuthorizationServer:
             scopes_supported=list(scopes_supported) if scopes_supported is not None else None,
             metadata_overrides=dict(metadata_overrides or {}),
             interval_as_string=interval_as_string,
+            dpop=self._dpop,
         )
         self._page = VerificationPage(state=self._state, clock=self._clock)
         self._runner: web.AppRunner | None = None
@@ -378,6 +396,13 @@ class AuthorizationServer:
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expire now (refresh tokens keep working)."""
         self._state.expire_access_tokens(self._clock.monotonic())
+
+    def rotate_dpop_nonce(self) -> str:
+        """Change the DPoP nonce (with ``dpop=True``): proofs carrying the old one get
+        ``use_dpop_nonce`` and the new one, as after a server's nonce expired. Returns it."""
+        if self._dpop is None:
+            raise RuntimeError("the server was started without dpop=True")
+        return self._dpop.rotate_nonce()
 
     def issue_tokens(self, client_id: str, *, scope: str | None = None) -> dict[str, Any]:
         """Create a grant without a device flow and return its token answer (RFC 6749 5.1).

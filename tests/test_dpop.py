@@ -1,0 +1,301 @@
+"""DPoP (RFC 9449): sender-constrained tokens end to end against the built-in server."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+
+from deviceflow import DeviceCode, DeviceFlowClient, FlowState, ProtocolError, Token
+from deviceflow.aiohttp import BearerAuth
+from deviceflow.stores import MemoryStore
+from deviceflow.testing import AuthorizationServer, VirtualClock
+from helpers import make_client
+
+pytestmark = pytest.mark.authorization_server(dpop=True, auto_approve_after=0)
+
+
+async def no_op(code: DeviceCode, account: str) -> None:
+    """An on_code for servers that approve at once."""
+
+
+def dpop_client(server: AuthorizationServer, **kwargs: Any) -> DeviceFlowClient:
+    """A client of ``server`` that asks for DPoP tokens."""
+    kwargs.setdefault("on_code", no_op)
+    return make_client(server, dpop=True, **kwargs)
+
+
+def proofs(server: AuthorizationServer, endpoint: str) -> list[str]:
+    """The DPoP headers of the requests ``server`` received at ``endpoint``."""
+    return [
+        r.headers["DPoP"] for r in server.requests if r.endpoint == endpoint and "DPoP" in r.headers
+    ]
+
+
+def claims(proof: str) -> dict[str, Any]:
+    """The header and the claims of a proof JWT, read without checking it (the server does)."""
+    from joserfc import jws
+
+    extracted = jws.extract_compact(proof.encode())
+    return {"header": dict(extracted.headers()), **json.loads(extracted.payload)}
+
+
+async def get_me(
+    server: AuthorizationServer, headers: dict[str, str], url: str | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """GET the server's protected resource with ``headers``: status, body, response headers."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url or server.resource_url, headers=headers) as response,
+    ):
+        return response.status, await response.json(), dict(response.headers)
+
+
+async def test_device_flow_gets_a_dpop_token_bound_to_a_new_key(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """dpop=True: the token request carries a proof and the server issues a DPoP token."""
+    async with dpop_client(authorization_server) as client:
+        token = await client.get_token()
+    assert "DPoP" == token.token_type
+    assert token.dpop_key is not None and "ES256" == token.dpop_key.alg
+    (proof,) = proofs(authorization_server, "token")
+    seen = claims(proof)
+    assert "dpop+jwt" == seen["header"]["typ"]
+    assert token.dpop_key.jkt == _thumbprint(seen["header"]["jwk"])
+    assert "d" not in seen["header"]["jwk"]
+    assert ("POST", authorization_server.token_endpoint) == (seen["htm"], seen["htu"])
+    assert "ath" not in seen
+
+
+def _thumbprint(jwk: dict[str, Any]) -> str:
+    from joserfc.jwk import ECKey
+
+    return str(ECKey.import_key(jwk).thumbprint())
+
+
+async def test_request_headers_authorize_the_resource(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """request_headers() gives DPoP headers the protected resource accepts, a new proof each."""
+    async with dpop_client(authorization_server) as client:
+        token = await client.get_token()
+        first = await client.request_headers("GET", authorization_server.resource_url + "?x=1")
+        second = await client.request_headers("GET", authorization_server.resource_url)
+    assert f"DPoP {token.access_token}" == first["Authorization"]
+    assert first["DPoP"] != second["DPoP"]
+    seen = claims(first["DPoP"])
+    assert ("GET", authorization_server.resource_url) == (seen["htm"], seen["htu"])
+    assert "ath" in seen
+    status, body, _ = await get_me(authorization_server, second)
+    assert (200, "user") == (status, body["sub"])
+
+
+async def test_bearer_client_gets_bearer_headers(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Without dpop, request_headers() is just the bearer token, and the server takes it."""
+    async with make_client(authorization_server, on_code=no_op) as client:
+        token = await client.get_token()
+        headers = await client.request_headers("GET", authorization_server.resource_url)
+    assert {"Authorization": f"Bearer {token.access_token}"} == headers
+    assert None is token.dpop_key
+    assert 200 == (await get_me(authorization_server, headers))[0]
+
+
+async def test_dpop_token_presented_as_bearer_is_refused(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """RFC 9449 7.2: the server refuses a DPoP-bound token sent as a bearer token."""
+    async with dpop_client(authorization_server) as client:
+        token = await client.get_token()
+    status, body, headers = await get_me(
+        authorization_server, {"Authorization": f"Bearer {token.access_token}"}
+    )
+    assert (401, "invalid_token") == (status, body["error"])
+    assert headers["WWW-Authenticate"].startswith("DPoP ")
+
+
+async def test_replayed_proof_is_refused(authorization_server: AuthorizationServer) -> None:
+    """A proof sent twice (the same jti) is refused the second time."""
+    async with dpop_client(authorization_server) as client:
+        await client.get_token()
+        headers = await client.request_headers("GET", authorization_server.resource_url)
+    assert 200 == (await get_me(authorization_server, headers))[0]
+    status, body, _ = await get_me(authorization_server, headers)
+    assert (401, "invalid_dpop_proof") == (status, body["error"])
+    assert 1 == authorization_server.stats.dpop_proofs_refused
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [("GET", "http://127.0.0.1:1/api/me"), ("POST", "{resource}"), ("GET", "{token}")],
+)
+async def test_proof_for_another_request_is_refused(
+    method: str, url: str, authorization_server: AuthorizationServer
+) -> None:
+    """A proof made for another URL or method does not authorize this request."""
+    server = authorization_server
+    async with dpop_client(server) as client:
+        await client.get_token()
+        target = url.format(resource=server.resource_url, token=server.token_endpoint)
+        headers = await client.request_headers(method, target)
+    status, body, _ = await get_me(server, headers)
+    assert (401, "invalid_dpop_proof") == (status, body["error"])
+
+
+async def test_refresh_keeps_the_key(
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """A refresh proves the same key, and the new token is bound to it (RFC 9449 5)."""
+    async with dpop_client(authorization_server) as client:
+        first = await client.get_token()
+        virtual_clock.advance(3600)
+        second = await client.get_token()
+        headers = await client.request_headers("GET", authorization_server.resource_url)
+    assert first.access_token != second.access_token
+    assert 1 == authorization_server.stats.refreshes
+    assert first.dpop_key == second.dpop_key
+    assert ("DPoP", 2) == (second.token_type, len(proofs(authorization_server, "token")))
+    assert 200 == (await get_me(authorization_server, headers))[0]
+
+
+async def test_refresh_with_another_key_is_refused(
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """The server refuses a refresh whose proof comes from another key than the grant's."""
+    from deviceflow._dpop import DPoPKey
+
+    async with dpop_client(authorization_server) as client:
+        token = await client.get_token()
+        await client.save_token("other", attrs_evolve(token, DPoPKey.generate()))
+        virtual_clock.advance(3600)
+        with pytest.raises(Exception, match="another key") as caught:
+            await client.refresh("other")
+    assert "invalid_dpop_proof" == getattr(caught.value, "error", None)
+
+
+def attrs_evolve(token: Token, key: object) -> Token:
+    """``token`` bound to another key."""
+    import attrs
+
+    return attrs.evolve(token, dpop_key=key)
+
+
+@pytest.mark.authorization_server(dpop_nonce=True)
+async def test_server_nonce_is_used_after_one_retry(
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """use_dpop_nonce at the token endpoint: sent again once with the nonce, then remembered."""
+    async with dpop_client(authorization_server) as client:
+        await client.get_token()
+        virtual_clock.advance(3600)
+        await client.get_token()  # the refresh reuses the nonce: no second use_dpop_nonce
+        headers = await client.request_headers("GET", authorization_server.resource_url)
+    assert 1 == authorization_server.stats.dpop_nonces_asked
+    sent = [claims(p).get("nonce") for p in proofs(authorization_server, "token")]
+    assert None is sent[0] and sent[1] is not None and sent[1] == sent[2]
+    assert 200 == (await get_me(authorization_server, headers))[0]
+
+
+@pytest.mark.authorization_server(dpop_nonce=True)
+async def test_resource_nonce_retry_through_request_headers(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A resource's use_dpop_nonce: request_headers(dpop_nonce=...) makes a proof with it."""
+    server = authorization_server
+    async with dpop_client(server) as client:
+        await client.get_token()
+        nonce = server.rotate_dpop_nonce()
+        headers = await client.request_headers("GET", server.resource_url)
+        status, body, answer = await get_me(server, headers)
+        assert (401, "use_dpop_nonce", nonce) == (status, body["error"], answer["DPoP-Nonce"])
+        retry = await client.request_headers("GET", server.resource_url, dpop_nonce=nonce)
+    assert 200 == (await get_me(server, retry))[0]
+
+
+@pytest.mark.authorization_server(dpop_nonce=True)
+async def test_bearer_auth_is_transparent_with_dpop(
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """BearerAuth sends DPoP headers, retries once on use_dpop_nonce, and refreshes once on
+    invalid_token."""
+    server = authorization_server
+    async with dpop_client(server) as client:
+        await client.get_token()
+        auth = BearerAuth(client)
+        async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+            async with session.get(server.resource_url) as response:
+                assert 200 == response.status
+            server.rotate_dpop_nonce()
+            async with session.get(server.resource_url) as response:
+                assert 200 == response.status
+            server.expire_access_tokens()
+            async with session.get(server.resource_url) as response:
+                assert 200 == response.status
+    assert 1 == server.stats.refreshes
+    resource = [r.status for r in server.requests if r.endpoint == "resource"]
+    assert [200, 401, 200, 401, 200] == resource
+
+
+@pytest.mark.authorization_server(dpop=False)
+async def test_bearer_token_where_dpop_was_asked_is_a_protocol_error(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A server that ignores the proof issues a Bearer token: refused, naming the account."""
+    async with dpop_client(authorization_server) as client:
+        with pytest.raises(ProtocolError, match="'tenant-7'.*DPoP was asked for") as caught:
+            await client.get_token("tenant-7")
+        assert None is await client.store.get(client.store_key("tenant-7"))
+    issued = [r for r in authorization_server.requests if r.endpoint == "token"]
+    assert all("DPoP" in r.headers for r in issued)
+    assert "at_" not in str(caught.value)
+
+
+async def test_server_algorithms_are_respected(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """Without ES256 in dpop_signing_alg_values_supported, another listed algorithm is used."""
+    async with AuthorizationServer(
+        clock=authorization_server.clock,
+        dpop=True,
+        auto_approve_after=0,
+        dpop_algorithms=("PS256", "Ed25519"),
+    ) as server:
+        assert ["PS256", "Ed25519"] == server.metadata["dpop_signing_alg_values_supported"]
+        async with dpop_client(server) as client:
+            token = await client.get_token()
+            headers = await client.request_headers("GET", server.resource_url)
+        assert token.dpop_key is not None and "Ed25519" == token.dpop_key.alg
+        assert 200 == (await get_me(server, headers))[0]
+
+
+@pytest.mark.authorization_server(dpop_algorithms=("HS256",))
+async def test_no_algorithm_in_common_fails_the_flow(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A server that lists only algorithms deviceflow cannot sign with: the flow fails."""
+    async with dpop_client(authorization_server) as client:
+        events = [e async for e in client.authorize()]
+    assert FlowState.FAILED is events[-1].state
+    assert isinstance(events[-1].error, ProtocolError)
+    assert "HS256" in str(events[-1].error)
+
+
+async def test_key_never_in_repr_or_logs(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The private key shows in no repr, str or log line; the key's repr names its thumbprint."""
+    caplog.set_level(logging.DEBUG)
+    store = MemoryStore()
+    async with dpop_client(authorization_server, store=store) as client:
+        token = await client.get_token()
+        headers = await client.request_headers("GET", authorization_server.resource_url)
+    assert token.dpop_key is not None
+    private = json.loads(token.dpop_key.record())["jwk"]["d"]
+    assert private not in repr(token) + str(token) + repr(token.dpop_key) + caplog.text
+    assert private not in json.dumps(token.to_dict()) + json.dumps(headers)
+    assert token.dpop_key.jkt in repr(token.dpop_key)
