@@ -162,3 +162,29 @@ async def check_one_device_flow(server: AuthorizationServer, store_spec: str) ->
     assert [] == [r["rejected"] for r in reports if r["rejected"]]
     assert all(r["accepted"] >= 5 for r in reports)
     assert 0 == server.stats.invalid_grants
+
+
+@pytest.mark.authorization_server(interval=0.25, auto_approve_after=1, dpop=True, dpop_nonce=True)
+async def test_file_store_replicas_share_one_dpop_key(
+    authorization_server: AuthorizationServer, tmp_path: Path
+) -> None:
+    """8 DPoP processes on one EncryptedFileStore: one device flow, one key, every proof and
+    every refresh accepted (the server binds the grant to the key of its first proof)."""
+    await check_one_dpop_key(authorization_server, f"file:{tmp_path / 'tokens'}")
+
+
+@pytest.mark.authorization_server(interval=0.25, auto_approve_after=1, dpop=True, dpop_nonce=True)
+async def test_redis_replicas_share_one_dpop_key(
+    authorization_server: AuthorizationServer, redis_server: Any
+) -> None:
+    """8 DPoP processes on one Redis: one device flow, one key, every proof accepted."""
+    await check_one_dpop_key(authorization_server, f"redis:{redis_server.url}")
+
+
+async def check_one_dpop_key(server: AuthorizationServer, store_spec: str) -> None:
+    reports = await run_replicas(server, store_spec, generate_key(), "--on-code", "--dpop")
+    check(server, reports)
+    assert 1 == server.stats.device_authorizations
+    assert 1 == len({key for r in reports for key in r["keys"]})
+    assert all(r["keys"] for r in reports)
+    assert 0 == server.stats.dpop_proofs_refused
