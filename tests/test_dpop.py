@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 
-from deviceflow import DeviceCode, DeviceFlowClient, FlowState, ProtocolError, Token
+from _redis import open_redis_store
+from deviceflow import DeviceCode, DeviceFlowClient, FlowState, ProtocolError, StoreError, Token
 from deviceflow.aiohttp import BearerAuth
-from deviceflow.stores import MemoryStore
+from deviceflow.stores import EncryptedFileStore, MemoryStore, TokenStore, generate_key
 from deviceflow.testing import AuthorizationServer, VirtualClock
-from helpers import make_client
+from helpers import make_client, seed
 
 pytestmark = pytest.mark.authorization_server(dpop=True, auto_approve_after=0)
 
@@ -61,7 +65,8 @@ async def test_device_flow_gets_a_dpop_token_bound_to_a_new_key(
     async with dpop_client(authorization_server) as client:
         token = await client.get_token()
     assert "DPoP" == token.token_type
-    assert token.dpop_key is not None and "ES256" == token.dpop_key.alg
+    assert token.dpop_key is not None
+    assert "ES256" == token.dpop_key.alg
     (proof,) = proofs(authorization_server, "token")
     seen = claims(proof)
     assert "dpop+jwt" == seen["header"]["typ"]
@@ -171,18 +176,11 @@ async def test_refresh_with_another_key_is_refused(
 
     async with dpop_client(authorization_server) as client:
         token = await client.get_token()
-        await client.save_token("other", attrs_evolve(token, DPoPKey.generate()))
+        await client.save_token("other", attrs.evolve(token, dpop_key=DPoPKey.generate()))
         virtual_clock.advance(3600)
         with pytest.raises(Exception, match="another key") as caught:
             await client.refresh("other")
     assert "invalid_dpop_proof" == getattr(caught.value, "error", None)
-
-
-def attrs_evolve(token: Token, key: object) -> Token:
-    """``token`` bound to another key."""
-    import attrs
-
-    return attrs.evolve(token, dpop_key=key)
 
 
 @pytest.mark.authorization_server(dpop_nonce=True)
@@ -197,7 +195,9 @@ async def test_server_nonce_is_used_after_one_retry(
         headers = await client.request_headers("GET", authorization_server.resource_url)
     assert 1 == authorization_server.stats.dpop_nonces_asked
     sent = [claims(p).get("nonce") for p in proofs(authorization_server, "token")]
-    assert None is sent[0] and sent[1] is not None and sent[1] == sent[2]
+    assert None is sent[0]
+    assert sent[1] is not None
+    assert sent[1] == sent[2]
     assert 200 == (await get_me(authorization_server, headers))[0]
 
 
@@ -247,7 +247,7 @@ async def test_bearer_token_where_dpop_was_asked_is_a_protocol_error(
 ) -> None:
     """A server that ignores the proof issues a Bearer token: refused, naming the account."""
     async with dpop_client(authorization_server) as client:
-        with pytest.raises(ProtocolError, match="'tenant-7'.*DPoP was asked for") as caught:
+        with pytest.raises(ProtocolError, match=r"'tenant-7'.*DPoP was asked for") as caught:
             await client.get_token("tenant-7")
         assert None is await client.store.get(client.store_key("tenant-7"))
     issued = [r for r in authorization_server.requests if r.endpoint == "token"]
@@ -269,7 +269,8 @@ async def test_server_algorithms_are_respected(
         async with dpop_client(server) as client:
             token = await client.get_token()
             headers = await client.request_headers("GET", server.resource_url)
-        assert token.dpop_key is not None and "Ed25519" == token.dpop_key.alg
+        assert token.dpop_key is not None
+        assert "Ed25519" == token.dpop_key.alg
         assert 200 == (await get_me(server, headers))[0]
 
 
@@ -299,3 +300,102 @@ async def test_key_never_in_repr_or_logs(
     assert private not in repr(token) + str(token) + repr(token.dpop_key) + caplog.text
     assert private not in json.dumps(token.to_dict()) + json.dumps(headers)
     assert token.dpop_key.jkt in repr(token.dpop_key)
+
+
+def private_part(token: Token) -> bytes:
+    """The private key's ``d`` (base64url), as it would appear in a plaintext record."""
+    assert token.dpop_key is not None
+    return str(json.loads(token.dpop_key.record())["jwk"]["d"]).encode()
+
+
+async def check_round_trip(
+    server: AuthorizationServer, store: TokenStore, raw: Callable[[], Awaitable[bytes]]
+) -> None:
+    """A DPoP record written through ``store`` holds its key, encrypted; another client on the
+    same store reads the key back and its proofs are accepted."""
+    async with dpop_client(server, store=store) as client:
+        token = await client.get_token("tenant-1")
+    stored = await raw()
+    assert private_part(token) not in stored
+    assert token.dpop_key is not None
+    assert token.dpop_key.jkt.encode() not in stored
+    async with dpop_client(server, store=store, on_code=None) as other:
+        again = await other.get_token("tenant-1")
+        headers = await other.request_headers("GET", server.resource_url, "tenant-1")
+    assert (token.access_token, token.dpop_key) == (again.access_token, again.dpop_key)
+    assert 200 == (await get_me(server, headers))[0]
+
+
+async def test_file_store_keeps_the_key_encrypted(
+    authorization_server: AuthorizationServer, tmp_path: Path
+) -> None:
+    """EncryptedFileStore: the key survives a round trip; no file holds it in plaintext."""
+    folder = tmp_path / "tokens"
+    store = EncryptedFileStore(folder, key=generate_key())
+
+    async def raw() -> bytes:
+        return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+
+    await check_round_trip(authorization_server, store, raw)
+
+
+@pytest.mark.redis
+async def test_redis_store_keeps_the_key_encrypted(
+    authorization_server: AuthorizationServer, redis_server: Any
+) -> None:
+    """RedisStore: the key survives a round trip; no Redis value holds it in plaintext."""
+    import redis.asyncio
+
+    async def raw() -> bytes:
+        # Every value of every hash (records) and string (locks) as Redis holds it.
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        values: list[bytes | str] = []
+        try:
+            async for key in client.scan_iter():
+                if await client.type(key) == b"hash":
+                    values += (await client.hgetall(key)).values()
+                else:
+                    values.append(await client.get(key) or b"")
+        finally:
+            await client.aclose()
+        return b"".join(v if isinstance(v, bytes) else v.encode() for v in values)
+
+    async with open_redis_store(redis_server, key=generate_key()) as store:
+        await check_round_trip(authorization_server, store, raw)
+
+
+async def test_old_records_without_a_key_keep_working(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A Bearer record (no key) stays usable by a dpop=True client: sent and refreshed as
+    Bearer, until a new device flow binds the account to a key."""
+    store = MemoryStore()
+    async with make_client(authorization_server, store=store) as client:
+        await seed(client, authorization_server, "legacy")
+    async with dpop_client(authorization_server, store=store, on_code=None) as client:
+        headers = await client.request_headers("GET", authorization_server.resource_url, "legacy")
+        assert headers["Authorization"].startswith("Bearer ")
+        assert 200 == (await get_me(authorization_server, headers))[0]
+        fresh = await client.refresh("legacy")
+    assert ("Bearer", None) == (fresh.token_type, fresh.dpop_key)
+
+
+async def test_damaged_stored_key_is_a_store_error(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A record whose key cannot be read raises StoreError; the record stays as it was."""
+    store = MemoryStore()
+    async with dpop_client(authorization_server, store=store) as client:
+        await client.get_token()
+        key = client.store_key()
+    current = await store.get(key)
+    assert current is not None
+    document = json.loads(current.value)
+    document["dpop"]["jwk"] = {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}
+    await store.put(key, json.dumps(document).encode(), expected_version=current.version)
+    async with dpop_client(authorization_server, store=store, on_code=None) as client:
+        with pytest.raises(StoreError, match="DPoP key"):
+            await client.get_token()
+    after = await store.get(key)
+    assert after is not None
+    assert json.dumps(document).encode() == after.value
