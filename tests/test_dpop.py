@@ -399,3 +399,164 @@ async def test_damaged_stored_key_is_a_store_error(
     after = await store.get(key)
     assert after is not None
     assert json.dumps(document).encode() == after.value
+
+
+def forged(server: AuthorizationServer, token: Token, **changes: Any) -> dict[str, str]:
+    """Headers with a proof made by hand for the resource, ``changes`` applied: header fields
+    (``typ``, ``alg``, ``jwk``), claims (``None`` drops one), or ``proof`` (the whole header)."""
+    from joserfc import jws
+
+    assert token.dpop_key is not None
+    key = token.dpop_key._key  # the token's own key: only the change is wrong
+    header: dict[str, Any] = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+    body: dict[str, Any] = {
+        "jti": f"jti-{len(server.requests)}-{sorted(changes)}",
+        "htm": "GET",
+        "htu": server.resource_url,
+        "iat": int(server.clock.wall().timestamp()),
+        "ath": _ath(token.access_token),
+    }
+    for name, value in changes.items():
+        target = header if name in ("typ", "alg", "jwk") else body
+        if value is None:
+            target.pop(name, None)
+        else:
+            target[name] = value
+    payload = changes.get("claims", body)
+    proof = changes.get("proof") or jws.serialize_compact(
+        header, json.dumps(payload).encode(), key, algorithms=["ES256"]
+    )
+    return {"Authorization": f"DPoP {token.access_token}", "DPoP": proof}
+
+
+def _ath(access_token: str) -> str:
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(access_token.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"typ": "JWT"},
+        {"proof": "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6Im5vbmUifQ.e30."},  # alg none, unsigned
+        {"jwk": {"kty": "EC"}},
+        {"jwk": {"kty": "oct", "k": "AAAA"}},
+        {"proof": "not a jws"},
+        {"proof": "a" * 5000},
+        {"claims": ["not", "an", "object"]},
+        {"jti": None},
+        {"htm": "PUT"},
+        {"htu": None},
+        {"iat": None},
+        {"iat": True},
+        {"iat": 1},
+        {"ath": None},
+        {"ath": "aGFzaCBvZiBzb21ldGhpbmcgZWxzZQ"},
+    ],
+)
+async def test_malformed_proofs_are_refused(
+    changes: dict[str, Any], authorization_server: AuthorizationServer
+) -> None:
+    """The server refuses a resource proof that breaks any rule of RFC 9449 4.3."""
+    async with dpop_client(authorization_server) as client:
+        token = await client.get_token()
+    good = forged(authorization_server, token)
+    assert 200 == (await get_me(authorization_server, good))[0]
+    status, body, _ = await get_me(
+        authorization_server, forged(authorization_server, token, **changes)
+    )
+    assert (401, "invalid_dpop_proof") == (status, body["error"])
+
+
+async def test_proof_of_another_key_or_none_at_all_is_refused(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """The resource wants the token's own key, one DPoP header, and DPoP only for DPoP tokens."""
+    server = authorization_server
+    async with dpop_client(server) as client, make_client(server, on_code=no_op) as bearer:
+        token = await client.get_token()
+        other = await client.get_token("other")
+        mixed = await client.request_headers("GET", server.resource_url, "other")
+        plain = await bearer.get_token()
+    mixed["Authorization"] = f"DPoP {token.access_token}"
+    assert "invalid_dpop_proof" == (await get_me(server, mixed))[1]["error"]
+    no_proof = {"Authorization": f"DPoP {other.access_token}"}
+    assert "invalid_dpop_proof" == (await get_me(server, no_proof))[1]["error"]
+    as_dpop = {"Authorization": f"DPoP {plain.access_token}"}
+    assert "invalid_token" == (await get_me(server, as_dpop))[1]["error"]
+    unknown = {"Authorization": "DPoP at_unknown"}
+    assert "invalid_token" == (await get_me(server, unknown))[1]["error"]
+
+
+async def test_token_endpoint_refuses_a_bad_proof_and_a_bound_refresh_without_one(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """invalid_dpop_proof for a token request with a bad proof, and for the refresh of a
+    DPoP grant without a proof; a Bearer grant is not refreshed with a proof."""
+    server = authorization_server
+    async with dpop_client(server) as client:
+        token = await client.get_token()
+    issued = server.issue_tokens("svc")
+    refresh = {"grant_type": "refresh_token", "client_id": "svc"}
+    async with aiohttp.ClientSession() as session:
+        for headers, form in [
+            ({"DPoP": "not a jws"}, {**refresh, "refresh_token": str(token.refresh_token)}),
+            ({}, {**refresh, "refresh_token": str(token.refresh_token)}),
+            (
+                {
+                    "DPoP": forged(server, token, htm="POST", htu=server.token_endpoint, ath=None)[
+                        "DPoP"
+                    ]
+                },
+                {**refresh, "refresh_token": issued["refresh_token"]},
+            ),
+        ]:
+            async with session.post(server.token_endpoint, data=form, headers=headers) as answer:
+                assert (400, "invalid_dpop_proof") == (
+                    answer.status,
+                    (await answer.json())["error"],
+                )
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512", "Ed25519", "EdDSA", "PS256", "RS256"])
+def test_every_algorithm_survives_the_record(alg: str) -> None:
+    """Keys of every algorithm deviceflow signs with come back whole from their record."""
+    from deviceflow._dpop import DPoPKey
+
+    key = DPoPKey.generate(alg)
+    again = DPoPKey.from_record(json.loads(key.record()))
+    assert (key, hash(key)) == (again, hash(again))
+    assert key != object()
+    assert alg == again.alg
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        None,
+        {"alg": "HS256", "jwk": {}},
+        {"alg": "ES256", "jwk": "nope"},
+        {"alg": "ES256", "jwk": {"kty": "EC", "crv": "P-256"}},
+    ],
+)
+def test_damaged_key_records_are_protocol_errors(record: Any) -> None:
+    """A stored key that is not one is refused with ProtocolError, never half-read."""
+    from deviceflow._dpop import DPoPKey
+
+    with pytest.raises(ProtocolError, match="DPoP key"):
+        DPoPKey.from_record(record)
+    with pytest.raises(ValueError, match="unsupported"):
+        DPoPKey.generate("HS256")
+
+
+def test_public_key_alone_is_not_a_stored_key() -> None:
+    """A record holding only the public half is refused: it could not sign."""
+    from deviceflow._dpop import DPoPKey
+
+    record = json.loads(DPoPKey.generate().record())
+    del record["jwk"]["d"]
+    with pytest.raises(ProtocolError, match="no private part"):
+        DPoPKey.from_record(record)

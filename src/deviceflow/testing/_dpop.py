@@ -31,7 +31,7 @@ __all__ = ["IAT_WINDOW", "ProofChecker", "ProofRefused"]
 IAT_WINDOW = 60.0
 #: The algorithms the server accepts unless told otherwise.
 DEFAULT_ALGORITHMS = ("ES256", "Ed25519", "EdDSA", "PS256", "RS256", "ES384")
-_MAX_PROOF = 8192
+_MAX_PROOF = 4096  # an RSA-4096 proof is about 1.5 KB
 
 
 class ProofRefused(Exception):
