@@ -17,7 +17,7 @@ from deviceflow import DeviceCode, DeviceFlowClient, FlowState, ProtocolError, S
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import EncryptedFileStore, MemoryStore, TokenStore, generate_key
 from deviceflow.testing import AuthorizationServer, VirtualClock
-from helpers import make_client, seed
+from helpers import DEVICE_GRANT, make_client, seed
 
 pytestmark = pytest.mark.authorization_server(dpop=True, auto_approve_after=0)
 
@@ -560,3 +560,52 @@ def test_public_key_alone_is_not_a_stored_key() -> None:
     del record["jwk"]["d"]
     with pytest.raises(ProtocolError, match="no private part"):
         DPoPKey.from_record(record)
+
+
+@pytest.mark.authorization_server(auto_approve_after=None)
+async def test_device_code_is_bound_to_the_key(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """RFC 9449 10: the device code names the key (dpop_jkt); a stolen device code polled with
+    another key's proof is refused, while the client's own polls go on to the token."""
+    from deviceflow._dpop import DPoPKey
+
+    server = authorization_server
+    async with dpop_client(server) as client:
+        events = client.authorize()
+        async for event in events:
+            if event.state is FlowState.PENDING and event.code is not None:
+                break
+        assert event.code is not None
+        thief = DPoPKey.generate().proof("POST", server.token_endpoint, now=server.clock.wall())
+        form = {
+            "grant_type": DEVICE_GRANT,
+            "device_code": event.code.device_code,
+            "client_id": "svc",
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(server.token_endpoint, data=form, headers={"DPoP": thief}) as answer,
+        ):
+            assert (400, "invalid_dpop_proof") == (answer.status, (await answer.json())["error"])
+        server.approve(event.code.user_code)
+        rest = [later async for later in events]
+    assert FlowState.GRANTED is rest[-1].state
+    token = rest[-1].token
+    assert token is not None
+    assert token.dpop_key is not None
+    (device,) = [r for r in server.requests if r.endpoint == "device"]
+    assert token.dpop_key.jkt == device.form["dpop_jkt"]
+
+
+async def test_dpop_token_without_its_key_is_not_used(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A DPoP token saved without its key cannot make proofs: ProtocolError naming the
+    account, and the token is not in the message."""
+    async with dpop_client(authorization_server) as client:
+        token = await client.get_token()
+        await client.save_token("imported", attrs.evolve(token, dpop_key=None))
+        with pytest.raises(ProtocolError, match="'imported'.*without its key") as caught:
+            await client.request_headers("GET", authorization_server.resource_url, "imported")
+    assert token.access_token not in str(caught.value)

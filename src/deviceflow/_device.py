@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
+import attrs
 
 from ._claim import Claim, FlowClaim
 from ._clock import Clock
@@ -27,7 +28,7 @@ from ._dpop import DPoPKey, check_token_type, new_key
 from ._endpoints import Endpoints
 from ._ledger import TokenLedger
 from ._machine import DeviceFlowMachine, Done, Fail, Send
-from ._models import DeviceCode, FlowEvent, FlowState, RequestKind, Token
+from ._models import DeviceCode, FlowEvent, FlowState, Request, RequestKind, Token
 from .exceptions import DeviceFlowError, ProtocolError, ReauthorizationRequiredError
 
 __all__ = ["DeviceFlowDriver", "OnCode", "complete_despite_cancellation"]
@@ -40,6 +41,23 @@ OnCode = Callable[[DeviceCode, str], Awaitable[None] | None]
 
 #: How often a process waiting on another process's device flow looks for its token.
 CLAIM_POLL = 2.0
+
+
+#: The requests of a device flow that DPoP changes: the device authorization request names the
+#: key (dpop_jkt) and the token requests prove it.
+_DPOP_REQUESTS = frozenset({RequestKind.DEVICE_AUTHORIZATION, RequestKind.TOKEN})
+
+
+def _bind_device_code(request: Request, key: DPoPKey, machine: DeviceFlowMachine) -> Request:
+    """RFC 9449 10: ``dpop_jkt`` binds the device code to the key, so that a stolen device
+    code is of no use without it; sent only to servers that list DPoP algorithms (they know the
+    parameter), and only with the device authorization request."""
+    metadata = machine.metadata
+    if request.kind is not RequestKind.DEVICE_AUTHORIZATION or metadata is None:
+        return request
+    if "dpop_signing_alg_values_supported" not in metadata.extra:
+        return request
+    return attrs.evolve(request, params={**request.params, "dpop_jkt": key.jkt})
 
 
 class _SignedInElsewhere(Exception):
@@ -158,15 +176,19 @@ class DeviceFlowDriver:
                 await before_wait(delay)
             if delay > 0:
                 await clock.sleep(delay)
-            dpop = self.endpoints.dpop_grants and action.request.kind is RequestKind.TOKEN
-            if dpop and key is None:
-                try:
-                    key = self._dpop_key(account, machine)
-                except ProtocolError as exc:  # no algorithm in common with the server
-                    yield event(exc)
-                    return
+            request = action.request
+            if self.endpoints.dpop_grants and request.kind in _DPOP_REQUESTS:
+                if key is None:
+                    try:
+                        key = self._dpop_key(account, machine)
+                    except ProtocolError as exc:  # no algorithm in common with the server
+                        yield event(exc)
+                        return
+                request = _bind_device_code(request, key, machine)
             try:
-                response = await self.endpoints.send(action.request, dpop_key=key)
+                response = await self.endpoints.send(
+                    request, dpop_key=key if request.kind is RequestKind.TOKEN else None
+                )
             except DeviceFlowError as exc:
                 log.debug("device flow %s request failed: %s", action.request.kind.value, exc)
                 action = machine.receive_failure(exc, now=clock.monotonic(), wall=clock.wall())

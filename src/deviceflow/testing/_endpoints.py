@@ -147,7 +147,10 @@ class Endpoints:
         registration = self._clients.registration(client_id)
         if scope is None and registration is not None:
             scope = registration.scope  # AWS: the scopes were given at registration
-        code = self._state.issue_code(client_id=client_id, scope=scope, now=self._clock.monotonic())
+        jkt = params.get("dpop_jkt") if self._dpop is not None else None  # RFC 9449 10
+        code = self._state.issue_code(
+            client_id=client_id, scope=scope, now=self._clock.monotonic(), jkt=jkt
+        )
         self._issued_codes().put_nowait(code.user_code)
         profile = self._profile
         verification_uri = self._urls.verification_uri

@@ -93,8 +93,10 @@ class AuthorizationServer:
       the grant to its key: ``token_type`` DPoP, refreshes only with a proof of that key, and
       the protected resource asks for ``Authorization: DPoP`` with a proof (``ath`` included)
       and refuses the token presented as a bearer token. Without a proof, Bearer tokens as
-      before. ``dpop_nonce``: proofs must also carry the server's nonce (RFC 9449 8, 9): the
-      first gets ``use_dpop_nonce`` and the nonce; ``rotate_dpop_nonce()`` changes it.
+      before. A device code requested with ``dpop_jkt`` (RFC 9449 10) is redeemed only with
+      a proof of that key. ``dpop_nonce``: proofs must also carry the server's nonce (RFC 9449
+      8, 9): the first gets ``use_dpop_nonce`` and the nonce; ``rotate_dpop_nonce()`` changes
+      it.
     """
 
     def __init__(

@@ -165,6 +165,7 @@ class DeviceAuthorization:
     expired_answered: bool = False
     slow_down_next: bool = False
     grant: Grant | None = None
+    jkt: str | None = None  # RFC 9449 10: dpop_jkt, the key its token requests must prove
 
     def expired_at(self, now: float) -> bool:
         """True once the code's lifetime is over."""
@@ -211,8 +212,11 @@ class AuthorizationState:
 
     # -- device authorization (RFC 8628 3.1, 3.2) -------------------------------------------
 
-    def issue_code(self, *, client_id: str, scope: Scope | None, now: float) -> DeviceAuthorization:
-        """Create a pending device code and its unique user code."""
+    def issue_code(
+        self, *, client_id: str, scope: Scope | None, now: float, jkt: str | None = None
+    ) -> DeviceAuthorization:
+        """Create a pending device code and its unique user code (bound to the DPoP key
+        ``jkt`` names, when given)."""
         while True:
             groups = [
                 "".join(secrets.choice(self.user_code_alphabet) for _ in range(length))
@@ -229,6 +233,7 @@ class AuthorizationState:
             issued_at=now,
             expires_at=now + self.code_lifetime,
             interval=enforced_interval(self.interval),
+            jkt=jkt,
         )
         self._codes[code.device_code] = code
         self._user_codes[normalize_user_code(user_code)] = code
@@ -265,6 +270,10 @@ class AuthorizationState:
         if code is None or code.client_id != client_id:
             # RFC 6749 5.2: a code issued to another client is invalid_grant as well.
             raise self._invalid_grant("unknown device_code")
+        if code.jkt is not None and jkt != code.jkt:
+            # RFC 9449 10.1: only the key the device code was bound to may redeem it.
+            self.stats.dpop_proofs_refused += 1
+            raise OAuthFailure("invalid_dpop_proof", "the device code is bound to another key")
         self.stats.polls += 1
         code.polls += 1
         last, code.last_poll = code.last_poll, now
