@@ -606,6 +606,6 @@ async def test_dpop_token_without_its_key_is_not_used(
     async with dpop_client(authorization_server) as client:
         token = await client.get_token()
         await client.save_token("imported", attrs.evolve(token, dpop_key=None))
-        with pytest.raises(ProtocolError, match="'imported'.*without its key") as caught:
+        with pytest.raises(ProtocolError, match=r"'imported'.*without its key") as caught:
             await client.request_headers("GET", authorization_server.resource_url, "imported")
     assert token.access_token not in str(caught.value)
