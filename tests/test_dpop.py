@@ -609,3 +609,63 @@ async def test_dpop_token_without_its_key_is_not_used(
         with pytest.raises(ProtocolError, match=r"'imported'.*without its key") as caught:
             await client.request_headers("GET", authorization_server.resource_url, "imported")
     assert token.access_token not in str(caught.value)
+
+
+def test_nonces_are_kept_per_origin_and_bounded() -> None:
+    """The latest nonce of each server origin is used; malformed nonces are ignored, and the
+    oldest origin is forgotten once 256 are known."""
+    from datetime import datetime, timezone
+
+    from deviceflow._dpop import DPoP, DPoPKey
+
+    dpop = DPoP(lambda: datetime(2030, 1, 1, tzinfo=timezone.utc))
+    key = DPoPKey.generate()
+
+    def nonce_for(url: str) -> object:
+        return claims(dpop.proof(key, "GET", url)).get("nonce")
+
+    dpop.remember("https://API.example/a?q=1", "n-1")
+    dpop.remember("https://api.example/b", 'bad "nonce"')
+    dpop.remember("https://api.example/c", "x" * 2000)
+    dpop.remember("https://api.example/d", None)
+    assert "n-1" == nonce_for("https://api.example/other")
+    assert None is nonce_for("https://other.example/")
+    for n in range(256):
+        dpop.remember(f"https://host-{n}.example/", f"n{n}")
+    assert None is nonce_for("https://api.example/")
+    assert "n255" == nonce_for("https://host-255.example/x")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "retried"),
+    [
+        (400, {"dpop-nonce": "n-2"}, b'{"error": "use_dpop_nonce"}', True),
+        (401, {"dpop-nonce": "n-2"}, b'{"error": "use_dpop_nonce"}', True),
+        (400, {"dpop-nonce": "n-2"}, b"use_dpop_nonce, not JSON", False),
+        (400, {}, b'{"error": "use_dpop_nonce"}', False),
+        (400, {"dpop-nonce": "n-2"}, b'{"error": "invalid_dpop_proof"}', False),
+        (500, {"dpop-nonce": "n-2"}, b'{"error": "use_dpop_nonce"}', False),
+    ],
+)
+async def test_token_request_is_sent_again_only_for_a_nonce(
+    status: int, headers: dict[str, str], body: bytes, retried: bool
+) -> None:
+    """Only a use_dpop_nonce error with a DPoP-Nonce header earns the one retry; the nonce of
+    any answer is kept."""
+    from datetime import datetime, timezone
+
+    from deviceflow import Request, RequestKind, Response
+    from deviceflow._dpop import DPoP, DPoPKey
+
+    dpop = DPoP(lambda: datetime(2030, 1, 1, tzinfo=timezone.utc))
+    sent: list[Request] = []
+
+    async def send(request: Request) -> Response:
+        sent.append(request)
+        return Response(status=status, headers=headers, body=body)
+
+    request = Request(kind=RequestKind.TOKEN, method="POST", url="https://idp.example/token")
+    await dpop.exchange(request, DPoPKey.generate(), send)
+    assert (2 if retried else 1) == len(sent)
+    nonces = [claims(r.headers["DPoP"]).get("nonce") for r in sent]
+    assert [None, "n-2"][: len(sent)] == nonces
