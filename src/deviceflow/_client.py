@@ -29,6 +29,7 @@ from ._cache import TokenCache
 from ._checks import check_client_args
 from ._clock import Clock, SystemClock
 from ._device import DeviceFlowDriver, OnCode, complete_despite_cancellation
+from ._dpop import DPoP
 from ._endpoints import Endpoints
 from ._flights import Flights
 from ._identity import Identities, Identity, VerifyIdentity
@@ -38,7 +39,7 @@ from ._provider import Provider
 from ._records import RecordCodec
 from ._refresh import Forced, NeedsGrant, RefreshTransaction, Stale
 from ._transport import AiohttpTransport, ClientAuth, Transport
-from .exceptions import IdentityError
+from .exceptions import IdentityError, ProtocolError
 from .stores._protocol import TokenStore
 
 if TYPE_CHECKING:
@@ -79,6 +80,10 @@ class DeviceFlowClient:
     unless it returns True, the grant is revoked where the provider offers revocation, nothing
     is stored, and get_token() (or authorize()'s last event) gives an IdentityError. Bind an
     account to a person or a directory this way (see :meth:`identity`).
+    ``dpop=True`` asks for sender-constrained tokens (DPoP, RFC 9449): each account gets a key
+    pair on its first device flow, kept in its token record (encrypted by the persistent
+    stores), and every token request carries a proof of it; resource requests need one too, so
+    take their headers from :meth:`request_headers` (``BearerAuth`` does).
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class DeviceFlowClient:
         lock_wait: float = 60.0,
         poll_margin: float = 0.1,
         verify_identity: VerifyIdentity | None = None,
+        dpop: bool = False,
     ) -> None:
         scope = check_client_args(
             client_id=client_id,
@@ -113,6 +119,8 @@ class DeviceFlowClient:
             lock_wait=lock_wait,
             poll_margin=poll_margin,
         )
+        if not isinstance(dpop, bool):
+            raise TypeError("dpop must be True or False")
         if provider.requires_client_secret and client_secret is None:
             raise ValueError(f"the {provider.name} provider needs a client_secret")
         if provider.registration is not None and (
@@ -146,6 +154,7 @@ class DeviceFlowClient:
             timeout=http_timeout,
         )
         codec = RecordCodec(provider.identity, client_id)
+        self._dpop = DPoP(clock.wall)
         self._cache = TokenCache(clock, refresh_skew)
         self._flights: Flights[Token] = Flights(self._after_background)
         self._endpoints = Endpoints(
@@ -160,6 +169,8 @@ class DeviceFlowClient:
             lock_ttl=lock_ttl,
             lock_wait=lock_wait,
             metadata=provider.metadata,
+            dpop=self._dpop,
+            dpop_grants=dpop,
         )
         self._endpoints.telemetry.watch(self._cache)  # deviceflow.accounts.cached
         self._ledger = TokenLedger(
@@ -263,6 +274,48 @@ class DeviceFlowClient:
             # That was a flight some other caller had started (it did not refresh): again.
             token = await self._flights.join(account, self._obtain, account, named)
         return token
+
+    async def request_headers(
+        self,
+        method: str,
+        url: str,
+        account: str = "default",
+        *,
+        dpop_nonce: str | None = None,
+    ) -> dict[str, str]:
+        """The headers that authorize ``method url`` with ``account``'s token (from
+        :meth:`get_token`): ``{"Authorization": "Bearer <token>"}``, or for a DPoP token
+        ``{"Authorization": "DPoP <token>", "DPoP": "<proof>"}`` with a proof for this one
+        request (RFC 9449 7). Make new headers for every request, a retry included.
+
+        When the resource server answers 401 with ``WWW-Authenticate: DPoP
+        error="use_dpop_nonce"``, pass its ``DPoP-Nonce`` header as ``dpop_nonce`` and retry
+        once with the headers returned; the nonce is kept for that server's later requests.
+
+        >>> headers = await client.request_headers("GET", "https://api.example.com/me")  # doctest: +SKIP
+        """  # noqa: E501
+        return (await self._authorize_request(method, url, account, dpop_nonce))[1]
+
+    async def _authorize_request(
+        self, method: str, url: str, account: str, dpop_nonce: str | None = None
+    ) -> tuple[Token, dict[str, str]]:
+        """The token and the headers of :meth:`request_headers` (BearerAuth needs both)."""
+        token = await self.get_token(account)
+        return token, self._resource_headers(token, method, url, account, dpop_nonce)
+
+    def _resource_headers(
+        self, token: Token, method: str, url: str, account: str, dpop_nonce: str | None = None
+    ) -> dict[str, str]:
+        self._remember_dpop_nonce(url, dpop_nonce)
+        if token.dpop_key is None and token.token_type.lower() == "dpop":
+            raise ProtocolError(
+                f"account {account!r}: its DPoP token came without its key (saved with "
+                "save_token?); it cannot be used; sign in again"
+            )
+        return self._dpop.resource_headers(token, method, url)
+
+    def _remember_dpop_nonce(self, url: str, nonce: str | None) -> None:
+        self._dpop.remember(url, nonce)
 
     async def save_token(self, account: str, token: Token) -> None:
         """Store a token obtained elsewhere (a migration, a test) as ``account``'s token."""

@@ -24,10 +24,11 @@ import attrs
 
 from ._claim import Claim, FlowClaim
 from ._clock import Clock
+from ._dpop import DPoPKey, check_token_type, new_key
 from ._endpoints import Endpoints
 from ._ledger import TokenLedger
 from ._machine import DeviceFlowMachine, Done, Fail, Send
-from ._models import DeviceCode, FlowEvent, FlowState, Token
+from ._models import DeviceCode, FlowEvent, FlowState, Request, RequestKind, Token
 from .exceptions import DeviceFlowError, ProtocolError, ReauthorizationRequiredError
 
 __all__ = ["DeviceFlowDriver", "OnCode", "complete_despite_cancellation"]
@@ -40,6 +41,23 @@ OnCode = Callable[[DeviceCode, str], Awaitable[None] | None]
 
 #: How often a process waiting on another process's device flow looks for its token.
 CLAIM_POLL = 2.0
+
+
+#: The requests of a device flow that DPoP changes: the device authorization request names the
+#: key (dpop_jkt) and the token requests prove it.
+_DPOP_REQUESTS = frozenset({RequestKind.DEVICE_AUTHORIZATION, RequestKind.TOKEN})
+
+
+def _bind_device_code(request: Request, key: DPoPKey, machine: DeviceFlowMachine) -> Request:
+    """RFC 9449 10: ``dpop_jkt`` binds the device code to the key, so that a stolen device
+    code is of no use without it; sent only to servers that list DPoP algorithms (they know the
+    parameter), and only with the device authorization request."""
+    metadata = machine.metadata
+    if request.kind is not RequestKind.DEVICE_AUTHORIZATION or metadata is None:
+        return request
+    if "dpop_signing_alg_values_supported" not in metadata.extra:
+        return request
+    return attrs.evolve(request, params={**request.params, "dpop_jkt": key.jkt})
 
 
 class _SignedInElsewhere(Exception):
@@ -114,24 +132,21 @@ class DeviceFlowDriver:
         clock = self.clock
         last: tuple[FlowState, float] | None = None
         announced = False  # whether an event has carried the code yet
+        key: DPoPKey | None = None  # with dpop=True: the key the token requests prove
+        granted: Token | None = None  # the machine's token, bound to that key
 
-        def event() -> FlowEvent:
+        def event(error: DeviceFlowError | None = None) -> FlowEvent:
             nonlocal announced
             issued = machine.code is not None and not announced
             announced = announced or issued
             return FlowEvent(
-                state=machine.state,
+                state=FlowState.FAILED if error is not None else machine.state,
                 account=account,
                 code=machine.code,
-                token=machine.token,
-                error=machine.error,
+                token=granted,
+                error=error or machine.error,
                 interval=machine.interval if machine.code else None,
                 code_issued=issued,
-            )
-
-        def refused(error: DeviceFlowError) -> FlowEvent:
-            return FlowEvent(
-                state=FlowState.FAILED, account=account, code=machine.code, error=error
             )
 
         action = machine.start(now=clock.monotonic(), wall=clock.wall())
@@ -142,13 +157,15 @@ class DeviceFlowDriver:
             if isinstance(action, Done):
                 if machine.metadata is not None:
                     self.endpoints.metadata = machine.metadata
-                granted = action.token
-                if self.admit is not None:
-                    try:
-                        granted = await self.admit(account, granted)
-                    except DeviceFlowError as exc:  # refused: nothing is stored
-                        yield refused(exc)
-                        return
+                try:
+                    # RFC 9449 5: a DPoP token when a proof was sent, a Bearer one otherwise.
+                    token = check_token_type(action.token, key, account)
+                    if self.admit is not None:  # verify_identity: refused, nothing is stored
+                        token = await self.admit(account, token)
+                except DeviceFlowError as exc:
+                    yield event(exc)
+                    return
+                granted = token
                 if store:
                     # The device code is redeemed: keep the grant even if we are cancelled now.
                     await complete_despite_cancellation(
@@ -165,8 +182,19 @@ class DeviceFlowDriver:
                 await before_wait(delay)
             if delay > 0:
                 await clock.sleep(delay)
+            request = action.request
+            if self.endpoints.dpop_grants and request.kind in _DPOP_REQUESTS:
+                if key is None:
+                    try:
+                        key = self._dpop_key(account, machine)
+                    except ProtocolError as exc:  # no algorithm in common with the server
+                        yield event(exc)
+                        return
+                request = _bind_device_code(request, key, machine)
             try:
-                response = await self.endpoints.send(action.request)
+                response = await self.endpoints.send(
+                    request, dpop_key=key if request.kind is RequestKind.TOKEN else None
+                )
             except DeviceFlowError as exc:
                 log.debug("device flow %s request failed: %s", action.request.kind.value, exc)
                 action = machine.receive_failure(exc, now=clock.monotonic(), wall=clock.wall())
@@ -174,6 +202,15 @@ class DeviceFlowDriver:
                 action = machine.receive_response(
                     response, now=clock.monotonic(), wall=clock.wall()
                 )
+
+    def _dpop_key(self, account: str, machine: DeviceFlowMachine) -> DPoPKey:
+        """The account's DPoP key: the one its tokens had, else a new one (RFC 9449 5.1: of an
+        algorithm the server lists)."""
+        held = self.ledger.held(account)
+        if held is not None and held.record.token.dpop_key is not None:
+            return held.record.token.dpop_key
+        metadata = machine.metadata or self.endpoints.metadata
+        return new_key(metadata.extra if metadata is not None else None)
 
     async def obtain(
         self, account: str, on_code: OnCode | None, not_before: datetime | None

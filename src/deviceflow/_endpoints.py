@@ -25,6 +25,7 @@ from typing import TypeVar
 import attrs
 
 from ._clock import Clock
+from ._dpop import DPoP, DPoPKey, check_token_type
 from ._models import ProviderMetadata, RegisteredClient, Request, RequestKind, Response, Token
 from ._parse import interpret_registration_response, interpret_token_response, retry_after
 from ._provider import Provider, fetch_metadata
@@ -107,6 +108,8 @@ class Endpoints:
     lock_ttl: float
     lock_wait: float
     metadata: ProviderMetadata | None = None
+    dpop: DPoP | None = None  # DPoP proofs and the nonces servers gave (RFC 9449)
+    dpop_grants: bool = False  # new grants are DPoP grants: DeviceFlowClient(dpop=True)
     gate: Gate = attrs.field(init=False)
     telemetry: ClientTelemetry = attrs.field(init=False)  # spans and metrics (the otel extra)
     _metadata_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
@@ -139,8 +142,10 @@ class Endpoints:
         request: Request,
         *,
         timeout: float | None = None,
+        dpop_key: DPoPKey | None = None,
     ) -> Response:
-        """Send through the transport, as the registered client when the provider needs one."""
+        """Send through the transport, as the registered client when the provider needs one;
+        with a DPoP proof made with ``dpop_key`` when given (a token request, RFC 9449 5)."""
         if self.provider.registration is not None and request.kind not in (
             RequestKind.DISCOVERY,
             RequestKind.REGISTRATION,
@@ -150,13 +155,22 @@ class Endpoints:
             if client.client_secret is not None:
                 params["client_secret"] = client.client_secret  # RFC 6749 2.3.1, in the body
             request = attrs.evolve(request, params=params)
-        if timeout is None:
-            response = await self.transport.send(request)
+        if dpop_key is not None:
+            if self.dpop is None:
+                self.dpop = DPoP(self.clock.wall)
+            response = await self.dpop.exchange(
+                request, dpop_key, lambda signed: self._transport_send(signed, timeout)
+            )
         else:
-            response = await self.transport.send(request, timeout=timeout)
+            response = await self._transport_send(request, timeout)
         if response.status == 429 or response.status >= 500:
             self.telemetry.server_busy(request.kind.value, response.status)
         return response
+
+    async def _transport_send(self, request: Request, timeout: float | None) -> Response:
+        if timeout is None:
+            return await self.transport.send(request)
+        return await self.transport.send(request, timeout=timeout)
 
     async def _retrying(
         self,
@@ -165,6 +179,7 @@ class Endpoints:
         *,
         budget: float,
         until: float | None = None,
+        dpop_key: DPoPKey | None = None,
     ) -> _T:
         """Send ``request`` until ``interpret`` accepts an answer or ``budget`` seconds (on the
         client's clock) are spent; ``until`` (time.monotonic()) bounds it in real time too."""
@@ -176,7 +191,7 @@ class Endpoints:
             if until is not None:
                 remaining = min(remaining, until - time.monotonic())
             try:
-                return interpret(await self.send(request, timeout=remaining))
+                return interpret(await self.send(request, timeout=remaining, dpop_key=dpop_key))
             except GateClosed:
                 raise
             except TransportError as exc:
@@ -189,11 +204,14 @@ class Endpoints:
                 await clock.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def refresh(self, token: Token, *, until: float | None = None) -> Token:
-        """RFC 6749 6: trade ``token``'s refresh token for a new access token.
+    async def refresh(
+        self, token: Token, *, until: float | None = None, account: str = "default"
+    ) -> Token:
+        """RFC 6749 6: trade ``token``'s refresh token for a new access token of ``account``.
 
         Every attempt ends within ``http_timeout`` and, when given, before ``until`` (real
-        monotonic seconds: the end of the store lease the refresh runs under).
+        monotonic seconds: the end of the store lease the refresh runs under). A DPoP token's
+        refresh carries a proof of its key, and the new token keeps that key (RFC 9449 5).
         """
         assert token.refresh_token is not None
         metadata = await self.ensure_metadata()
@@ -213,17 +231,22 @@ class Endpoints:
         def interpret(response: Response) -> Token:
             wall = self.clock.wall()
             try:
-                return interpret_token_response(response, dialect, wall, previous=token)
+                new = interpret_token_response(response, dialect, wall, previous=token)
+            except ProtocolError as exc:
+                raise ProtocolError(f"account {account!r}: {exc}") from None
             except TransportError as exc:
                 wait = retry_after(response, wall) if response.status in (429, 503) else None
                 if wait is None or wait <= 0:
                     raise
                 gate.close_for(wait)
                 raise GateClosed(f"{exc}; asked to wait {wait:.0f} s") from None
+            return check_token_type(new, token.dpop_key, account)
 
         if gate.closed_for() > 0:
             raise GateClosed("the token endpoint asked to wait; not sent")
-        return await self._retrying(request, interpret, budget=self.http_timeout, until=until)
+        return await self._retrying(
+            request, interpret, budget=self.http_timeout, until=until, dpop_key=token.dpop_key
+        )
 
     async def revoke(self, token: Token) -> bool:
         """RFC 7009: revoke ``token``'s grant (its refresh token, else its access token); True

@@ -8,11 +8,14 @@ import re
 import types
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from .exceptions import DeviceFlowError, ProtocolError
+
+if TYPE_CHECKING:
+    from ._dpop import DPoPKey
 
 __all__ = [
     "AuthMethod",
@@ -84,6 +87,9 @@ class Token:
 
     ``repr()`` and ``str()`` never show the access, refresh or id token.
 
+    ``dpop_key`` is the key pair a DPoP token (``token_type`` ``"DPoP"``, RFC 9449) is bound
+    to; None for a Bearer token. It is kept in the token record, not in :meth:`to_dict`.
+
     >>> from datetime import datetime, timezone
     >>> Token(access_token="secret", expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc))
     Token(token_type='Bearer', expires_at=datetime.datetime(2030, 1, 1, 0, 0, tzinfo=datetime.timezone.utc), scope=None, has_refresh_token=False)
@@ -96,6 +102,7 @@ class Token:
     scope: str | None = None
     id_token: str | None = attrs.field(default=None, repr=False)
     extra: Mapping[str, Any] = attrs.field(factory=lambda: _NO_EXTRA, repr=False)
+    dpop_key: DPoPKey | None = attrs.field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -117,7 +124,9 @@ class Token:
 
     @property
     def authorization(self) -> str:
-        """The value of an ``Authorization`` header for this token: ``Bearer <access_token>``.
+        """The value of an ``Authorization`` header for this token: ``Bearer <access_token>``
+        (``DPoP <access_token>`` for a DPoP token, which also needs a proof: see
+        ``DeviceFlowClient.request_headers``).
 
         ProtocolError when the access token is not an RFC 6750 b64token: a token with CR, LF or
         NUL in it would inject headers into an HTTP stack that does not refuse them.
@@ -129,7 +138,8 @@ class Token:
         return f"{self.token_type} {self.access_token}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict holding everything, secrets included (for stores)."""
+        """A JSON-serialisable dict holding everything, secrets included (for stores), but the
+        DPoP key (the token record keeps it)."""
         return {
             "access_token": self.access_token,
             "token_type": self.token_type,
@@ -408,6 +418,8 @@ class Request:
     method: Literal["GET", "POST"]
     url: str
     params: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    #: Headers the transport adds to its own (a DPoP proof).
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -315,9 +315,12 @@ def parse_token(
     assert access_token is not None
     assert token_type is not None
     # RFC 6749 7.1: the client must not use a token whose type it does not understand.
-    if token_type.lower() != "bearer":
+    # Whether a DPoP token (RFC 9449) was asked for is checked where the proof was sent.
+    kind = _TOKEN_TYPES.get(token_type.lower())
+    if kind is None:
         raise ProtocolError(
-            f"the server issued a token of type {token_type[:32]!r}; only Bearer is supported"
+            f"the server issued a token of type {token_type[:32]!r}; only Bearer and DPoP "
+            "are supported"
         )
     # A refresh gives a token of the grant's type (RFC 9449 5: a DPoP grant stays DPoP).
     if previous is not None and previous.token_type.lower() != token_type.lower():
@@ -354,7 +357,7 @@ def parse_token(
         id_token = id_token or previous.id_token
     return Token(
         access_token=access_token,
-        token_type="Bearer",
+        token_type=kind,
         expires_at=expires_at,
         refresh_token=refresh_token or None,
         scope=scope,
@@ -363,6 +366,8 @@ def parse_token(
     )
 
 
+#: The token types a client can use, by their lower-case name (RFC 6749 7.1: case-insensitive).
+_TOKEN_TYPES = {"bearer": "Bearer", "dpop": "DPoP"}
 _TOKEN_FIELDS = frozenset(
     {"access_token", "token_type", "expires_in", "refresh_token", "scope", "id_token"}
 )

@@ -3,7 +3,11 @@
 A record is compact JSON under a key namespaced by issuer, client id and account::
 
     {"v": 1, "issuer": ..., "client_id": ..., "account": ..., "obtained_at": <unix seconds>,
-     "seq": <lineage>, "token": {...Token.to_dict()...}}
+     "seq": <lineage>, "token": {...Token.to_dict()...}, "dpop": {"alg": ..., "jwk": {...}}}
+
+``dpop`` is there for a DPoP token only (RFC 9449): the private key its grant is bound to, in
+the same record (and so in the same envelope of the persistent stores) as the tokens, so every
+process sharing the store signs with one key. Records without it are Bearer records.
 
 ``seq`` orders the tokens of one account: every refresh writes its base's ``seq`` plus one, a new
 grant the stored record's plus one, and a token written back after a store lost it keeps its
@@ -34,6 +38,7 @@ from typing import Any
 
 import attrs
 
+from ._dpop import DPoPKey
 from ._models import Token, json_str
 from ._parse import MAX_TOKEN_LIFETIME, parse_seconds
 from .exceptions import ProtocolError, StoreError
@@ -116,6 +121,11 @@ def _seq(value: Any) -> int:
     return 0
 
 
+def _dpop_field(token: Token) -> str:
+    key = token.dpop_key
+    return "" if key is None else f',"dpop":{key.record()}'
+
+
 class RenderedRecord:
     """A record kept as what renders it: the codec, the account and the record
     (MemoryStore.put_rendered). Renders the same bytes every time."""
@@ -157,7 +167,7 @@ class RecordCodec:
         return (
             f'{self._head}"account":{json_str(account)},'
             f'"obtained_at":{record.obtained.timestamp()!r},"seq":{record.seq},'
-            f'"token":{record.token.json_text()}}}'
+            f'"token":{record.token.json_text()}{_dpop_field(record.token)}}}'
         ).encode()
 
     def encode_tombstone(
@@ -190,6 +200,8 @@ class RecordCodec:
             raise StoreError("a stored token record has an unknown format")
         try:
             decoded = Token.from_dict(token)
+            if (dpop := document.get("dpop")) is not None:
+                decoded = attrs.evolve(decoded, dpop_key=DPoPKey.from_record(dpop))
         except ProtocolError as exc:
             raise StoreError(str(exc)) from None
         return Record(

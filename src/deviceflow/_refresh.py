@@ -320,7 +320,9 @@ class RefreshTransaction:
         # grant. So aclose() waits for this step instead of cancelling it.
         with self._finishing(account), self.endpoints.telemetry.refreshing() as outcome:
             try:
-                new = await self.endpoints.refresh(base.token, until=lease_end - self.reserve)
+                new = await self.endpoints.refresh(
+                    base.token, until=lease_end - self.reserve, account=account
+                )
             except GateClosed:
                 outcome.value = "busy"  # the refresh token was not used: tried again later
                 raise

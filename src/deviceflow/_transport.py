@@ -192,7 +192,7 @@ class AiohttpTransport:
 
     def _encode(self, request: Request) -> tuple[dict[str, str], dict[str, str]]:
         params = dict(request.params)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **request.headers}
         if request.kind not in _PUBLIC_KINDS:
             self._auth.apply(params, headers)
         names = self._dialect.request_names

@@ -19,6 +19,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._bearer import TokenScope, says_invalid_token
 from ._client import DeviceFlowClient
+from ._dpop import asks_for_nonce
 
 __all__ = ["BearerAuth"]
 
@@ -26,10 +27,15 @@ __all__ = ["BearerAuth"]
 class BearerAuth:
     """An aiohttp client middleware that sends ``Authorization: Bearer <token>``.
 
-    The token comes from ``client.get_token(account)`` (cached, refreshed ahead of expiry). When
-    the server answers 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750 3.1),
-    the token is refreshed once (shared with every other request that saw the same rejection)
-    and the request is retried once.
+    The headers come from ``client.request_headers(method, url, account)``: the token of
+    ``client.get_token(account)`` (cached, refreshed ahead of expiry), and for a DPoP token
+    (``DeviceFlowClient(dpop=True)``) ``Authorization: DPoP <token>`` with a proof made for
+    each request. When the server answers 401 with ``WWW-Authenticate: Bearer
+    error="invalid_token"`` (RFC 6750 3.1; or ``DPoP error="invalid_token"``), the token is
+    refreshed once (shared with every other request that saw the same rejection) and the
+    request is retried once; when it answers 401 with ``DPoP error="use_dpop_nonce"``
+    (RFC 9449 9), it is retried once with a proof carrying the nonce the server gave. A
+    ``DPoP-Nonce`` on any other answer is kept for the next request.
 
     Where the token goes:
 
@@ -61,13 +67,26 @@ class BearerAuth:
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = request.url
         if not self._scope.carries_token(url.scheme, url.host, url.port):
+            request.headers.pop("DPoP", None)  # a proof made for another hop goes no further
             return await handler(request)
-        token = await self._client.get_token(self._account)
-        request.headers["Authorization"] = token.authorization
+        client, account = self._client, self._account
+        method, target = request.method, str(url)
+        token, headers = await client._authorize_request(method, target, account)
+        request.headers.update(headers)
         response = await handler(request)
-        if not says_invalid_token(response.status, response.headers.getall("WWW-Authenticate", [])):
+        nonce = response.headers.get("DPoP-Nonce") if token.dpop_key is not None else None
+        if response.status != 401:
+            if nonce is not None:
+                client._remember_dpop_nonce(target, nonce)  # RFC 9449 9: for the next request
+            return response
+        challenges = response.headers.getall("WWW-Authenticate", [])
+        if nonce is not None and asks_for_nonce(response.status, challenges):
+            headers = client._resource_headers(token, method, target, account, nonce)
+        elif says_invalid_token(response.status, challenges):
+            fresh = await client.refresh(account, stale=token)
+            headers = client._resource_headers(fresh, method, target, account)
+        else:
             return response
         response.release()
-        fresh = await self._client.refresh(self._account, stale=token)
-        request.headers["Authorization"] = fresh.authorization
+        request.headers.update(headers)
         return await handler(request)

@@ -282,3 +282,61 @@ async def test_no_secret_in_logs_reprs_or_messages(
     assert any(r.name == trace_log.name for r in caplog.records)  # tracing was on
     assert any(r.name == "deviceflow" for r in caplog.records)  # deviceflow did log
     assert [] == evidence.hits()
+
+
+async def test_no_dpop_key_in_logs_reprs_or_messages(
+    tmp_path: Path, virtual_clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DPoP flow at DEBUG with aiohttp tracing (nonce retries, a refresh, resource requests
+    through BearerAuth, a refused refresh): the private key shows nowhere, nor do the tokens
+    (but in the headers of the resource requests they are meant for)."""
+    from deviceflow.aiohttp import BearerAuth
+
+    caplog.set_level(logging.DEBUG)
+    evidence = Evidence()
+    store = EncryptedFileStore(tmp_path / "store", key=generate_key())
+    session = aiohttp.ClientSession(trace_configs=[tracing(evidence)])
+    server = AuthorizationServer(
+        clock=virtual_clock, auto_approve_after=0, dpop=True, dpop_nonce=True
+    )
+    async with server, session:
+        provider = Provider(issuer=server.issuer)
+
+        def on_code(code: DeviceCode, account: str) -> None:
+            evidence.show(code)
+
+        async with DeviceFlowClient(
+            provider,
+            client_id=CLIENT_ID,
+            session=session,
+            clock=virtual_clock,
+            store=store,
+            on_code=on_code,
+            dpop=True,
+        ) as client:
+            token = await client.get_token("alice")
+            evidence.token(token)
+            assert token.dpop_key is not None
+            jwk = json.loads(token.dpop_key.record())["jwk"]
+            evidence.secret(jwk["d"], "DPoP private key")
+            evidence.token(await client.refresh("alice"))
+            auth = BearerAuth(client, "alice")
+            # (Not traced: its requests carry the access token in their headers, by design.)
+            async with aiohttp.ClientSession(middlewares=(auth,)) as api:
+                server.rotate_dpop_nonce()
+                async with api.get(server.resource_url) as response:
+                    assert 200 == response.status
+            # A refresh the server refuses (another key): the error is shown too.
+            await client.save_token("bob", attrs.evolve(token, access_token="x" * 16))
+            server.revoke_all()
+            virtual_clock.advance(7200)
+            client.on_code = None
+            await _expect(evidence, ReauthorizationRequiredError, client.get_token("bob"))
+            evidence.show(client, store, token.dpop_key, auth)
+
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    for log_record in caplog.records:
+        evidence.texts.append((f"log {log_record.name}", formatter.format(log_record)))
+        evidence.texts.append((f"log {log_record.name} args", repr(log_record.args)))
+    assert "DPoP private key" in evidence.secrets.values()
+    assert [] == evidence.hits()

@@ -44,7 +44,11 @@ async def seed_shared(server: AuthorizationServer, store: TokenStore) -> None:
 
 
 async def run_replicas(
-    server: AuthorizationServer, store_spec: str, key: str, *options: str
+    server: AuthorizationServer,
+    store_spec: str,
+    key: str,
+    *options: str,
+    processes: int = PROCESSES,
 ) -> list[Any]:
     procs = [
         await asyncio.create_subprocess_exec(
@@ -63,7 +67,7 @@ async def run_replicas(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        for _ in range(PROCESSES)
+        for _ in range(processes)
     ]
     try:
         outputs = await asyncio.wait_for(
@@ -75,7 +79,7 @@ async def run_replicas(
             if proc.returncode is None:
                 proc.kill()
                 await proc.communicate()
-    assert [0] * PROCESSES == [proc.returncode for proc in procs], [e.decode() for _, e in outputs]
+    assert [0] * processes == [proc.returncode for proc in procs], [e.decode() for _, e in outputs]
     return [json.loads(out) for out, _ in outputs]
 
 
@@ -162,3 +166,37 @@ async def check_one_device_flow(server: AuthorizationServer, store_spec: str) ->
     assert [] == [r["rejected"] for r in reports if r["rejected"]]
     assert all(r["accepted"] >= 5 for r in reports)
     assert 0 == server.stats.invalid_grants
+
+
+@pytest.mark.authorization_server(interval=0.25, auto_approve_after=1, dpop=True, dpop_nonce=True)
+async def test_file_store_replicas_share_one_dpop_key(
+    authorization_server: AuthorizationServer, tmp_path: Path
+) -> None:
+    """3 DPoP processes on one EncryptedFileStore: one device flow, one key, every proof and
+    every refresh accepted (the server binds the grant to the key of its first proof)."""
+    await check_one_dpop_key(authorization_server, f"file:{tmp_path / 'tokens'}")
+
+
+@pytest.mark.authorization_server(interval=0.25, auto_approve_after=1, dpop=True, dpop_nonce=True)
+async def test_redis_replicas_share_one_dpop_key(
+    authorization_server: AuthorizationServer, redis_server: Any
+) -> None:
+    """3 DPoP processes on one Redis: one device flow, one key, every proof accepted."""
+    await check_one_dpop_key(authorization_server, f"redis:{redis_server.url}")
+
+
+async def check_one_dpop_key(server: AuthorizationServer, store_spec: str) -> None:
+    reports = await run_replicas(
+        server, store_spec, generate_key(), "--on-code", "--dpop", processes=3
+    )
+    summary = (server.stats, [(round(r.at, 3), r.endpoint, r.status) for r in server.requests])
+    assert [] == [r["errors"] for r in reports if r["errors"]], summary
+    assert [] == [r["rejected"] for r in reports if r["rejected"]], summary
+    assert all(r["accepted"] >= 3 for r in reports), summary
+    assert 1 == server.stats.device_authorizations
+    # The first refresh proves the key the device flow bound the grant to: a replica with
+    # another key would get invalid_dpop_proof, and its resource requests would be refused.
+    assert server.stats.refreshes >= 1, summary
+    assert (0, 0) == (server.stats.invalid_grants, server.stats.dpop_proofs_refused)
+    assert 1 == len({key for r in reports for key in r["keys"]})
+    assert all(r["keys"] for r in reports)

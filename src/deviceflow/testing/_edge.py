@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -34,6 +34,7 @@ __all__ = [
     "HttpEdge",
     "RecordedRequest",
     "bearer_challenge",
+    "dpop_challenge",
     "html",
 ]
 
@@ -236,6 +237,7 @@ class HttpEdge:
         if failure.error == "invalid_client":
             # RFC 6749 5.2 and RFC 7235: a 401 names the scheme the client may use.
             headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
+        headers.update(failure.headers)
         if status is None:
             status = profile.status_for(failure.error)
         return self.answer(request, payload, status=status, headers=headers)
@@ -308,6 +310,22 @@ def bearer_challenge(description: str | None) -> web.Response:
         challenge += f', error="invalid_token", error_description="{description}"'
         body = {"error": "invalid_token", "error_description": description}
     return web.json_response(body, status=401, headers={"WWW-Authenticate": challenge})
+
+
+def dpop_challenge(
+    error: str | None, description: str, *, algorithms: Sequence[str], nonce: str | None = None
+) -> web.Response:
+    """A 401 with a DPoP challenge (RFC 9449 7.1): ``invalid_token``, ``invalid_dpop_proof``
+    or ``use_dpop_nonce`` (then with the nonce in ``DPoP-Nonce``, RFC 9449 9)."""
+    challenge = f'DPoP realm="{REALM}", algs="{" ".join(algorithms)}"'
+    body: dict[str, str] = {}
+    if error is not None:
+        challenge += f', error="{error}", error_description="{description}"'
+        body = {"error": error, "error_description": description}
+    headers = {"WWW-Authenticate": challenge}
+    if nonce is not None:
+        headers["DPoP-Nonce"] = nonce
+    return web.json_response(body, status=401, headers=headers)
 
 
 def html(text: str, *, status: int = 200) -> web.Response:

@@ -19,7 +19,8 @@ from aiohttp import web
 from deviceflow._clock import Clock
 
 from ._clients import ClientRegistry, secret_presented
-from ._edge import HttpEdge, bearer_challenge
+from ._dpop import ProofChecker, ProofRefused
+from ._edge import HttpEdge, bearer_challenge, dpop_challenge
 from ._id_tokens import IdTokens
 from ._profiles import Profile
 from ._state import (
@@ -55,6 +56,7 @@ class Endpoints:
     _metadata_overrides: dict[str, Any]
     _interval_as_string: bool
     _id_tokens: IdTokens
+    _dpop: ProofChecker | None = None  # DPoP (RFC 9449) on: proofs checked, tokens bound
     _issued: asyncio.Queue[str] | None = None
 
     async def next_user_code(self, timeout: float | None) -> str:
@@ -108,6 +110,8 @@ class Endpoints:
             document["jwks_uri"] = urls.jwks_uri
             document["subject_types_supported"] = ["public"]
             document["id_token_signing_alg_values_supported"] = [self._id_tokens.algorithm]
+        if self._dpop is not None:
+            document["dpop_signing_alg_values_supported"] = list(self._dpop.algorithms)
         for key, value in self._metadata_overrides.items():
             if value is None:
                 document.pop(key, None)
@@ -121,7 +125,9 @@ class Endpoints:
         """The token answer (RFC 6749 5.1); ``profile_numbers=False`` keeps the RFC's forms."""
         payload: dict[str, Any] = {
             "access_token": issued.access_token,
-            "token_type": self._profile.token_type if profile_numbers else "Bearer",
+            "token_type": (
+                "DPoP" if issued.dpop else self._profile.token_type if profile_numbers else "Bearer"
+            ),
         }
         if issued.expires_in is not None:
             payload["expires_in"] = (
@@ -154,7 +160,10 @@ class Endpoints:
         registration = self._clients.registration(client_id)
         if scope is None and registration is not None:
             scope = registration.scope  # AWS: the scopes were given at registration
-        code = self._state.issue_code(client_id=client_id, scope=scope, now=self._clock.monotonic())
+        jkt = params.get("dpop_jkt") if self._dpop is not None else None  # RFC 9449 10
+        code = self._state.issue_code(
+            client_id=client_id, scope=scope, now=self._clock.monotonic(), jkt=jkt
+        )
         self._issued_codes().put_nowait(code.user_code)
         profile = self._profile
         verification_uri = self._urls.verification_uri
@@ -213,12 +222,15 @@ class Endpoints:
         now = self._clock.monotonic()
         if grant_type is None:
             raise OAuthFailure("invalid_request", "grant_type is missing")
+        jkt = self._token_proof(request)
         if grant_type == DEVICE_CODE_GRANT:
             # RFC 8628 3.4.
             device_code = params.get("device_code")
             if device_code is None:
                 raise OAuthFailure("invalid_request", "device_code is missing")
-            issued = self._state.poll(device_code=device_code, client_id=client_id, now=now)
+            issued = self._state.poll(
+                device_code=device_code, client_id=client_id, now=now, jkt=jkt
+            )
         elif grant_type == REFRESH_TOKEN_GRANT:
             # RFC 6749 6.
             refresh_token = params.get("refresh_token")
@@ -230,6 +242,7 @@ class Endpoints:
                     client_id=client_id,
                     scope=self._parse_scope(params.get("scope")),
                     now=now,
+                    jkt=jkt,
                 )
             except OAuthFailure as failure:
                 failure.grant_type = REFRESH_TOKEN_GRANT
@@ -239,7 +252,7 @@ class Endpoints:
         payload = self._token_payload(issued)
         if grant_type == REFRESH_TOKEN_GRANT and not self._id_tokens.on_refresh:
             payload.pop("id_token", None)  # OpenID Connect Core 12.2: it MAY be omitted
-        return self._edge.answer(request, payload)
+        return self._edge.answer(request, payload, headers=self._nonce())
 
     async def revoke(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """RFC 7009: revoke an access or refresh token."""
@@ -253,19 +266,83 @@ class Endpoints:
         return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
     async def resource(self, request: web.Request, params: dict[str, str]) -> web.Response:
-        """The protected resource: who the bearer token speaks for (RFC 6750)."""
+        """The protected resource: who the bearer (or DPoP, RFC 9449 7) token speaks for."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
+        scheme = scheme.lower()
+        if scheme not in ("bearer", "dpop") or (scheme == "dpop" and self._dpop is None):
             # RFC 6750 3.1: no credentials at all get a challenge without an error code.
             return bearer_challenge(None)
-        record = self._state.access_token(token.strip(), self._clock.monotonic())
+        token = token.strip()
+        record = self._state.access_token(token, self._clock.monotonic())
         if record is None:
+            if scheme == "dpop":
+                return self._dpop_refusal("invalid_token", "the access token is unknown")
             return bearer_challenge("the access token is unknown, expired or revoked")
+        if record.jkt is not None or scheme == "dpop":
+            refusal = self._resource_proof(request, token, record.jkt, scheme)
+            if refusal is not None:
+                return refusal
         body: dict[str, Any] = {"sub": record.grant.subject, "client_id": record.grant.client_id}
         if record.scope is not None:
             body["scope"] = " ".join(record.scope)
-        return web.json_response(body, headers={"Cache-Control": "no-store"})
+        return web.json_response(body, headers={"Cache-Control": "no-store", **self._nonce()})
+
+    # -- DPoP (RFC 9449) ----------------------------------------------------------------------
+
+    def _nonce(self) -> dict[str, str]:
+        """RFC 9449 8.2: a server that wants nonces may send a fresh one with any answer."""
+        dpop = self._dpop
+        return {"DPoP-Nonce": dpop.nonce} if dpop is not None and dpop.require_nonce else {}
+
+    def _refused(self, refused: ProofRefused) -> None:
+        if refused.error == "use_dpop_nonce":
+            self._state.stats.dpop_nonces_asked += 1
+        else:
+            self._state.stats.dpop_proofs_refused += 1
+
+    def _token_proof(self, request: web.Request) -> str | None:
+        """The thumbprint of the token request's proof key; None without DPoP or a proof."""
+        dpop = self._dpop
+        values = request.headers.getall("DPoP", [])
+        if dpop is None or not values:
+            return None
+        try:
+            return dpop.check(values, request.method, str(request.url))
+        except ProofRefused as refused:
+            self._refused(refused)
+            raise OAuthFailure(refused.error, refused.description, headers=self._nonce()) from None
+
+    def _resource_proof(
+        self, request: web.Request, token: str, jkt: str | None, scheme: str
+    ) -> web.Response | None:
+        """The refusal of a resource request with a DPoP token, or None when its proof holds."""
+        if jkt is None:
+            return self._dpop_refusal("invalid_token", "a Bearer token is not a DPoP token")
+        if scheme != "dpop":
+            # RFC 9449 7.2: a DPoP-bound token presented as a bearer token is refused.
+            return self._dpop_refusal("invalid_token", "the access token is DPoP-bound")
+        assert self._dpop is not None
+        try:
+            proven = self._dpop.check(
+                request.headers.getall("DPoP", []),
+                request.method,
+                str(request.url),
+                access_token=token,
+            )
+        except ProofRefused as refused:
+            self._refused(refused)
+            return self._dpop_refusal(refused.error, refused.description)
+        if proven != jkt:
+            self._state.stats.dpop_proofs_refused += 1
+            return self._dpop_refusal("invalid_dpop_proof", "the proof's key is not the token's")
+        return None
+
+    def _dpop_refusal(self, error: str, description: str) -> web.Response:
+        algorithms = self._dpop.algorithms if self._dpop is not None else ()
+        return dpop_challenge(
+            error, description, algorithms=algorithms, nonce=self._nonce().get("DPoP-Nonce")
+        )
 
     def _parse_scope(self, value: str | None) -> Scope | None:
         if value is None:

@@ -21,6 +21,7 @@ from deviceflow._clock import Clock, SystemClock
 
 from ._app import build_app, serve
 from ._clients import ClientRegistry
+from ._dpop import DEFAULT_ALGORITHMS, ProofChecker
 from ._edge import HttpEdge, RecordedRequest
 from ._endpoints import Endpoints
 from ._faults import FaultList
@@ -91,6 +92,16 @@ class AuthorizationServer:
       and published at ``jwks_uri``; see :attr:`id_tokens` to change claims or rotate keys.
     - ``allow_remote``: the server refuses to bind to a non-loopback ``host`` unless this is
       True: its verification page approves codes for anyone who can reach it.
+    - ``dpop``: speak DPoP (RFC 9449): advertise ``dpop_signing_alg_values_supported``
+      (``dpop_algorithms``), check the proof of every token request that has one (signature,
+      ``typ``, ``htm``/``htu``, ``iat`` within a minute, ``jti`` never seen before) and bind
+      the grant to its key: ``token_type`` DPoP, refreshes only with a proof of that key, and
+      the protected resource asks for ``Authorization: DPoP`` with a proof (``ath`` included)
+      and refuses the token presented as a bearer token. Without a proof, Bearer tokens as
+      before. A device code requested with ``dpop_jkt`` (RFC 9449 10) is redeemed only with
+      a proof of that key. ``dpop_nonce``: proofs must also carry the server's nonce (RFC 9449
+      8, 9): the first gets ``use_dpop_nonce`` and the nonce; ``rotate_dpop_nonce()`` changes
+      it.
     """
 
     def __init__(
@@ -115,6 +126,9 @@ class AuthorizationServer:
         metadata_overrides: Mapping[str, Any] | None = None,
         id_token_algorithm: Algorithm = "ES256",
         allow_remote: bool = False,
+        dpop: bool = False,
+        dpop_nonce: bool = False,
+        dpop_algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
     ) -> None:
         profile = _checked_arguments(host, allow_remote, profile, issuer_path)
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -140,6 +154,11 @@ class AuthorizationServer:
             algorithm=id_token_algorithm,
             claims=profile.id_token_claims,
         )
+        self._dpop = (
+            ProofChecker(clock=self._clock, algorithms=dpop_algorithms, require_nonce=dpop_nonce)
+            if dpop
+            else None
+        )
         self._edge = HttpEdge(profile=profile, clock=self._clock)
         self._endpoints = Endpoints(
             edge=self._edge,
@@ -156,6 +175,7 @@ class AuthorizationServer:
             metadata_overrides=dict(metadata_overrides or {}),
             interval_as_string=interval_as_string,
             id_tokens=self._id_tokens,
+            dpop=self._dpop,
         )
         self._page = VerificationPage(state=self._state, clock=self._clock)
         self._runner: web.AppRunner | None = None
@@ -409,6 +429,13 @@ class AuthorizationServer:
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expire now (refresh tokens keep working)."""
         self._state.expire_access_tokens(self._clock.monotonic())
+
+    def rotate_dpop_nonce(self) -> str:
+        """Change the DPoP nonce (with ``dpop=True``): proofs carrying the old one get
+        ``use_dpop_nonce`` and the new one, as after a server's nonce expired. Returns it."""
+        if self._dpop is None:
+            raise RuntimeError("the server was started without dpop=True")
+        return self._dpop.rotate_nonce()
 
     def issue_tokens(self, client_id: str, *, scope: str | None = None) -> dict[str, Any]:
         """Create a grant without a device flow and return its token answer (RFC 6749 5.1).

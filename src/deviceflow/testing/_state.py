@@ -15,6 +15,7 @@ reads no clock and does no I/O.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from typing import Literal
 
 import attrs
@@ -56,12 +57,14 @@ class OAuthFailure(Exception):
         *,
         interval: float | None = None,
         basic_auth_attempted: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
         self.interval = interval  # for slow_down answers that carry the new interval
         self.basic_auth_attempted = basic_auth_attempted
+        self.headers = dict(headers or {})  # added to the answer (a DPoP-Nonce)
         self.grant_type: str | None = None  # set for refresh_token answers (profile aliases)
 
 
@@ -86,6 +89,9 @@ class ServerStats:
     - ``grants_revoked``: grants revoked by reuse detection, a re-polled device code, the
       revocation endpoint (for a refresh token) or ``revoke_all()``.
     - ``slow_downs``: ``slow_down`` answers.
+    - ``dpop_proofs_refused``: DPoP proofs refused (``invalid_dpop_proof``), at the token
+      endpoint or the protected resource.
+    - ``dpop_nonces_asked``: ``use_dpop_nonce`` answers (RFC 9449 8, 9).
     """
 
     device_authorizations: int = 0
@@ -95,6 +101,8 @@ class ServerStats:
     invalid_grants: int = 0
     grants_revoked: int = 0
     slow_downs: int = 0
+    dpop_proofs_refused: int = 0
+    dpop_nonces_asked: int = 0
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -104,6 +112,7 @@ class Grant:
     client_id: str
     scope: Scope | None
     subject: str
+    jkt: str | None = None  # RFC 9449: the key its refresh tokens are bound to (DPoP)
     revoked: bool = False
     access_tokens: list[AccessToken] = attrs.Factory(list)
     refresh_tokens: list[RefreshToken] = attrs.Factory(list)
@@ -117,6 +126,7 @@ class AccessToken:
     grant: Grant = attrs.field(repr=False)
     scope: Scope | None
     expires_at: float | None
+    jkt: str | None = None  # RFC 9449 6: cnf.jkt of a DPoP-bound token
     revoked: bool = False
 
     def valid_at(self, now: float) -> bool:
@@ -155,6 +165,7 @@ class DeviceAuthorization:
     expired_answered: bool = False
     slow_down_next: bool = False
     grant: Grant | None = None
+    jkt: str | None = None  # RFC 9449 10: dpop_jkt, the key its token requests must prove
 
     def expired_at(self, now: float) -> bool:
         """True once the code's lifetime is over."""
@@ -170,6 +181,7 @@ class IssuedTokens:
     refresh_token: str | None = attrs.field(repr=False)
     scope: Scope | None
     grant: Grant | None = attrs.field(default=None, repr=False, eq=False)
+    dpop: bool = False  # token_type DPoP (RFC 9449 5)
 
 
 def _token(prefix: str) -> str:
@@ -201,8 +213,11 @@ class AuthorizationState:
 
     # -- device authorization (RFC 8628 3.1, 3.2) -------------------------------------------
 
-    def issue_code(self, *, client_id: str, scope: Scope | None, now: float) -> DeviceAuthorization:
-        """Create a pending device code and its unique user code."""
+    def issue_code(
+        self, *, client_id: str, scope: Scope | None, now: float, jkt: str | None = None
+    ) -> DeviceAuthorization:
+        """Create a pending device code and its unique user code (bound to the DPoP key
+        ``jkt`` names, when given)."""
         while True:
             groups = [
                 "".join(secrets.choice(self.user_code_alphabet) for _ in range(length))
@@ -219,6 +234,7 @@ class AuthorizationState:
             issued_at=now,
             expires_at=now + self.code_lifetime,
             interval=enforced_interval(self.interval),
+            jkt=jkt,
         )
         self._codes[code.device_code] = code
         self._user_codes[normalize_user_code(user_code)] = code
@@ -245,12 +261,20 @@ class AuthorizationState:
 
     # -- token endpoint: device_code grant (RFC 8628 3.4, 3.5) ------------------------------
 
-    def poll(self, *, device_code: str, client_id: str, now: float) -> IssuedTokens:
-        """Answer one poll: tokens, or raise OAuthFailure with the RFC 8628 3.5 error."""
+    def poll(
+        self, *, device_code: str, client_id: str, now: float, jkt: str | None = None
+    ) -> IssuedTokens:
+        """Answer one poll: tokens, or raise OAuthFailure with the RFC 8628 3.5 error.
+
+        ``jkt``: the thumbprint of the key of the poll's DPoP proof; the grant is bound to it."""
         code = self._codes.get(device_code)
         if code is None or code.client_id != client_id:
             # RFC 6749 5.2: a code issued to another client is invalid_grant as well.
             raise self._invalid_grant("unknown device_code")
+        if code.jkt is not None and jkt != code.jkt:
+            # RFC 9449 10.1: only the key the device code was bound to may redeem it.
+            self.stats.dpop_proofs_refused += 1
+            raise OAuthFailure("invalid_dpop_proof", "the device code is bound to another key")
         self.stats.polls += 1
         code.polls += 1
         last, code.last_poll = code.last_poll, now
@@ -281,16 +305,25 @@ class AuthorizationState:
                 code.status = "approved"  # the next poll gets the tokens
             raise OAuthFailure("authorization_pending", "the user has not decided yet")
         code.status = "redeemed"
-        code.grant = Grant(client_id=code.client_id, scope=code.scope, subject="user")
+        code.grant = Grant(client_id=code.client_id, scope=code.scope, subject="user", jkt=jkt)
         self._grants.append(code.grant)
         return self._issue(code.grant, code.scope, now)
 
     # -- token endpoint: refresh_token grant (RFC 6749 6) -----------------------------------
 
     def refresh(
-        self, *, refresh_token: str, client_id: str, scope: Scope | None, now: float
+        self,
+        *,
+        refresh_token: str,
+        client_id: str,
+        scope: Scope | None,
+        now: float,
+        jkt: str | None = None,
     ) -> IssuedTokens:
-        """Answer a refresh request: new tokens, or raise OAuthFailure."""
+        """Answer a refresh request: new tokens, or raise OAuthFailure.
+
+        ``jkt``: the thumbprint of the request's DPoP proof key, which must be the grant's key
+        when the grant is DPoP-bound (RFC 9449 5)."""
         record = self._refresh.get(refresh_token)
         if record is None or record.grant.client_id != client_id:
             raise self._invalid_grant("unknown refresh_token")
@@ -304,6 +337,17 @@ class AuthorizationState:
             raise self._invalid_grant("refresh_token was already used; its grant is revoked")
         if record.expires_at is not None and now >= record.expires_at:
             raise self._invalid_grant("refresh_token has expired")
+        if grant.jkt is not None and jkt != grant.jkt:
+            # RFC 9449 5: the refresh token is bound to the key that obtained it.
+            self.stats.dpop_proofs_refused += 1
+            raise OAuthFailure(
+                "invalid_dpop_proof",
+                "the refresh token is bound to another key"
+                if jkt is not None
+                else "the refresh token is DPoP-bound; a DPoP proof is required",
+            )
+        if grant.jkt is None and jkt is not None:
+            raise OAuthFailure("invalid_dpop_proof", "a Bearer grant is not refreshed with DPoP")
         if scope is not None and not set(scope) <= set(grant.scope or ()):
             # RFC 6749 6: the scope may only narrow what the resource owner granted.
             raise OAuthFailure("invalid_scope", "the requested scope exceeds the granted scope")
@@ -333,6 +377,7 @@ class AuthorizationState:
             grant=grant,
             scope=scope,
             expires_at=_deadline(now, self.access_token_lifetime),
+            jkt=grant.jkt,
         )
         grant.access_tokens.append(access)
         self._access[access.value] = access
@@ -355,6 +400,7 @@ class AuthorizationState:
             refresh_token=refresh_value,
             scope=scope,
             grant=grant,
+            dpop=grant.jkt is not None,
         )
 
     def access_token(self, value: str, now: float) -> AccessToken | None:

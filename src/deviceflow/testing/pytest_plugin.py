@@ -9,6 +9,9 @@ The plugin registers itself through the ``pytest11`` entry point when deviceflow
     @pytest.mark.authorization_server(interval=None, auto_approve_after=0)
     async def test_without_interval(authorization_server): ...
 
+    @pytest.mark.authorization_server(dpop=True, dpop_nonce=True)  # DPoP, RFC 9449
+    async def test_sender_constrained(authorization_server): ...
+
 The ``authorization_server`` marker passes keyword arguments to
 :class:`~deviceflow.testing.AuthorizationServer` (the closest marker wins for each argument).
 The server runs on the ``virtual_clock`` unless the marker passes another ``clock``.
