@@ -24,7 +24,10 @@ import anyio.to_thread
 try:
     import httpx
 except ImportError as exc:  # pragma: no cover - the extra is not installed
-    raise ImportError("deviceflow.httpx needs httpx: pip install 'deviceflow[httpx]'") from exc
+    raise ImportError(
+        "deviceflow.httpx needs httpx: pip install 'httpx>=0.27' "
+        "(or, in a checkout of deviceflow, pip install '.[httpx]')"
+    ) from exc
 
 from ._bearer import TokenScope, says_invalid_token
 from ._client import DeviceFlowClient as AsyncDeviceFlowClient

@@ -121,7 +121,10 @@ def open_store(settings: Settings, notes: TextIO) -> TokenStore:
         except ModuleNotFoundError:
             raise CliError(
                 f"{settings.origin('store')} is a Redis URL, but the redis package is missing",
-                hint="install it: pip install 'deviceflow[redis]'",
+                hint=(
+                    "install it: pip install 'redis>=5.0.1' "
+                    "(or, in a checkout of deviceflow, pip install '.[redis]')"
+                ),
             ) from None
         try:
             return redis_store(location, key=keys)

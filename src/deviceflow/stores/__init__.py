@@ -3,7 +3,8 @@
 - :class:`MemoryStore`: a dict and asyncio locks, for one process.
 - :class:`EncryptedFileStore`: one encrypted file per token, for the processes of one machine.
 - :class:`RedisStore`: encrypted records in Redis (single node, cluster or Sentinel), for many
-  replicas; needs the ``redis`` extra (``pip install deviceflow[redis]``).
+  replicas; needs the ``redis`` extra (``pip install '.[redis]'`` in a checkout of deviceflow,
+  or ``pip install 'redis>=5.0.1'`` next to an installed deviceflow).
 
 The encrypted stores take ``key=``: a key from :func:`generate_key`, a :class:`Passphrase`, or
 a :class:`KeySet` (also read from an environment variable or a key file) for rotation.
@@ -45,7 +46,8 @@ def __getattr__(name: str) -> object:
             if exc.name != "redis" and not (exc.name or "").startswith("redis."):
                 raise
             raise ModuleNotFoundError(
-                "RedisStore needs the redis package: pip install 'deviceflow[redis]'",
+                "RedisStore needs the redis package: pip install 'redis>=5.0.1' "
+                "(or, in a checkout of deviceflow, pip install '.[redis]')",
                 name=exc.name,
             ) from exc
         return RedisStore
