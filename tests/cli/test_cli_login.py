@@ -112,7 +112,10 @@ def test_denied_code_exits_3_with_one_line(cli: Cli, server: ServerThread) -> No
     assert 3 == process.returncode
     errors = [line for line in stderr.splitlines() if "error" in line]
     assert 1 == len(errors)
-    assert errors[0].startswith("deviceflow: error: access_denied")
+    # The server's own words (its error_description), not a guess at why.
+    assert errors[0].startswith(
+        "deviceflow: error: the sign-in was refused: the user denied the request (access_denied)"
+    )
     assert "Hint:" in errors[0]
     assert "Traceback" not in stderr
     assert [] == [name for name in cli.snapshot() if name.endswith(".tok")]  # nothing stored
@@ -134,7 +137,7 @@ def test_ctrl_c_while_polling_exits_130_and_leaves_the_store_alone(
     cli, server = signed_in
     before = cli.snapshot()
 
-    process = cli.popen("login", "--no-browser", "--account", "ci")
+    process = cli.popen("login", "--no-browser", "--yes", "--account", "ci")
     server.wait_for_code()
     polls = len(server.requests("token"))
     wait_until(lambda: len(server.requests("token")) > polls)  # polling has begun

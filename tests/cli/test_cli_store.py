@@ -100,7 +100,7 @@ def test_logout_revokes_deletes_and_unlists(cli: Cli, server: ServerThread) -> N
     status, token = cli.run_many(["status"], ["token", *cli.server_args()])
 
     assert (0, 1) == (result.returncode, len(server.requests("revoke")))
-    assert "the server revoked the grant" in result.stderr
+    assert "the server revoked the grant" in result.stdout  # a result: on stdout
     assert not server.is_valid(access_token)
     assert 1 == len(keys)
     (record,) = _records(cli, keys)
