@@ -288,20 +288,37 @@ async def login(settings: Settings, console: Console) -> int:
         view = LoginView(console, qr=console.interactive and not settings.flag("no-qr"))
         browser = not settings.flag("no-browser") and can_open_browser()
         transport = _transport(target, console, view.note if console.interactive else None)
-        scope = target.scope
-        if scope is None and target.preset is None and target.provider.default_scope is None:
-            target, scope = await _default_scope(target, transport)
-        async with _client(target, store, transport, scope) as client:
-            try:
-                granted = await show_flow(client, target.account, target.issuer, view, browser)
-            except DiscoveryError as exc:
-                raise _issuer_mismatch(exc, settings) or exc from None
-            except AccessDeniedError as exc:
-                raise _denied(exc) from None
-            scope = client.scope
+        try:
+            target, granted, scope = await _sign_in(target, store, transport, view, browser)
+        except DiscoveryError as exc:
+            raise _issuer_mismatch(exc, settings) or exc from None
+        except AccessDeniedError as exc:
+            raise _denied(exc) from None
         await index.add(target.entry(scope))
     _report_login(console, target, granted)
     return EXIT_OK
+
+
+async def _sign_in(
+    target: Target,
+    store: TokenStore,
+    transport: WatchedTransport,
+    view: LoginView,
+    browser: bool,
+) -> tuple[Target, Token, str | None]:
+    """The device flow of ``login``: the target (with its discovered endpoints), the token and
+    the scope asked for."""
+    scope = target.scope
+    try:
+        if scope is None and target.preset is None and target.provider.default_scope is None:
+            target, scope = await _default_scope(target, transport)
+        client = _client(target, store, transport, scope)
+    except BaseException:
+        await transport.aclose()
+        raise
+    async with client:
+        granted = await show_flow(client, target.account, target.issuer, view, browser)
+        return target, granted, client.scope
 
 
 async def show_flow(

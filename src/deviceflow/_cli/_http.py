@@ -83,10 +83,7 @@ class WatchedTransport:
         details = "".join(f" {name}={value!r}" for name, value in fields.items())
         log.debug("%s %s %d %.0f ms%s", request.method, url, response.status, elapsed, details)
         if response.status >= 500 or response.status in _RETRIED_STATUSES:
-            self._on_retry(
-                f"the {request.kind.value} request to {url} was answered with HTTP "
-                f"{response.status}; trying again"
-            )
+            self._on_retry(f"{url} answered HTTP {response.status}; trying again")
         return response
 
     async def aclose(self) -> None:
