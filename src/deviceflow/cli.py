@@ -168,7 +168,7 @@ _COMMANDS: dict[str, tuple[_Handler, str, str, str]] = {
     ),
     "reset": (
         _run_reset,
-        "start over: delete every stored token (and the CLI's own key file)",
+        "start over: delete the stored tokens (and the CLI's key file)",
         "Delete every token of the file store (the stored grants are not revoked) and the "
         "store key file the CLI created; for a lost or changed key. Asks first on a terminal; "
         "elsewhere needs --yes.",
@@ -182,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="deviceflow",
         description="OAuth 2.0 device authorization grant (RFC 8628) from the command line.",
-        epilog="Every option also reads DEVICEFLOW_<OPTION> and the profile file; see "
-        "docs/cli.md. Exit codes: 0 ok, 1 error, 2 usage, 3 denied, 4 expired, 5 network, "
-        "6 configuration, 7 store, 130 interrupted.\n\n"
+        epilog="Every option also reads DEVICEFLOW_<OPTION> and the profile file; see\n"
+        "docs/cli.md. Exit codes: 0 ok, 1 error, 2 usage, 3 denied, 4 expired,\n"
+        "5 network, 6 configuration, 7 store, 130 interrupted.\n\n"
         "examples:\n"
         "  deviceflow login --issuer https://idp.example.com --client-id my-cli\n"
         '  curl -H "Authorization: Bearer $(deviceflow token)" https://api.example.com/\n'
