@@ -135,7 +135,7 @@ def test_login_with_a_provider_preset(
         args = ["--provider", preset, *(o.format(issuer=server.issuer) for o in options)]
         result = login_approved(cli, server, *args, "--client-id", "x")
     assert 0 == result.returncode
-    assert "signed in account 'default' at " + server.issuer in result.stderr
+    assert "Signed in account 'default' at " + server.issuer in result.stdout
 
 
 def test_bad_command_lines_exit_2_with_usage(cli: Cli) -> None:

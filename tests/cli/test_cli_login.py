@@ -24,18 +24,21 @@ with urllib.request.urlopen(request, timeout=10) as response:
 """
 
 
-def test_piped_login_keeps_stdout_empty_and_talks_on_stderr(
+def test_piped_login_shows_progress_on_stderr_and_its_result_on_stdout(
     signed_in: tuple[Cli, ServerThread],
 ) -> None:
-    """Login with stdout piped prints nothing there; stderr has the code and link, plainly."""
+    """Login with stdout piped shows the code and link on stderr, plainly; stdout has only
+    the result, one line."""
     cli, server = signed_in
     result = next(r for r in cli.logins if "account 'ci'" in r.stderr)
-    assert (0, "") == (result.returncode, result.stdout)
+    assert 0 == result.returncode
+    assert [f"Signed in account 'ci' at {server.issuer}"] == [
+        line.split(";")[0] for line in result.stdout.splitlines()
+    ]
     assert "enter the code" in result.stderr
     assert f"{server.issuer}/device" in result.stderr
     assert "\x1b" not in result.stderr  # no colour, no countdown when not on a terminal
     assert "█" not in result.stderr  # no QR code
-    assert "signed in account 'ci'" in result.stderr
 
 
 def test_token_prints_only_a_valid_token(signed_in: tuple[Cli, ServerThread]) -> None:

@@ -436,9 +436,10 @@ def _report_login(console: Console, target: Target, token: Token) -> None:
         console.say(f"    The access token expires {expiry}; {refresh}.")
         console.say(f"    Print it with: deviceflow token{_account_flag(target.account)}")
     else:
-        console.say(
-            f"deviceflow: signed in account {target.account!r} at {target.issuer}; "
-            f"the access token expires {expiry}; {refresh}"
+        _result(
+            console,
+            f"Signed in account {target.account!r} at {target.issuer}; "
+            f"the access token expires {expiry}; {refresh}.",
         )
 
 
@@ -682,10 +683,9 @@ def keygen(output: str | None, console: Console) -> int:
             code=EXIT_ERROR,
             hint="choose another path; a store key that is lost cannot be recovered",
         )
-    print(
-        f"deviceflow: wrote a new store key to {path} (mode 0600). Use it with "
+    _result(
+        console,
+        f"Wrote a new store key to {path} (mode 0600). Use it with "
         f"--key-file {path} or DEVICEFLOW_KEY_FILE={path}.",
-        file=console.err,
-        flush=True,
     )
     return EXIT_OK
