@@ -14,6 +14,7 @@ from pathlib import Path
 import pexpect
 from cli_harness import COMMAND, Cli, ServerThread, login_approved
 
+from deviceflow.stores import generate_key
 from deviceflow.testing import Fault
 from helpers import time_factor
 
@@ -105,9 +106,7 @@ def test_lost_key_says_where_the_store_is_and_how_to_start_over(
 def test_changed_key_names_the_store_and_reset(signed_in: tuple[Cli, ServerThread]) -> None:
     """With another key: where the store is, the variable to set, and `deviceflow reset`."""
     cli, _ = signed_in
-    result = cli.run(
-        "status", env={"DEVICEFLOW_KEY": "lB5sYfXKJ0TgXr2cuUMn5WJQ0AUg2aHKcVYvJ8a8yvg="}
-    )
+    result = cli.run("status", env={"DEVICEFLOW_KEY": generate_key()})
     line = _error_line(result.stderr)
     assert 7 == result.returncode
     assert f"cannot read the token store at {cli.store}: wrong key" in line
@@ -263,3 +262,67 @@ def test_results_on_stdout_and_scope_only_where_it_means_something(
     assert 2 == scoped.returncode
     assert scoped.stderr.startswith("usage: deviceflow token")
     assert "--scope is an option of login only" in scoped.stderr
+
+
+def test_a_dropped_connection_is_retried_with_a_note(cli: Cli, server: ServerThread) -> None:
+    """A connection the server drops is retried, and the person is told so."""
+    server.call(server.server.faults.add, Fault(endpoint="device", drop=True, times=1))
+    result = login_approved(cli, server, *cli.server_args())
+    assert 0 == result.returncode
+    notes = [line for line in result.stderr.splitlines() if line.endswith("; trying again")]
+    assert 1 == len(notes)
+    assert notes[0].startswith(
+        f"deviceflow: device_authorization request to {server.issuer}/device_authorization failed"
+    )
+
+
+def test_reset_asks_on_a_terminal_and_deletes_on_yes(cli: Cli, server: ServerThread) -> None:
+    """On a terminal reset asks; "y" deletes the stored tokens and the CLI's own key file."""
+    no_key: dict[str, str | None] = {"DEVICEFLOW_KEY": None}
+    assert 0 == login_approved(cli, server, *cli.server_args(), env=no_key).returncode
+    child = pexpect.spawn(
+        COMMAND[0],
+        [*COMMAND[1:], "reset"],
+        env=cli.environment({"TERM": "xterm-256color", "DEVICEFLOW_KEY": None}),
+        dimensions=(40, 200),
+        encoding="utf-8",
+        timeout=15 * time_factor(),
+    )
+    try:
+        child.expect(r"The grants are not revoked\. \[y/N\] ")
+        child.sendline("y")
+        child.expect("Sign in again with `deviceflow login`.")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert (0, {}, False) == (child.exitstatus, cli.snapshot(), _key_file(cli).exists())
+
+
+def test_reset_leaves_what_is_not_a_token_store(cli: Cli) -> None:
+    """reset refuses a folder holding files the store does not make, and a Redis store; an
+    empty store has nothing to reset."""
+    empty = cli.run("reset", "--yes")
+    cli.store.mkdir()
+    (cli.store / "notes.txt").write_text("mine")
+    stray = cli.run("reset", "--yes")
+    redis = cli.run("reset", "--yes", env={"DEVICEFLOW_STORE": "redis://127.0.0.1:1/0"})
+    assert (0, 7, 6) == (empty.returncode, stray.returncode, redis.returncode)
+    assert f"Nothing to reset: the token store at {cli.store} is empty." in empty.stdout
+    assert "holds files a token store does not make (notes.txt); nothing was deleted" in (
+        stray.stderr
+    )
+    assert (cli.store / "notes.txt").exists()
+    assert "this store is in Redis" in redis.stderr
+
+
+def test_key_files_that_cannot_be_used_say_why(cli: Cli) -> None:
+    """A key file open to others says to chmod it; a missing one, to check its path."""
+    shared = cli.home / "shared.key"
+    shared.write_text(generate_key() + "\n")
+    shared.chmod(0o644)
+    open_file, missing = cli.run_many(
+        ["status", "--key-file", str(shared)], ["status", "--key-file", str(cli.home / "nope")]
+    )
+    assert (7, 7) == (open_file.returncode, missing.returncode)
+    assert f"run: chmod 600 {shared}" in _error_line(open_file.stderr)
+    assert "Hint: check the key file's path." in _error_line(missing.stderr)
