@@ -7,13 +7,18 @@ valid sign-in, and where results and progress go.
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
+import time
 from pathlib import Path
 
 import pexpect
 from cli_harness import COMMAND, Cli, ServerThread, login_approved
 
+from deviceflow._cli._commands import _denied, _issuer_mismatch
+from deviceflow._cli._settings import load_settings
+from deviceflow.exceptions import AccessDeniedError, DiscoveryError
 from deviceflow.stores import generate_key
 from deviceflow.testing import Fault
 from helpers import time_factor
@@ -326,3 +331,24 @@ def test_key_files_that_cannot_be_used_say_why(cli: Cli) -> None:
     assert (7, 7) == (open_file.returncode, missing.returncode)
     assert f"run: chmod 600 {shared}" in _error_line(open_file.stderr)
     assert "Hint: check the key file's path." in _error_line(missing.stderr)
+
+
+def test_login_over_an_expired_sign_in_does_not_ask(cli: Cli, server: ServerThread) -> None:
+    """A stored token that has expired with no refresh token is nothing to keep: login signs
+    in again without --yes, even off a terminal."""
+    server.configure(issue_refresh_tokens=False, access_token_lifetime=1)
+    assert 0 == login_approved(cli, server, *cli.server_args()).returncode
+    time.sleep(1.5)
+    again = login_approved(cli, server, *cli.server_args())
+    assert 0 == again.returncode
+    assert "error" not in again.stderr
+
+
+def test_a_denial_without_a_reason_and_other_discovery_errors() -> None:
+    """A denial with no error_description says it was declined on the sign-in page; a
+    discovery error that is not an issuer mismatch is left as it is."""
+    declined = _denied(AccessDeniedError("access_denied"))
+    assert (3, "the sign-in was declined (access_denied)") == (declined.code, str(declined))
+    assert "declined on the sign-in page" in str(declined.hint)
+    settings = load_settings("login", argparse.Namespace(issuer="https://idp.example.com"), {})
+    assert None is _issuer_mismatch(DiscoveryError("no discovery document"), settings)

@@ -118,7 +118,11 @@ def _recorder(cli: Cli) -> tuple[dict[str, str | None], Path]:
 
 
 def test_no_qr_and_no_browser_on_a_terminal(cli: Cli, server: ServerThread) -> None:
-    """--no-qr leaves the QR code out, --no-browser opens nothing even with a display."""
+    """--no-qr leaves the QR code out, --no-browser opens nothing even with a display; a retry
+    is noted on the terminal."""
+    from deviceflow.testing import Fault
+
+    server.call(server.server.faults.add, Fault(endpoint="token", status=503, times=1))
     env, opened = _recorder(cli)
     child = _spawn(cli, "login", "--no-browser", "--no-qr", *cli.server_args(), env=env)
     try:
@@ -131,6 +135,7 @@ def test_no_qr_and_no_browser_on_a_terminal(cli: Cli, server: ServerThread) -> N
     assert "enter the code" in screen
     assert "QR code" not in screen
     assert "▄" not in screen
+    assert f"  {server.issuer}/token answered HTTP 503; trying again\r\n" in screen
     assert not opened.exists()
 
 

@@ -144,7 +144,8 @@ def _key_error(exc: StoreError) -> CliError:
 def _holds_records(folder: Path | None) -> bool:
     """True when the file store's folder holds anything the store wrote."""
     if folder is None:
-        return True  # a Redis store cannot be listed cheaply: assume it holds records
+        # A Redis store cannot be listed cheaply; a lost key shows there as a wrong key.
+        return False
     try:
         return any(folder.iterdir())
     except OSError:
