@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from deviceflow._cache import TokenCache
+from deviceflow._clock import SystemClock
 from deviceflow._models import Token
 from deviceflow._records import Record, RecordCodec
 from deviceflow.exceptions import DeviceFlowError
@@ -26,21 +27,6 @@ from ._settings import Settings
 from ._store import INDEX_KEY, REFRESH_SKEW, AccountEntry, AccountIndex, existing_keys, store_folder
 
 __all__ = ["fresh_token", "print_token", "token_json"]
-
-
-class _Now:
-    """The real clock's two readings (the Clock protocol's sleep is not needed here)."""
-
-    def monotonic(self) -> float:
-        import time
-
-        return time.monotonic()
-
-    def wall(self) -> datetime:
-        return datetime.now(timezone.utc)
-
-    async def sleep(self, seconds: float) -> None:  # pragma: no cover - never called
-        raise NotImplementedError
 
 
 def fresh_token(settings: Settings) -> tuple[Token, AccountEntry] | None:
@@ -66,7 +52,7 @@ def fresh_token(settings: Settings) -> tuple[Token, AccountEntry] | None:
         return None
     if not isinstance(record, Record):
         return None  # signed out
-    cache = TokenCache(_Now(), REFRESH_SKEW)
+    cache = TokenCache(SystemClock(), REFRESH_SKEW)
     if cache.due(cache.entry(entry.account, record.token, record.obtained)):
         return None  # the full path refreshes it
     return record.token, entry
