@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -280,7 +281,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{self.suggestion(message)}\n")
 
     def suggestion(self, message: str) -> str:
-        """ "; did you mean --issuer?" for the first unknown option of ``message``."""
+        """ "; did you mean --issuer?" for the first unknown option (or command) of
+        ``message``."""
+        import difflib
+
+        wrong = re.search(r"invalid choice: '([^']*)'", message)
+        if wrong is not None:  # a mistyped command
+            commands = [c for a in self._actions if a.choices for c in a.choices]
+            close = difflib.get_close_matches(wrong.group(1), commands, n=1, cutoff=0.6)
+            return f"; did you mean {close[0]}?" if close else ""
         prefix = "unrecognized arguments: "
         if not message.startswith(prefix):
             return ""
@@ -291,13 +300,9 @@ class _Parser(argparse.ArgumentParser):
         if owners:
             commands = " and ".join(sorted(owners[0].commands))
             return f"; {unknown[0]} is an option of {commands} only"
-        import difflib
-
         mine = [s for action in self._actions for s in action.option_strings if s[:2] == "--"]
         close = difflib.get_close_matches(unknown[0], mine, n=1, cutoff=0.6)
-        if close:
-            return f"; did you mean {close[0]}?"
-        return ""
+        return f"; did you mean {close[0]}?" if close else ""
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

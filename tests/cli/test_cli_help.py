@@ -51,6 +51,8 @@ def test_deviceflow_alone_prints_help_and_exits_0(
         (["token", "--acount=ci"], "usage: deviceflow token", "did you mean --account?"),
         (["status", "--jsn"], "usage: deviceflow status", "did you mean --json?"),
         (["logout", "--no-qr"], "usage: deviceflow logout", "--no-qr is an option of login only"),
+        (["logni"], "usage: deviceflow ", "did you mean login?"),
+        (["--debgu", "status"], "usage: deviceflow status", "did you mean --debug?"),
     ],
 )
 def test_a_mistyped_option_gets_the_command_usage_and_the_closest_option(
