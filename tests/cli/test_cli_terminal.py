@@ -84,7 +84,8 @@ def test_login_on_a_terminal_shows_code_link_qr_and_a_moving_countdown(
     try:
         user_code = server.wait_for_code()
         child.expect(_COUNTDOWN)
-        screen = _ANSI.sub("", child.before)
+        raw = child.before
+        screen = _ANSI.sub("", raw)
         first = int(child.match.group(1)) * 60 + int(child.match.group(2))
         later = first
         while later == first:
@@ -103,6 +104,10 @@ def test_login_on_a_terminal_shows_code_link_qr_and_a_moving_countdown(
     assert link in screen
     assert encodes(qr_modules(screen), link)
     assert 4 <= qr_quiet_zone(screen)
+    # White on black set explicitly on every row: the same code on light and dark terminals.
+    rows = [line.strip() for line in raw.splitlines() if "▄" in line]
+    assert rows
+    assert all(row.startswith("\x1b[97;40m") and row.endswith("\x1b[0m") for row in rows)
     assert first - 1 == later
     assert 60 - 5 * time_factor() <= first <= 60  # the code lives 60 s
 
