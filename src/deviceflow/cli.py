@@ -287,8 +287,8 @@ class _Parser(argparse.ArgumentParser):
 
         wrong = re.search(r"invalid choice: '([^']*)'", message)
         if wrong is not None:  # a mistyped command
-            commands = [c for a in self._actions if a.choices for c in a.choices]
-            close = difflib.get_close_matches(wrong.group(1), commands, n=1, cutoff=0.6)
+            names = [str(c) for a in self._actions if a.choices for c in a.choices]
+            close = difflib.get_close_matches(wrong.group(1), names, n=1, cutoff=0.6)
             return f"; did you mean {close[0]}?" if close else ""
         prefix = "unrecognized arguments: "
         if not message.startswith(prefix):
@@ -298,8 +298,7 @@ class _Parser(argparse.ArgumentParser):
             return ""
         owners = [o for o in OPTIONS if o.flag == unknown[0]]
         if owners:
-            commands = " and ".join(sorted(owners[0].commands))
-            return f"; {unknown[0]} is an option of {commands} only"
+            return f"; {unknown[0]} is an option of {' and '.join(sorted(owners[0].commands))} only"
         mine = [s for action in self._actions for s in action.option_strings if s[:2] == "--"]
         close = difflib.get_close_matches(unknown[0], mine, n=1, cutoff=0.6)
         return f"; did you mean {close[0]}?" if close else ""
