@@ -18,6 +18,7 @@ from cli_harness import COMMAND, Cli, ServerThread, login_approved
 
 from deviceflow._cli._commands import _denied, _issuer_mismatch
 from deviceflow._cli._settings import load_settings
+from deviceflow._cli._store import store_name
 from deviceflow.exceptions import AccessDeniedError, DiscoveryError
 from deviceflow.stores import generate_key
 from deviceflow.testing import Fault
@@ -352,3 +353,11 @@ def test_a_denial_without_a_reason_and_other_discovery_errors() -> None:
     assert "declined on the sign-in page" in str(declined.hint)
     settings = load_settings("login", argparse.Namespace(issuer="https://idp.example.com"), {})
     assert None is _issuer_mismatch(DiscoveryError("no discovery document"), settings)
+
+
+def test_messages_name_a_redis_store_without_its_password() -> None:
+    """Where a message names a Redis store, the URL's password is left out."""
+    given = argparse.Namespace(store="redis://:hunter2@redis.example:6380/0")
+    assert "the Redis store redis://redis.example:6380/0" == store_name(
+        load_settings("status", given, {})
+    )

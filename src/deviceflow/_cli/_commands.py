@@ -45,6 +45,7 @@ from ._store import (
     record_key,
     signed_in,
     store_folder,
+    store_name,
     write_key_file,
 )
 from ._terminal import (
@@ -203,11 +204,9 @@ async def _opened(
     try:
         yield store
     except DecryptionError as exc:
-        folder = store_folder(settings)
-        where = str(folder) if folder is not None else settings.value("store")
         raise CliError(
-            f"cannot read the token store at {where}: wrong key (the store was written with "
-            "another one)",
+            f"cannot read the token store at {store_name(settings)}: wrong key (the store was "
+            "written with another one)",
             code=EXIT_STORE,
             hint="set DEVICEFLOW_KEY or --key-file to that key, or start over with "
             "`deviceflow reset`, which deletes the stored tokens. Nothing was changed or deleted",

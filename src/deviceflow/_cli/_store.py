@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "record_key",
     "signed_in",
     "store_folder",
+    "store_name",
     "write_key_file",
 ]
 
@@ -104,9 +106,15 @@ def store_folder(settings: Settings) -> Path | None:
     return Path(location).expanduser() if location else default_data_dir() / "tokens"
 
 
-def _where(settings: Settings) -> str:
+def store_name(settings: Settings) -> str:
+    """The store, for messages: its folder, or its Redis URL without a password."""
     folder = store_folder(settings)
-    return str(folder) if folder is not None else f"the Redis store {settings.value('store')}"
+    if folder is not None:
+        return str(folder)
+    parts = urllib.parse.urlsplit(str(settings.value("store")))
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"the Redis store {parts.scheme}://{host}{port}{parts.path}"
 
 
 def existing_keys(settings: Settings) -> KeySet | None:
@@ -162,14 +170,14 @@ def _store_keys(settings: Settings, notes: TextIO, *, create: bool) -> KeySet:
     path = default_key_file()
     if _holds_records(store_folder(settings)):
         raise CliError(
-            f"the store key file {path} is missing, but the token store at {_where(settings)} "
+            f"the store key file {path} is missing, but the token store at {store_name(settings)} "
             "holds tokens written with a key",
             code=EXIT_STORE,
             hint=f"restore the key file to {path} (or set DEVICEFLOW_KEY or --key-file to the "
             "key), or start over with `deviceflow reset`, which deletes the stored tokens",
         )
     if not create:
-        raise NoKeyError(f"no account is signed in with the token store at {_where(settings)}")
+        raise NoKeyError(f"no account is signed in with the token store at {store_name(settings)}")
     try:
         created = write_key_file(path, generate_key())
     except OSError as exc:
