@@ -11,8 +11,6 @@ import time
 from datetime import datetime, timezone
 from typing import Protocol, runtime_checkable
 
-import anyio
-
 __all__ = ["Clock", "SystemClock"]
 
 
@@ -43,4 +41,6 @@ class SystemClock:
         return datetime.now(timezone.utc)
 
     async def sleep(self, seconds: float) -> None:
+        import anyio  # here, not at the top: reading a clock needs no event loop
+
         await anyio.sleep(max(0.0, seconds))

@@ -14,7 +14,6 @@ import math
 import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ._models import (
@@ -381,6 +380,8 @@ def retry_after(response: Response, wall: datetime) -> float | None:
     seconds = parse_seconds(value)
     if seconds is not None:
         return seconds
+    from email.utils import parsedate_to_datetime  # rare: imported when first needed
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

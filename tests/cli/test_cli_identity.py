@@ -21,8 +21,8 @@ def test_login_says_who_signed_in(cli: Cli, server: ServerThread) -> None:
     """With the openid scope, login ends with the verified name and email."""
     result = login_approved(cli, server, *cli.server_args(), "--scope", "openid")
     assert 0 == result.returncode, result.stderr
-    assert "Signed in as alice (alice@example.com)" == result.stderr.splitlines()[-1]
-    assert "" == result.stdout
+    # Off a terminal, the outcome is the result, on stdout; who signed in is its last line.
+    assert "Signed in as alice (alice@example.com)" == result.stdout.splitlines()[-1]
     assert 1 == len(server.requests("jwks"))
 
 
@@ -30,7 +30,7 @@ def test_login_without_an_id_token_says_nothing_of_it(cli: Cli, server: ServerTh
     """Without the openid scope there is no id_token, and no "Signed in as" line."""
     result = login_approved(cli, server, *cli.server_args(), "--scope", "profile")
     assert 0 == result.returncode, result.stderr
-    assert "Signed in as" not in result.stderr
+    assert "Signed in as" not in result.stdout + result.stderr
     assert [] == server.requests("jwks")
 
 
@@ -42,7 +42,7 @@ def test_github_login_says_nothing_of_identity(tmp_path: Path) -> None:
             args = ["--provider", "github", "--base-url", github.issuer, "--client-id", "gh"]
             result = login_approved(cli, github, *args, "--scope", "repo")
             assert 0 == result.returncode, result.stderr
-            assert "Signed in as" not in result.stderr
+            assert "Signed in as" not in result.stdout + result.stderr
             status = cli.run("status", "--json")
         finally:
             cli.close()
@@ -50,13 +50,14 @@ def test_github_login_says_nothing_of_identity(tmp_path: Path) -> None:
 
 
 def test_status_shows_each_accounts_identity(signed_in: tuple[Cli, ServerThread]) -> None:
-    """status --json gives each account's verified identity (None without an id_token)."""
+    """status --json gives each account's verified identity (both asked for openid: bob
+    explicitly, ci through the CLI's default scope)."""
     cli, _ = signed_in
     assert "openid" in BOB_SCOPE.split()
     result = cli.run("status", "--json")
     assert (0, "") == (result.returncode, result.stderr)
     identities = {row["account"]: row["identity"] for row in json.loads(result.stdout)}
-    assert {"bob": "alice (alice@example.com)", "ci": None} == identities
+    assert {"bob": "alice (alice@example.com)", "ci": "alice (alice@example.com)"} == identities
 
 
 def test_status_without_the_server_shows_no_identity_quickly(

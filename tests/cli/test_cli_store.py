@@ -101,7 +101,7 @@ def test_logout_revokes_deletes_and_unlists(cli: Cli, server: ServerThread) -> N
     status, token = cli.run_many(["status"], ["token", *cli.server_args()])
 
     assert (0, 1) == (result.returncode, len(server.requests("revoke")))
-    assert "the server revoked the grant" in result.stderr
+    assert "the server revoked the grant" in result.stdout  # a result: on stdout
     assert not server.is_valid(access_token)
     assert 1 == len(keys)
     (record,) = _records(cli, keys)
@@ -160,8 +160,8 @@ def test_keygen_prints_or_writes_a_private_key_file(cli: Cli) -> None:
     again = cli.run("keygen", "--output", str(path))
 
     assert (0, 44, "") == (printed.returncode, len(printed.stdout.strip()), printed.stderr)
-    assert (0, "", 0o600) == (written.returncode, written.stdout, stat.S_IMODE(path.stat().st_mode))
-    assert "wrote a new store key" in written.stderr
+    assert (0, "", 0o600) == (written.returncode, written.stderr, stat.S_IMODE(path.stat().st_mode))
+    assert written.stdout.startswith(f"Wrote a new store key to {path} (mode 0600).")
     assert (1, content) == (again.returncode, path.read_text())
     assert "already exists" in again.stderr
     assert printed.stdout.strip() not in content

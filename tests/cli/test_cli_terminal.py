@@ -25,31 +25,48 @@ def _spawn(cli: Cli, *args: str, env: dict[str, str | None] | None = None) -> pe
     return pexpect.spawn(
         COMMAND[0],
         [*COMMAND[1:], *args],
-        env=cli.environment({"TERM": "xterm-256color", **(env or {})}),
+        # The size the terminal has (a LINES or COLUMNS of the test run would override it).
+        env=cli.environment(
+            {"TERM": "xterm-256color", "LINES": "80", "COLUMNS": "120", **(env or {})}
+        ),
         dimensions=(80, 120),
         encoding="utf-8",
         timeout=15 * time_factor(),
     )
 
 
-def _qr_modules(screen: str) -> list[list[bool]]:
+def qr_modules(screen: str) -> list[list[bool]]:
     """The QR code drawn on ``screen``, as rows of modules (True: dark), quiet zone trimmed."""
+    return _qr_drawing(screen)[0]
+
+
+def qr_quiet_zone(screen: str) -> int:
+    """The width of the light margin around the QR code drawn on ``screen``, in modules."""
+    return _qr_drawing(screen)[1]
+
+
+def _qr_drawing(screen: str) -> tuple[list[list[bool]], int]:
     lines = [line.strip() for line in screen.splitlines()]
-    start = next(i for i, line in enumerate(lines) if "QR code" in line) + 2
-    drawn = lines[start : lines.index("", start)]
-    assert all(set(line) <= set(_HALVES) for line in drawn)
+    start = next(i for i, line in enumerate(lines) if "QR code" in line) + 1
+    end = next(
+        (i for i in range(start, len(lines)) if not lines[i] or set(lines[i]) - set(_HALVES)),
+        len(lines),
+    )
+    drawn = lines[start:end]
+    assert drawn
     rows: list[list[bool]] = []
     for line in drawn:
         pairs = [_HALVES[char] for char in line]
         rows += [[top for top, _ in pairs], [bottom for _, bottom in pairs]]
     rows = [row for row in rows if not all(row)]  # the padding under an odd number of rows
     dark = [i for i, row in enumerate(rows) if any(row)]
-    rows = rows[dark[0] : dark[-1] + 1]
     columns = [j for j in range(len(rows[0])) if any(row[j] for row in rows)]
-    return [row[columns[0] : columns[-1] + 1] for row in rows]
+    quiet = min(dark[0], len(rows) - 1 - dark[-1], columns[0], len(rows[0]) - 1 - columns[-1])
+    rows = rows[dark[0] : dark[-1] + 1]
+    return [row[columns[0] : columns[-1] + 1] for row in rows], quiet
 
 
-def _encodes(modules: list[list[bool]], data: str) -> bool:
+def encodes(modules: list[list[bool]], data: str) -> bool:
     """True when ``modules`` is the QR code of ``data`` at some error correction level."""
     for level in "lmqh":
         code = segno.make(data, error=level, micro=False)
@@ -67,7 +84,8 @@ def test_login_on_a_terminal_shows_code_link_qr_and_a_moving_countdown(
     try:
         user_code = server.wait_for_code()
         child.expect(_COUNTDOWN)
-        screen = _ANSI.sub("", child.before)
+        raw = child.before
+        screen = _ANSI.sub("", raw)
         first = int(child.match.group(1)) * 60 + int(child.match.group(2))
         later = first
         while later == first:
@@ -84,7 +102,12 @@ def test_login_on_a_terminal_shows_code_link_qr_and_a_moving_countdown(
     assert f" {user_code} " in screen
     assert f"{server.issuer}/device\r\n" in screen
     assert link in screen
-    assert _encodes(_qr_modules(screen), link)
+    assert encodes(qr_modules(screen), link)
+    assert 4 <= qr_quiet_zone(screen)
+    # White on black set explicitly on every row: the same code on light and dark terminals.
+    rows = [line.strip() for line in raw.splitlines() if "▄" in line]
+    assert rows
+    assert all(row.startswith("\x1b[97;40m") and row.endswith("\x1b[0m") for row in rows)
     assert first - 1 == later
     assert 60 - 5 * time_factor() <= first <= 60  # the code lives 60 s
 
@@ -100,7 +123,11 @@ def _recorder(cli: Cli) -> tuple[dict[str, str | None], Path]:
 
 
 def test_no_qr_and_no_browser_on_a_terminal(cli: Cli, server: ServerThread) -> None:
-    """--no-qr leaves the QR code out, --no-browser opens nothing even with a display."""
+    """--no-qr leaves the QR code out, --no-browser opens nothing even with a display; a retry
+    is noted on the terminal."""
+    from deviceflow.testing import Fault
+
+    server.call(server.server.faults.add, Fault(endpoint="token", status=503, times=1))
     env, opened = _recorder(cli)
     child = _spawn(cli, "login", "--no-browser", "--no-qr", *cli.server_args(), env=env)
     try:
@@ -113,6 +140,7 @@ def test_no_qr_and_no_browser_on_a_terminal(cli: Cli, server: ServerThread) -> N
     assert "enter the code" in screen
     assert "QR code" not in screen
     assert "▄" not in screen
+    assert f"  {server.issuer}/token answered HTTP 503; trying again\r\n" in screen
     assert not opened.exists()
 
 

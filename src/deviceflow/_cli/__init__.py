@@ -4,8 +4,12 @@
 - ``_settings``: every option, read from the command line, the environment and a TOML profile.
 - ``_presets``: ``--provider NAME`` -> a ``Provider`` preset with its arguments.
 - ``_store``: the default encrypted store, its key file, and the index of signed-in accounts.
-- ``_terminal``: what a person sees: the big user code, the QR code, the countdown.
-- ``_commands``: login, token, status, logout, keygen.
+- ``_terminal``: what a person sees: the big user code, the QR code, the countdown, questions.
+- ``_http``: the transport the commands give the client: ``--debug`` lines and retry notes.
+- ``_commands``: login, token, status, logout, keygen, reset.
 - ``_kube``, ``_credential``: the plugins for kubectl (``token --format exec-credential``) and
   git (``credential``); ``_plugin``: how a plugin gets its token.
+- ``_fast``: ``token`` for a fresh stored token, without the client or the event loop.
+- ``_demo``: ``demo``, a sign-in against the built-in server, shown as login shows it.
+- ``_completion``: the bash, zsh and fish completion scripts.
 """

@@ -1,10 +1,12 @@
-"""The commands: login, token, status, logout, keygen."""
+"""The commands: login, token, status, logout, keygen, reset."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+import re
+import shutil
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,26 +16,37 @@ import attrs
 
 from deviceflow._client import DeviceFlowClient
 from deviceflow._models import FlowState, Token
-from deviceflow._provider import Provider
+from deviceflow._provider import Provider, fetch_metadata
+from deviceflow._transport import AiohttpTransport, ClientAuth
 from deviceflow.exceptions import (
+    AccessDeniedError,
+    DecryptionError,
     DiscoveryError,
     ProtocolError,
     ReauthorizationRequiredError,
+    StoreError,
     TransportError,
 )
 from deviceflow.stores import TokenStore, generate_key
 
-from ._errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, CliError
+from ._errors import EXIT_CONFIG, EXIT_DENIED, EXIT_ERROR, EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError
+from ._fast import print_token
+from ._http import WatchedTransport
 from ._identity import signed_in_as, signed_in_as_each
 from ._presets import PRESET_OPTIONS, PRESETS, build_provider, preset_named
 from ._settings import Settings
 from ._store import (
+    REFRESH_SKEW,
     AccountEntry,
     AccountIndex,
+    NoKeyError,
+    default_key_file,
     open_store,
     read_token,
     record_key,
     signed_in,
+    store_folder,
+    store_name,
     write_key_file,
 )
 from ._terminal import (
@@ -44,7 +57,7 @@ from ._terminal import (
     open_link_in_background,
 )
 
-__all__ = ["keygen", "login", "logout", "status", "token"]
+__all__ = ["keygen", "login", "logout", "reset", "status", "token"]
 
 
 # --- which server, client and account -----------------------------------------------------
@@ -166,8 +179,8 @@ def _entry_for(known: Sequence[AccountEntry], account: str, client_id: str | Non
     if not matches:
         raise NotSignedInError(
             f"no server given, and no account {account!r} was signed in with this store",
-            hint="name the server with --issuer URL or --provider NAME, "
-            "DEVICEFLOW_ISSUER, or a profile",
+            hint="sign in first: `deviceflow login --issuer URL --client-id ID"
+            f"{_account_flag(account)}` (or --provider NAME, DEVICEFLOW_ISSUER, or a profile)",
         )
     choices = "; ".join(f"{e.issuer} (client {e.client_id})" for e in matches)
     raise CliError(
@@ -180,23 +193,62 @@ class NotSignedInError(CliError):
     """No server was named and the index knows no such account."""
 
 
+def _account_flag(account: str) -> str:
+    return "" if account == "default" else f" --account {account}"
+
+
 @asynccontextmanager
-async def _opened(settings: Settings, console: Console) -> AsyncIterator[TokenStore]:
-    store = open_store(settings, console.err)
+async def _opened(
+    settings: Settings, console: Console, *, create_key: bool = False
+) -> AsyncIterator[TokenStore]:
+    store = open_store(settings, console.err, create_key=create_key)
     try:
         yield store
+    except DecryptionError as exc:
+        raise CliError(
+            f"cannot read the token store at {store_name(settings)}: wrong key (the store was "
+            "written with another one)",
+            code=EXIT_STORE,
+            hint="set DEVICEFLOW_KEY or --key-file to that key, or start over with "
+            "`deviceflow reset`, which deletes the stored tokens. Nothing was changed or deleted",
+        ) from exc
     finally:
         await store.aclose()
 
 
-def _client(target: Target, store: TokenStore) -> DeviceFlowClient:
+def _transport(
+    target: Target, console: Console, notes: Callable[[str], None] | None = None
+) -> WatchedTransport:
+    """The client's transport, watched: --debug lines and notes while retrying (``notes``
+    takes them, else stderr)."""
+
+    def retrying(text: str) -> None:
+        if notes is not None:
+            notes(text)
+        else:
+            print(f"deviceflow: {text}", file=console.err, flush=True)
+
+    provider = target.provider
+    auth_method = provider.client_auth if target.client_secret is not None else None
+    inner = AiohttpTransport(
+        auth=ClientAuth.choose(target.client_id, target.client_secret, auth_method),
+        dialect=provider.dialect,
+    )
+    return WatchedTransport(inner, on_retry=retrying)
+
+
+def _client(
+    target: Target, store: TokenStore, transport: WatchedTransport, scope: str | None = None
+) -> DeviceFlowClient:
     try:
         return DeviceFlowClient(
             target.provider,
             client_id=target.client_id,
             client_secret=target.client_secret,
-            scope=target.scope,
+            scope=scope if scope is not None else target.scope,
             store=store,
+            transport=transport,
+            refresh_skew=REFRESH_SKEW,
         )
     except ValueError as exc:
         needs_secret = target.provider.requires_client_secret and target.client_secret is None
@@ -220,39 +272,144 @@ def _expiry(token: Token, now: datetime | None = None) -> str:
 
 async def login(settings: Settings, console: Console) -> int:
     """Run a device flow for the account and store its token."""
-    async with _opened(settings, console) as store:
+    async with _opened(settings, console, create_key=True) as store:
         index = AccountIndex(store)
         target = await resolve_target(settings, await index.entries())
         # Fail on a wrong key now, not after the person has approved the code.
-        await store.get(target.key)
+        try:
+            current = await read_token(store, target.key)
+        except DecryptionError:
+            raise
+        except StoreError:
+            current = None  # a damaged record: nothing worth keeping
+        if current is not None and not _confirm_replace(settings, console, target, current.token):
+            console.say(f"Kept the sign-in of account {target.account!r}; nothing was changed.")
+            return EXIT_OK
         view = LoginView(console, qr=console.interactive and not settings.flag("no-qr"))
         browser = not settings.flag("no-browser") and can_open_browser()
-        async with _client(target, store) as client:
-            granted: Token | None = None
-            try:
-                async for event in client.authorize(target.account):
-                    code = event.code
-                    if code is not None and event.state is FlowState.PENDING and not view.shown:
-                        view.show_code(code, account=target.account, issuer=target.issuer)
-                        if browser:
-                            _open_browser(code.link, view)
-                    if event.interval is not None:
-                        view.interval_changed(event.interval)
-                    if event.error is not None:
-                        raise event.error
-                    if event.state is FlowState.GRANTED:
-                        granted = event.token
-            finally:
-                await view.close()
-            scope = client.scope
-            who = await signed_in_as(client, target.account)
-        if granted is None:  # pragma: no cover - authorize() ends in GRANTED or an error
-            raise ProtocolError("the device flow ended without a token")
+        transport = _transport(target, console, view.note if console.interactive else None)
+        try:
+            target, granted, scope, who = await _sign_in(target, store, transport, view, browser)
+        except DiscoveryError as exc:
+            raise _issuer_mismatch(exc, settings) or exc from None
+        except AccessDeniedError as exc:
+            raise _denied(exc) from None
         await index.add(target.entry(scope))
-    _report_login(console, target, granted)
-    if who is not None:
-        console.say(f"Signed in as {who}")
+    _report_login(console, target, granted, who)
     return EXIT_OK
+
+
+async def _sign_in(
+    target: Target,
+    store: TokenStore,
+    transport: WatchedTransport,
+    view: LoginView,
+    browser: bool,
+) -> tuple[Target, Token, str | None, str | None]:
+    """The device flow of ``login``: the target (with its discovered endpoints), the token,
+    the scope asked for and who signed in (None when the provider does not say)."""
+    scope = target.scope
+    try:
+        if scope is None and target.preset is None and target.provider.default_scope is None:
+            target, scope = await _default_scope(target, transport)
+        client = _client(target, store, transport, scope)
+    except BaseException:
+        await transport.aclose()
+        raise
+    async with client:
+        granted = await show_flow(client, target.account, target.issuer, view, browser)
+        return target, granted, client.scope, await signed_in_as(client, target.account)
+
+
+async def show_flow(
+    client: DeviceFlowClient, account: str, issuer: str, view: LoginView, browser: bool
+) -> Token:
+    """Run ``client``'s device flow for ``account``, shown in ``view``; the token granted."""
+    try:
+        async for event in client.authorize(account):
+            code = event.code
+            if code is not None and event.state is FlowState.PENDING and not view.shown:
+                view.show_code(code, account=account, issuer=issuer)
+                if browser:
+                    _open_browser(code.link, view)
+            if event.interval is not None:
+                view.interval_changed(event.interval)
+            if event.error is not None:
+                raise event.error
+            if event.state is FlowState.GRANTED and event.token is not None:
+                return event.token
+    finally:
+        await view.close()
+    raise ProtocolError("the device flow ended without a token")  # pragma: no cover
+
+
+def _confirm_replace(settings: Settings, console: Console, target: Target, token: Token) -> bool:
+    """True when a valid sign-in of the account may be replaced: it is not valid, --yes was
+    given, or the person says so. Off a terminal without --yes: a usage error."""
+    if settings.flag("yes"):
+        return True
+    now = datetime.now(timezone.utc)
+    if token.refresh_token is None and token.expires_at is not None and token.expires_at <= now:
+        return True  # expired with nothing to refresh it: there is nothing to keep
+    where = f"account {target.account!r} at {target.issuer}"
+    answer = console.ask(
+        f"Account {console.style(target.account, 1)} is already signed in at {target.issuer} "
+        f"(the access token expires {_expiry(token, now)}). Sign in again and replace it?"
+    )
+    if answer is None:
+        raise CliError(
+            f"{where} is already signed in with a valid token",
+            code=EXIT_USAGE,
+            hint="add --yes to sign in again and replace it, or use another --account",
+        )
+    return answer
+
+
+async def _default_scope(target: Target, transport: WatchedTransport) -> tuple[Target, str | None]:
+    """No --scope for an issuer: ask for ``openid``, and ``offline_access`` (a refresh token)
+    when the server lists it; when the server lists its scopes and not ``openid``, not that.
+    The metadata fetched here is handed on to the client, so discovery happens once."""
+    metadata = await fetch_metadata(transport, target.provider)
+    provider = target.provider.with_metadata(metadata)
+    supported = metadata.extra.get("scopes_supported")
+    if not isinstance(supported, list):
+        scopes = ["openid"]
+    else:
+        scopes = [name for name in ("openid", "offline_access") if name in supported]
+    return attrs.evolve(target, provider=provider), " ".join(scopes) or None
+
+
+_MISMATCH = re.compile(r"discovery document's issuer '([^']+)' is not the issuer asked for \('")
+
+
+def _issuer_mismatch(exc: DiscoveryError, settings: Settings) -> CliError | None:
+    """A discovery document naming another issuer (often the same one with or without a
+    trailing slash): say which issuer to give."""
+    found = _MISMATCH.search(str(exc))
+    if found is None:
+        return None
+    named = found.group(1)
+    return CliError(
+        f"the server names itself {named!r}, not {settings.value('issuer')!r} as "
+        f"{settings.origin('issuer')} says, and an issuer must match exactly (OpenID Connect "
+        "Discovery 4.3)",
+        hint=f"use --issuer {named}",
+    )
+
+
+def _denied(exc: AccessDeniedError) -> CliError:
+    """A denial in the server's own words when it gives them."""
+    if exc.description:
+        return CliError(
+            f"the sign-in was refused: {exc.description} ({exc.server_error})",
+            code=EXIT_DENIED,
+            hint="run `deviceflow login` to try again",
+        )
+    return CliError(
+        f"the sign-in was declined ({exc.server_error})",
+        code=EXIT_DENIED,
+        hint="the request was declined on the sign-in page; run `deviceflow login` to try again",
+    )
 
 
 def _open_browser(url: str, view: LoginView) -> None:
@@ -266,7 +423,8 @@ def _open_browser(url: str, view: LoginView) -> None:
     open_link_in_background(url, opened)
 
 
-def _report_login(console: Console, target: Target, token: Token) -> None:
+def _report_login(console: Console, target: Target, token: Token, who: str | None) -> None:
+    """The outcome of login, ending with who signed in when the provider says (``who``)."""
     expiry = _expiry(token)
     refresh = (
         "a refresh token keeps it fresh"
@@ -277,13 +435,19 @@ def _report_login(console: Console, target: Target, token: Token) -> None:
         mark = console.style("✓" if console.unicode else "OK", 1, 32)
         console.say(f"  {mark} Signed in. Account {console.style(target.account, 1)} is stored.")
         console.say(f"    The access token expires {expiry}; {refresh}.")
-        hint = "" if target.account == "default" else f" --account {target.account}"
-        console.say(f"    Print it with: deviceflow token{hint}")
+        console.say(f"    Print it with: deviceflow token{_account_flag(target.account)}")
     else:
-        console.say(
-            f"deviceflow: signed in account {target.account!r} at {target.issuer}; "
-            f"the access token expires {expiry}; {refresh}"
+        _result(
+            console,
+            f"Signed in account {target.account!r} at {target.issuer}; "
+            f"the access token expires {expiry}; {refresh}.",
         )
+    if who is None:
+        return
+    if console.interactive:
+        console.say(f"Signed in as {who}")
+    else:
+        _result(console, f"Signed in as {who}")
 
 
 # --- token ---------------------------------------------------------------------------------
@@ -291,49 +455,51 @@ def _report_login(console: Console, target: Target, token: Token) -> None:
 
 async def token(settings: Settings, console: Console) -> int:
     """Print a valid access token (refreshed if needed) and nothing else on stdout."""
-    async with _opened(settings, console) as store:
-        index = AccountIndex(store)
-        known = await index.entries() if _needs_index(settings) else []
-        target = await resolve_target(settings, known)
-        async with _client(target, store) as client:
-            try:
-                current = await client.get_token(target.account)
-            except ReauthorizationRequiredError:
-                raise CliError(
-                    f"account {target.account!r} has no usable token at {target.issuer} "
-                    "(never signed in, signed out, or the grant ended)",
-                    hint="sign in first: run `deviceflow login` with the same options",
-                ) from None
-    if settings.flag("json"):
-        print(json.dumps(token_json(current, target), indent=2), file=console.out, flush=True)
-    else:
-        print(current.access_token, file=console.out, flush=True)
+    account = settings.value("account") or "default"
+    try:
+        async with _opened(settings, console) as store:
+            index = AccountIndex(store)
+            known = await index.entries() if _needs_index(settings) else []
+            target = await resolve_target(settings, known)
+            async with _client(target, store, _transport(target, console)) as client:
+                try:
+                    current = await client.get_token(target.account)
+                except ReauthorizationRequiredError:
+                    raise CliError(
+                        f"account {target.account!r} has no usable token at {target.issuer} "
+                        "(never signed in, signed out, or the grant ended)",
+                        hint=f"sign in first: `{_login_command(target)}`",
+                    ) from None
+    except NoKeyError as exc:
+        raise NotSignedInError(
+            f"account {account!r} is not signed in: {exc}",
+            hint="sign in first: `deviceflow login --issuer URL --client-id ID"
+            f"{_account_flag(account)}`",
+        ) from None
+    print_token(
+        settings,
+        current,
+        account=target.account,
+        issuer=target.provider.identity,
+        client_id=target.client_id,
+    )
     return EXIT_OK
+
+
+def _login_command(target: Target) -> str:
+    """The ``deviceflow login`` command line that signs ``target`` in."""
+    if target.preset is None:
+        server = f"--issuer {target.provider.identity}"
+    else:
+        options = "".join(f" --{name} {value}" for name, value in target.arguments.items())
+        server = f"--provider {target.preset}{options}"
+    return f"deviceflow login {server} --client-id {target.client_id}" + _account_flag(
+        target.account
+    )
 
 
 def _needs_index(settings: Settings) -> bool:
     return settings.value("issuer") is None and settings.value("provider") is None
-
-
-def token_json(current: Token, target: Target, now: datetime | None = None) -> dict[str, Any]:
-    """What ``token --json`` prints. The refresh token stays in the store: a script that used
-    it would break rotation for everyone sharing the store."""
-    now = now or datetime.now(timezone.utc)
-    expires_in = (
-        max(0, int((current.expires_at - now).total_seconds())) if current.expires_at else None
-    )
-    return {
-        "access_token": current.access_token,
-        "token_type": current.token_type,
-        "expires_at": current.expires_at.isoformat() if current.expires_at else None,
-        "expires_in": expires_in,
-        "scope": current.scope,
-        "id_token": current.id_token,
-        "has_refresh_token": current.refresh_token is not None,
-        "account": target.account,
-        "issuer": target.provider.identity,
-        "client_id": target.client_id,
-    }
 
 
 # --- status --------------------------------------------------------------------------------
@@ -342,28 +508,17 @@ def token_json(current: Token, target: Target, now: datetime | None = None) -> d
 async def status(settings: Settings, console: Console) -> int:
     """List the accounts signed in to the store: issuer, scope, expiry, refresh token."""
     rows: list[dict[str, Any]] = []
-    async with _opened(settings, console) as store:
-        entries = await AccountIndex(store).entries()
-        identities = await signed_in_as_each(entries, store, settings.value("client-secret"))
-        for entry in entries:
-            stored = await read_token(store, entry.key)
-            current = stored.token if stored else None
-            rows.append(
-                {
-                    "account": entry.account,
-                    "issuer": entry.issuer,
-                    "client_id": entry.client_id,
-                    "provider": entry.provider,
-                    "scope": current.scope if current and current.scope else entry.scope,
-                    "signed_in": current is not None,
-                    "expires_at": (
-                        current.expires_at.isoformat() if current and current.expires_at else None
-                    ),
-                    "has_refresh_token": bool(current and current.refresh_token),
-                    "identity": identities[entry.key] if current else None,
-                    "_expiry": _expiry(current) if current else "signed out",
-                }
-            )
+    try:
+        async with _opened(settings, console) as store:
+            entries = await AccountIndex(store).entries()
+            identities = await signed_in_as_each(entries, store, settings.value("client-secret"))
+            for entry in entries:
+                stored = await read_token(store, entry.key)
+                current = stored.token if stored else None
+                who = identities[entry.key] if current else None
+                rows.append(_status_row(entry, current, who))
+    except NoKeyError:
+        pass  # no key: nothing was ever signed in with this store
     if settings.flag("json"):
         public = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
         print(json.dumps(public, indent=2), file=console.out, flush=True)
@@ -397,42 +552,129 @@ async def status(settings: Settings, console: Console) -> int:
     return EXIT_OK
 
 
+def _status_row(entry: AccountEntry, current: Token | None, who: str | None) -> dict[str, Any]:
+    return {
+        "account": entry.account,
+        "issuer": entry.issuer,
+        "client_id": entry.client_id,
+        "provider": entry.provider,
+        "scope": current.scope if current and current.scope else entry.scope,
+        "signed_in": current is not None,
+        "expires_at": (current.expires_at.isoformat() if current and current.expires_at else None),
+        "has_refresh_token": bool(current and current.refresh_token),
+        "identity": who,
+        "_expiry": _expiry(current) if current else "signed out",
+    }
+
+
 # --- logout --------------------------------------------------------------------------------
 
 
 async def logout(settings: Settings, console: Console) -> int:
     """Revoke the account's grant where the provider supports it, and delete the token."""
-    async with _opened(settings, console) as store:
-        index = AccountIndex(store)
-        try:
-            target = await resolve_target(settings, await index.entries())
-        except NotSignedInError:
-            account = settings.value("account") or "default"
-            console.say(f"Account {account!r} is not signed in with this store.")
-            return EXIT_OK
-        current = await store.get(target.key)  # DecryptionError here: nothing is deleted
-        revoked = False
-        if signed_in(current.value if current is not None else None):
-            async with _client(target, store) as client:
-                try:
-                    revoked = await client.logout(target.account)
-                except (TransportError, DiscoveryError, ProtocolError) as exc:
-                    console.say(f"deviceflow: warning: could not revoke the grant: {exc}")
-                    await store.delete(target.key)
-        await index.remove(target.key)
+    account = settings.value("account") or "default"
+    try:
+        async with _opened(settings, console) as store:
+            index = AccountIndex(store)
+            try:
+                target = await resolve_target(settings, await index.entries())
+            except NotSignedInError:
+                _result(console, f"Account {account!r} is not signed in with this store.")
+                return EXIT_OK
+            current = await store.get(target.key)  # DecryptionError here: nothing is deleted
+            revoked = False
+            if signed_in(current.value if current is not None else None):
+                async with _client(target, store, _transport(target, console)) as client:
+                    try:
+                        revoked = await client.logout(target.account)
+                    except (TransportError, DiscoveryError, ProtocolError) as exc:
+                        print(
+                            f"deviceflow: warning: could not revoke the grant: {exc}",
+                            file=console.err,
+                            flush=True,
+                        )
+                        await store.delete(target.key)
+            await index.remove(target.key)
+    except NoKeyError:
+        _result(console, f"Account {account!r} is not signed in with this store.")
+        return EXIT_OK
     if not signed_in(current.value if current is not None else None):
-        console.say(f"Account {target.account!r} at {target.issuer} was not signed in.")
+        _result(console, f"Account {target.account!r} at {target.issuer} was not signed in.")
     elif revoked:
-        console.say(
+        _result(
+            console,
             f"Signed out account {target.account!r}: the server revoked the grant "
-            "and the stored token was deleted."
+            "and the stored token was deleted.",
         )
     else:
-        console.say(
+        _result(
+            console,
             f"Signed out account {target.account!r}: the stored token was deleted. The server "
             "did not revoke the grant (no revocation endpoint, or it refused), so it may stay "
-            "valid until it expires."
+            "valid until it expires.",
         )
+    return EXIT_OK
+
+
+def _result(console: Console, text: str) -> None:
+    """A command's result: on stdout, like status's table."""
+    print(text, file=console.out, flush=True)
+
+
+# --- reset ---------------------------------------------------------------------------------
+
+#: What an EncryptedFileStore's folder holds: shard folders named by two hex digits, and the
+#: key-derivation files of a passphrase key. reset deletes nothing else.
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_STORE_FILES = frozenset({"kdf.json", "kdf.lock", "kdf.json.tmp"})
+
+
+async def reset(settings: Settings, console: Console) -> int:
+    """Delete every stored token of the file store, and the key file the CLI created."""
+    folder = store_folder(settings)
+    if folder is None:
+        raise CliError(
+            "reset deletes a file store; this store is in Redis",
+            hint="delete the store's keys with redis-cli, or use a new --store",
+        )
+    key_file = default_key_file()
+    own_key = (
+        not settings.value("key-file")
+        and not settings.env.get("DEVICEFLOW_KEY", "").strip()
+        and key_file.exists()
+    )
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    stray = [p.name for p in entries if not (_SHARD.fullmatch(p.name) or p.name in _STORE_FILES)]
+    if stray:
+        raise CliError(
+            f"{folder} holds files a token store does not make ({', '.join(stray[:3])}); "
+            "nothing was deleted",
+            code=EXIT_STORE,
+            hint="check --store (DEVICEFLOW_STORE)",
+        )
+    if not entries and not own_key:
+        _result(console, f"Nothing to reset: the token store at {folder} is empty.")
+        return EXIT_OK
+    what = f"every stored token in {folder}" + (f" and the store key {key_file}" if own_key else "")
+    if not settings.flag("yes"):
+        answer = console.ask(f"Delete {what}? The grants are not revoked.")
+        if answer is None:
+            raise CliError(
+                f"reset would delete {what}",
+                code=EXIT_USAGE,
+                hint="add --yes to delete them",
+            )
+        if not answer:
+            _result(console, "Nothing was deleted.")
+            return EXIT_OK
+    for path in entries:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if own_key:
+        key_file.unlink()
+    _result(console, f"Deleted {what}. Sign in again with `deviceflow login`.")
     return EXIT_OK
 
 
@@ -456,10 +698,9 @@ def keygen(output: str | None, console: Console) -> int:
             code=EXIT_ERROR,
             hint="choose another path; a store key that is lost cannot be recovered",
         )
-    print(
-        f"deviceflow: wrote a new store key to {path} (mode 0600). Use it with "
+    _result(
+        console,
+        f"Wrote a new store key to {path} (mode 0600). Use it with "
         f"--key-file {path} or DEVICEFLOW_KEY_FILE={path}.",
-        file=console.err,
-        flush=True,
     )
     return EXIT_OK

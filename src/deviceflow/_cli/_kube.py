@@ -13,16 +13,17 @@ import json
 import sys
 from collections.abc import Mapping
 from datetime import timezone
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
 from deviceflow._models import Token
 
 from ._errors import EXIT_OK, EXIT_USAGE, CliError
-from ._plugin import plugin_token
 from ._settings import Settings
-from ._terminal import Console
+
+if TYPE_CHECKING:
+    from ._terminal import Console  # imports asyncio: not on the fast path of `token`
 
 __all__ = ["API_VERSIONS", "ExecInfo", "exec_credential", "read_exec_info", "run"]
 
@@ -76,6 +77,8 @@ def exec_credential(token: Token, api_version: str = API_VERSIONS[0]) -> dict[st
 
 async def run(settings: Settings, console: Console, stdin: TextIO | None = None) -> int:
     """``deviceflow token --format exec-credential``."""
+    from ._plugin import plugin_token  # the client: not needed by the fast path of `token`
+
     info = read_exec_info(settings.env, sys.stdin if stdin is None else stdin)
     token = await plugin_token(
         settings,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from deviceflow._models import DeviceCode, Token
 from deviceflow.exceptions import ReauthorizationRequiredError
 
-from ._commands import _client, _needs_index, _opened, resolve_target
+from ._commands import _client, _needs_index, _opened, _transport, resolve_target
 from ._errors import EXIT_CONFIG, CliError
 from ._settings import Settings
 from ._store import AccountIndex
@@ -31,7 +31,7 @@ async def plugin_token(
         index = AccountIndex(store)
         known = await index.entries() if _needs_index(settings) else []
         target = await resolve_target(settings, known)
-        async with _client(target, store) as client:
+        async with _client(target, store, _transport(target, console)) as client:
             view = LoginView(Console(console.err, console.err), qr=False)
 
             def show(code: DeviceCode, account: str) -> None:

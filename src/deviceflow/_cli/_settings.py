@@ -76,7 +76,7 @@ class Option:
 
 
 _FLOW = frozenset({"login", "token", "logout", "credential"})
-_STORE = frozenset({"login", "token", "status", "logout", "credential"})
+_STORE = frozenset({"login", "token", "status", "logout", "reset", "credential"})
 
 
 def _opt(name: str, text: str, commands: frozenset[str], **kw: Any) -> Option:
@@ -99,7 +99,13 @@ OPTIONS: tuple[Option, ...] = (
         _FLOW,
         metavar="SECRET",
     ),
-    _opt("scope", "scopes to ask for, space separated", _FLOW, metavar="SCOPE"),
+    _opt(
+        "scope",
+        "scopes to ask for, space separated (default: the preset's; for --issuer, openid, "
+        "and offline_access when the server offers it)",
+        frozenset({"login"}),
+        metavar="SCOPE",
+    ),
     _opt("account", "the name the token is stored under (default: default)", _FLOW, metavar="NAME"),
     _opt("tenant", "Entra ID: tenant id or domain (default: organizations)", _FLOW, metavar="ID"),
     _opt("authority", "Entra ID: the cloud's login host (national clouds)", _FLOW, metavar="URL"),
@@ -150,6 +156,14 @@ OPTIONS: tuple[Option, ...] = (
         "credential: the user name given to git with the token (default: oauth2)",
         frozenset({"credential"}),
         metavar="NAME",
+    ),
+    _opt(
+        "yes",
+        "do not ask: replace a valid sign-in (login), delete the store (reset)",
+        frozenset({"login", "reset"}),
+        kind="flag",
+        env=False,
+        profile=False,
     ),
     _opt(
         "json",

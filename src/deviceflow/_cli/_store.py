@@ -13,31 +13,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
+from deviceflow._crypto import KeySet, generate_key
 from deviceflow._models import Token
 from deviceflow._records import RecordCodec, Tombstone, record_key
 from deviceflow.exceptions import ConflictError, StoreError
-from deviceflow.stores import EncryptedFileStore, KeySet, TokenStore, generate_key
-from deviceflow.stores._file import _private_dirs as private_dirs
 
-from ._errors import CliError
+from ._errors import EXIT_STORE, CliError
 from ._settings import Settings, default_config_dir, default_data_dir
+
+if TYPE_CHECKING:
+    from deviceflow.stores import TokenStore
 
 __all__ = [
     "INDEX_KEY",
+    "REFRESH_SKEW",
     "AccountEntry",
     "AccountIndex",
     "StoredToken",
+    "default_key_file",
+    "existing_keys",
     "open_store",
     "read_token",
     "record_key",
     "signed_in",
+    "store_folder",
+    "store_name",
     "write_key_file",
 ]
 
@@ -45,6 +53,9 @@ __all__ = [
 INDEX_KEY = "deviceflow-cli-index"
 _INDEX_VERSION = 1
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Seconds before expiry a token is refreshed (the client's default; the fast path of ``token``
+#: applies the same rule to decide that a stored token is still fresh).
+REFRESH_SKEW = 60.0
 
 
 # --- the key ---------------------------------------------------------------------------------
@@ -56,7 +67,9 @@ def write_key_file(path: Path, key: str) -> bool:
     The key is written to a temporary file first and linked into place, so a process that reads
     the file never sees it half written, and two processes creating it at once agree on one key.
     """
-    private_dirs(path.parent)  # missing folders 0700 whatever the umask
+    from deviceflow.stores._file import _private_dirs
+
+    _private_dirs(path.parent)  # missing folders 0700 whatever the umask
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"# deviceflow store key, created {stamp}.\n"
@@ -80,40 +93,120 @@ def write_key_file(path: Path, key: str) -> bool:
             os.unlink(temp)
 
 
-def _store_keys(settings: Settings, notes: TextIO) -> KeySet:
-    """``--key-file`` on the command line, else ``DEVICEFLOW_KEY``, else a key file."""
+def default_key_file() -> Path:
+    """Where the CLI keeps the store key it creates: ``store.key`` in the user config folder."""
+    return default_config_dir() / "store.key"
+
+
+def store_folder(settings: Settings) -> Path | None:
+    """The file store's folder, or None for a Redis store."""
+    location = settings.value("store")
+    if location and location.startswith(_REDIS_SCHEMES):
+        return None
+    return Path(location).expanduser() if location else default_data_dir() / "tokens"
+
+
+def store_name(settings: Settings) -> str:
+    """The store, for messages: its folder, or its Redis URL without a password."""
+    folder = store_folder(settings)
+    if folder is not None:
+        return str(folder)
+    parts = urllib.parse.urlsplit(str(settings.value("store")))
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"the Redis store {parts.scheme}://{host}{port}{parts.path}"
+
+
+def existing_keys(settings: Settings) -> KeySet | None:
+    """The store key: ``--key-file`` on the command line, else ``DEVICEFLOW_KEY``, else the key
+    file of the environment or profile, else the default key file; None when that one does not
+    exist yet. A key that cannot be read or decoded is a CliError saying how to make one."""
     given = settings.value("key-file")
-    if given and settings.on_command_line("key-file"):
-        return KeySet.from_file(given)
-    if settings.env.get("DEVICEFLOW_KEY", "").strip():
-        return KeySet.from_env("DEVICEFLOW_KEY")
-    if given:
-        return KeySet.from_file(given)
-    path = default_config_dir() / "store.key"
-    if not path.exists():
-        try:
-            created = write_key_file(path, generate_key())
-        except OSError as exc:
-            raise StoreError(f"cannot create the store key file {path}: {exc}") from None
-        if created:
-            print(
-                f"deviceflow: created a new store key in {path} (mode 0600). Keep it safe: "
-                "the stored tokens cannot be read without it. Set DEVICEFLOW_KEY to use "
-                "another key.",
-                file=notes,
-                flush=True,
-            )
+    try:
+        if given and settings.on_command_line("key-file"):
+            return KeySet.from_file(given)
+        if settings.env.get("DEVICEFLOW_KEY", "").strip():
+            return KeySet.from_env("DEVICEFLOW_KEY")
+        if given:
+            return KeySet.from_file(given)
+        path = default_key_file()
+        return KeySet.from_file(path) if path.exists() else None
+    except StoreError as exc:
+        raise _key_error(exc) from None
+
+
+def _key_error(exc: StoreError) -> CliError:
+    text = str(exc)
+    if "chmod" in text:  # the message says what to run
+        return CliError(text, code=EXIT_STORE)
+    if text.startswith("cannot read key file"):
+        return CliError(text, code=EXIT_STORE, hint="check the key file's path")
+    return CliError(
+        f"the store key is not usable: {text}",
+        code=EXIT_STORE,
+        hint="make a key with `deviceflow keygen` (or `deviceflow keygen -o FILE` for a key "
+        "file) and set DEVICEFLOW_KEY or --key-file to it",
+    )
+
+
+def _holds_records(folder: Path | None) -> bool:
+    """True when the file store's folder holds anything the store wrote."""
+    if folder is None:
+        # A Redis store cannot be listed cheaply; a lost key shows there as a wrong key.
+        return False
+    try:
+        return any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def _store_keys(settings: Settings, notes: TextIO, *, create: bool) -> KeySet:
+    """The store key (see :func:`existing_keys`). Without one, ``create`` makes the default key
+    file, unless the store already holds records (they were written with a key that is lost:
+    a new key would only hide them); read-only commands never create a key."""
+    keys = existing_keys(settings)
+    if keys is not None:
+        return keys
+    path = default_key_file()
+    if _holds_records(store_folder(settings)):
+        raise CliError(
+            f"the store key file {path} is missing, but the token store at {store_name(settings)} "
+            "holds tokens written with a key",
+            code=EXIT_STORE,
+            hint=f"restore the key file to {path} (or set DEVICEFLOW_KEY or --key-file to the "
+            "key), or start over with `deviceflow reset`, which deletes the stored tokens",
+        )
+    if not create:
+        raise NoKeyError(f"no account is signed in with the token store at {store_name(settings)}")
+    try:
+        created = write_key_file(path, generate_key())
+    except OSError as exc:
+        raise StoreError(f"cannot create the store key file {path}: {exc}") from None
+    if created:
+        print(
+            f"deviceflow: created a new store key in {path} (mode 0600). Keep it safe: "
+            "the stored tokens cannot be read without it. Set DEVICEFLOW_KEY to use "
+            "another key.",
+            file=notes,
+            flush=True,
+        )
     return KeySet.from_file(path)
 
 
-def open_store(settings: Settings, notes: TextIO) -> TokenStore:
+class NoKeyError(CliError):
+    """There is no store key yet: nothing was ever signed in with this store."""
+
+
+def open_store(settings: Settings, notes: TextIO, *, create_key: bool = False) -> TokenStore:
     """The store ``--store`` names (a folder or a Redis URL), with its key.
 
-    Notes for the person (a key file was created) go to ``notes``.
+    Only ``create_key`` (``login``) makes a new key file; notes for the person (a key file was
+    created) go to ``notes``. NoKeyError when there is no key and none may be made.
     """
     location = settings.value("store")
-    keys = _store_keys(settings, notes)
-    if location and location.startswith(_REDIS_SCHEMES):
+    keys = _store_keys(settings, notes, create=create_key)
+    folder = store_folder(settings)
+    if folder is None:
         from deviceflow import stores
 
         try:
@@ -127,12 +220,13 @@ def open_store(settings: Settings, notes: TextIO) -> TokenStore:
                 ),
             ) from None
         try:
-            return redis_store(location, key=keys)
+            return redis_store(str(location), key=keys)
         except ValueError as exc:
             raise CliError(f"{settings.origin('store')}: {exc}") from None
-    path = Path(location).expanduser() if location else default_data_dir() / "tokens"
+    from deviceflow.stores import EncryptedFileStore
+
     try:
-        return EncryptedFileStore(path, key=keys)
+        return EncryptedFileStore(folder, key=keys)
     except ValueError as exc:
         raise CliError(f"{settings.origin('store')}: {exc}") from None
 
@@ -201,7 +295,7 @@ class AccountIndex:
     async def entries(self) -> list[AccountEntry]:
         """Every entry, in the order they were added."""
         current = await self._store.get(INDEX_KEY)
-        return self._decode(current.value) if current else []
+        return self.decode(current.value) if current else []
 
     async def add(self, entry: AccountEntry) -> None:
         """Add ``entry``, replacing the one with the same key."""
@@ -216,7 +310,7 @@ class AccountIndex:
     ) -> None:
         for _ in range(attempts):
             current = await self._store.get(INDEX_KEY)
-            old = self._decode(current.value) if current else []
+            old = self.decode(current.value) if current else []
             new = change(old)
             if new == old:
                 return
@@ -237,7 +331,8 @@ class AccountIndex:
         return json.dumps(document, separators=(",", ":")).encode()
 
     @staticmethod
-    def _decode(value: bytes) -> list[AccountEntry]:
+    def decode(value: bytes) -> list[AccountEntry]:
+        """The entries of the index record ``value``; StoreError when it is damaged."""
         try:
             document = json.loads(value)
         except (ValueError, RecursionError):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import shutil
 import sys
 import threading
@@ -172,18 +173,28 @@ def big_text(text: str, *, pixel: str = "█") -> list[str] | None:
     ]
 
 
-def qr_text(data: str, *, unicode: bool) -> str:
-    """A QR code of ``data`` for a terminal: half blocks when ``unicode``, else ANSI colours.
+def qr_text(data: str, *, unicode: bool, colour: bool = False) -> list[str]:
+    """A QR code of ``data`` for a terminal, as lines: half blocks when ``unicode``, else ANSI
+    colours; with the 4-module quiet zone the QR standard asks for.
 
-    Light modules are drawn in the foreground colour, as terminals with a dark background
-    need; phone cameras read it either way.
+    Light modules are drawn in the foreground colour. With ``colour`` the foreground is set to
+    white and the background to black, so the code reads the same on light and dark
+    terminals; without it (``NO_COLOR``) it suits the usual light-on-dark terminal, and phone
+    cameras read most inverted codes too.
     """
     import segno
 
     out = io.StringIO()
     code = segno.make(data, error="m", micro=False)
-    code.terminal(out=out, border=2, compact=unicode)
-    return out.getvalue()
+    code.terminal(out=out, border=_QUIET_ZONE, compact=unicode)
+    lines = out.getvalue().splitlines()
+    if colour and unicode:
+        return [f"\x1b[97;40m{line}\x1b[0m" for line in lines]
+    return lines
+
+
+#: Modules of light margin around a QR code (ISO/IEC 18004 asks for 4).
+_QUIET_ZONE = 4
 
 
 # --- the console -----------------------------------------------------------------------------
@@ -227,6 +238,44 @@ class Console:
         """The terminal's width in columns (80 when unknown)."""
         return shutil.get_terminal_size((80, 24)).columns
 
+    @property
+    def height(self) -> int:
+        """The terminal's height in lines (24 when unknown)."""
+        return shutil.get_terminal_size((80, 24)).lines
+
+    def ask(self, question: str, stdin: TextIO | None = None) -> bool | None:
+        """Ask a yes/no question on the terminal: True for yes, False for anything else, None
+        when there is no terminal to ask on (stdin or stdout is not one)."""
+        stdin = stdin if stdin is not None else sys.stdin
+        if not (self.interactive and _isatty(stdin)):
+            return None
+        print(f"{question} [y/N] ", end="", file=self.out, flush=True)
+        try:
+            answer = stdin.readline()
+        except (EOFError, OSError):
+            answer = ""
+        return answer.strip().lower() in ("y", "yes")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _visible_len(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def _rows(line: str, width: int) -> int:
+    """How many terminal rows ``line`` takes (a long one wraps)."""
+    return max(1, -(-_visible_len(line) // max(1, width)))
+
+
+def _fit(width: int, text: str, *extras: str) -> str:
+    """``text`` followed by as many of ``extras`` as fit in ``width`` columns, in order."""
+    for extra in extras:
+        if _visible_len(text + extra) <= width:
+            text += extra
+    return text
+
 
 def _isatty(stream: TextIO) -> bool:
     try:
@@ -254,8 +303,9 @@ class LoginView:
     "waiting" line is printed, once.
     """
 
-    def __init__(self, console: Console, *, qr: bool) -> None:
+    def __init__(self, console: Console, *, qr: bool, prefix: str = "deviceflow") -> None:
         self._console = console
+        self._prefix = prefix  # of the plain lines: "deviceflow", or "deviceflow demo"
         self._qr = qr
         self._code: DeviceCode | None = None
         self._interval: float | None = None
@@ -281,49 +331,83 @@ class LoginView:
                 else ""
             )
             console.say(
-                f"deviceflow: to sign in account {account!r} at {issuer}, open "
+                f"{self._prefix}: to sign in account {account!r} at {issuer}, open "
                 f"{code.verification_uri} and enter the code {code.user_code}{link}. "
                 f"The code expires at {code.expires_at:%H:%M:%S} UTC."
             )
             if code.message:
-                console.say(f"deviceflow: the provider says: {code.message}")
-            console.say("deviceflow: waiting for approval (Ctrl-C to cancel)...")
+                console.say(f"{self._prefix}: the provider says: {code.message}")
+            console.say(f"{self._prefix}: waiting for approval (Ctrl-C to cancel)...")
             return
         self._show_interactive(code, account=account, issuer=issuer)
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     def _show_interactive(self, code: DeviceCode, *, account: str, issuer: str) -> None:
+        for line in self.layout(code, account=account, issuer=issuer):
+            self._console.say(line)
+
+    def layout(self, code: DeviceCode, *, account: str, issuer: str) -> list[str]:
+        """The lines that present ``code`` on the terminal, chosen to fit its size.
+
+        The user code and the link are always there; the big letters and the QR code are left
+        out when they do not fit (first the letters, then the QR code, then both), so that
+        nothing scrolls away above the countdown, which repeats the code.
+        """
         console = self._console
-        say, style = console.say, console.style
-        say(f"Signing in account {style(account, 1)} at {issuer}")
-        if code.message:
-            say()
-            say(f"  {code.message}")
-        say()
-        say("  Open this link in a browser:")
-        say()
-        say(f"      {style(code.verification_uri, 1, 4)}")
-        say()
-        say("  and enter the code:")
-        say()
+        width, height = console.width, console.height
         banner = big_text(code.user_code, pixel="█" if console.unicode else "#")
-        if banner is not None and 6 + max(map(len, banner)) <= console.width:
-            for row in banner:
-                say(f"      {style(row, 1)}")
-            say()
-        say(f"      {style(f' {code.user_code} ', 1, 7)}")
-        say()
-        if code.link != code.verification_uri:
-            say("  or open this link, which fills in the code for you:")
-            say()
-            say(f"      {style(code.link, 4)}")
-            say()
+        if banner is not None and 6 + max(map(len, banner)) > width:
+            banner = None
+        qr = None
         if self._qr:
-            say("  or scan this QR code with your phone:")
-            say()
-            for row in qr_text(code.link, unicode=console.unicode).splitlines():
-                say(f"    {row}")
-            say()
+            qr = qr_text(code.link, unicode=console.unicode, colour=console.colour)
+        if qr is not None and 4 + max(map(_visible_len, qr)) > width:
+            qr = None
+        # Room for the countdown line and a note (browser opened, slow down) under the code.
+        room = height - 3
+        for with_banner, with_qr in ((True, True), (False, True), (True, False), (False, False)):
+            lines = self._lines(
+                code,
+                account=account,
+                issuer=issuer,
+                banner=banner if with_banner else None,
+                qr=qr if with_qr else None,
+            )
+            if sum(_rows(line, width) for line in lines) <= room:
+                return lines
+        return lines
+
+    def _lines(
+        self,
+        code: DeviceCode,
+        *,
+        account: str,
+        issuer: str,
+        banner: list[str] | None,
+        qr: list[str] | None,
+    ) -> list[str]:
+        style = self._console.style
+        what = "The demo signs in" if self._prefix.endswith("demo") else "Signing in"
+        lines = [f"{what} account {style(account, 1)} at {issuer}", ""]
+        if code.message:
+            lines += [f"  {code.message}", ""]
+        lines += [
+            f"  Open this link in a browser:  {style(code.verification_uri, 1, 4)}",
+            f"  and enter the code:           {style(f' {code.user_code} ', 1, 7)}",
+            "",
+        ]
+        if banner is not None:
+            lines += [f"      {style(row, 1)}" for row in banner] + [""]
+        if code.link != code.verification_uri:
+            lines += [
+                "  Or open this link, which fills in the code for you:",
+                f"      {style(code.link, 4)}",
+                "",
+            ]
+        if qr is not None:
+            lines += ["  Or scan this QR code with your phone:"]
+            lines += [f"    {row}" for row in qr]
+        return lines
 
     def note(self, text: str) -> None:
         """A line of its own, above the countdown (nothing once the view is closed)."""
@@ -333,7 +417,7 @@ class LoginView:
         if self._console.interactive:
             self._console.say(f"  {text}")
         else:
-            self._console.say(f"deviceflow: {text}")
+            self._console.say(f"{self._prefix}: {text}")
         self._draw()
 
     def interval_changed(self, interval: float) -> None:
@@ -364,9 +448,12 @@ class LoginView:
             _SPINNER[self._ticks % len(_SPINNER)] if console.unicode else "-\\|/"[self._ticks % 4]
         )
         remaining = format_remaining(self._remaining())
-        text = (
-            f"  {spin} Waiting for approval. The code expires in {console.style(remaining, 1)}"
-            f" (Ctrl-C to cancel)"
+        text = _fit(
+            console.width - 1,
+            f"  {spin} Waiting for approval of {console.style(self._code.user_code, 1)}, "
+            f"expires in {console.style(remaining, 1)}",
+            f" at {self._code.verification_uri}",
+            " (Ctrl-C to cancel)",
         )
         console.out.write(f"\r\x1b[2K{text}")
         console.out.flush()

@@ -12,15 +12,15 @@ a :class:`KeySet` (also read from an environment variable or a key file) for rot
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
-from deviceflow._crypto import KeyMaterial, KeySet, Passphrase, generate_key
-
-from ._file import EncryptedFileStore
-from ._memory import MemoryStore
-from ._protocol import Lease, TokenStore, Versioned
-
 if TYPE_CHECKING:
+    from deviceflow._crypto import KeyMaterial, KeySet, Passphrase, generate_key
+
+    from ._file import EncryptedFileStore
+    from ._memory import MemoryStore
+    from ._protocol import Lease, TokenStore, Versioned
     from ._redis import RedisStore
 
 __all__ = [
@@ -37,7 +37,27 @@ __all__ = [
 ]
 
 
+#: Where each name lives: its module is imported on first use (PEP 562), so that a program
+#: that reads one record does not import the lock library and the event loop's modules.
+_HOMES = {
+    "EncryptedFileStore": "._file",
+    "MemoryStore": "._memory",
+    "Lease": "._protocol",
+    "TokenStore": "._protocol",
+    "Versioned": "._protocol",
+    "KeyMaterial": "deviceflow._crypto",
+    "KeySet": "deviceflow._crypto",
+    "Passphrase": "deviceflow._crypto",
+    "generate_key": "deviceflow._crypto",
+}
+
+
 def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is not None:
+        value = getattr(importlib.import_module(home, __name__), name)
+        globals()[name] = value
+        return value
     # RedisStore needs the optional redis package: import it only when asked for.
     if name == "RedisStore":
         try:
@@ -52,3 +72,7 @@ def __getattr__(name: str) -> object:
             ) from exc
         return RedisStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,155 @@
+"""Start-up: `import deviceflow` and `deviceflow token` with a fresh token stay light.
+
+These check what is imported, not how long it takes (the time is measured by
+benchmarks/bench_memory.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_harness import Cli, ServerThread
+
+import deviceflow
+from deviceflow.stores import EncryptedFileStore, KeySet, Passphrase, generate_key
+from deviceflow.stores._peek import peek_record
+
+_HEAVY = ("aiohttp", "asyncio", "anyio", "filelock")
+
+_RUN_CLI = """
+import json, sys
+from deviceflow.cli import main
+code = main(sys.argv[1:])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(HEAVY)))
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def _python(program: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", program.replace("HEAVY", repr(json.dumps(_HEAVY))), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_import_deviceflow_imports_no_http_client_and_no_event_loop() -> None:
+    """`import deviceflow` imports neither aiohttp nor asyncio; names load when first used."""
+    program = (
+        "import json, sys, deviceflow\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(HEAVY)))\n"
+        "print(json.dumps(heavy))\n"
+    )
+    result = _python(program, env=dict(os.environ))
+    assert (0, [], "") == (result.returncode, json.loads(result.stdout), result.stderr)
+
+
+def test_every_public_name_loads_on_first_use() -> None:
+    """Each name of __all__ resolves (and is listed by dir()); an unknown one is an
+    AttributeError, as for any module."""
+    for name in deviceflow.__all__:
+        assert getattr(deviceflow, name) is not None
+    assert set(deviceflow.__all__) <= set(dir(deviceflow))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        deviceflow.Nope  # noqa: B018
+    from deviceflow import DeviceFlowClient, Token
+    from deviceflow._client import DeviceFlowClient as Home
+
+    assert (DeviceFlowClient, Token.__name__) == (Home, "Token")
+
+
+def test_token_fast_path_imports_no_http_client(signed_in: tuple[Cli, ServerThread]) -> None:
+    """`deviceflow token` with a fresh stored token prints it without importing aiohttp, the
+    event loop or the lock library; with --debug (the full path) the same token comes out."""
+    cli, server = signed_in
+    env = cli.environment()
+    fast = _python(_RUN_CLI, "token", "--account", "ci", "--json", env=env)
+    full = _python(_RUN_CLI, "--debug", "token", "--account", "ci", "--json", env=env)
+    fast_report = json.loads(fast.stderr.splitlines()[-1])
+    assert {"code": 0, "heavy": []} == fast_report
+    assert "asyncio" in json.loads(full.stderr.splitlines()[-1])["heavy"]  # the client ran
+    fast_doc, full_doc = json.loads(fast.stdout), json.loads(full.stdout)
+    assert abs(fast_doc.pop("expires_in") - full_doc.pop("expires_in")) <= 5
+    assert fast_doc == full_doc
+    assert server.is_valid(fast_doc["access_token"])
+
+
+@pytest.mark.parametrize("fmt", ["json", "exec-credential"])
+def test_token_formats_take_the_fast_path(signed_in: tuple[Cli, ServerThread], fmt: str) -> None:
+    """kubectl runs its plugin for every command: `--format exec-credential` (and `--format
+    json`) with a fresh token take the fast path too and print what the full path prints."""
+    cli, server = signed_in
+    env = {**cli.environment(), "KUBERNETES_EXEC_INFO": ""}
+    fast = _python(_RUN_CLI, "token", "--account", "ci", "--format", fmt, env=env)
+    full = _python(_RUN_CLI, "--debug", "token", "--account", "ci", "--format", fmt, env=env)
+    assert {"code": 0, "heavy": []} == json.loads(fast.stderr.splitlines()[-1])
+    fast_doc, full_doc = json.loads(fast.stdout), json.loads(full.stdout)
+    fast_doc.pop("expires_in", None)
+    full_doc.pop("expires_in", None)
+    assert fast_doc == full_doc
+    token = fast_doc["status"]["token"] if fmt == "exec-credential" else fast_doc["access_token"]
+    assert server.is_valid(token)
+
+
+def test_token_fast_path_keeps_to_the_issuer_and_client_given(
+    signed_in: tuple[Cli, ServerThread],
+) -> None:
+    """With --issuer or --client-id that the stored account does not have, token does not
+    hand out that account's token: it says to sign in."""
+    cli, _ = signed_in
+    other_issuer, other_client = cli.run_many(
+        ["token", "--account", "ci", "--issuer", "https://idp.example.com", "--client-id", "x"],
+        ["token", "--account", "ci", "--client-id", "someone-else"],
+    )
+    assert (6, "", 6, "") == (
+        other_issuer.returncode,
+        other_issuer.stdout,
+        other_client.returncode,
+        other_client.stdout,
+    )
+    assert "deviceflow login" in other_issuer.stderr + other_client.stderr
+
+
+def _put(folder: Path, key: str | KeySet | Passphrase, value: bytes, ttl: float | None) -> None:
+    async def write() -> None:
+        store = EncryptedFileStore(folder, key=key)
+        await store.put("acct", value, expected_version=None, ttl=ttl)
+        await store.aclose()
+
+    asyncio.run(write())
+
+
+def test_peek_reads_what_the_store_wrote(tmp_path: Path) -> None:
+    """peek_record() returns the value the file store holds, under any key of the key set."""
+    old, new = generate_key(), generate_key()
+    _put(tmp_path / "store", old, b"value", ttl=None)
+    assert b"value" == peek_record(tmp_path / "store", KeySet(new, old), "acct")
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong key", "expired", "open folder", "passphrase"])
+def test_peek_answers_none_when_unsure(tmp_path: Path, case: str) -> None:
+    """A missing or expired record, a wrong key, a folder the store would refuse, or a
+    passphrase key (it needs the store's KDF files): None, and nothing is changed."""
+    folder = tmp_path / "store"
+    key = generate_key()
+    if case == "passphrase":
+        secret = Passphrase("correct horse battery staple", work_factor=2**14)
+        _put(folder, secret, b"value", ttl=None)
+        keys = KeySet(secret)
+    else:
+        _put(folder, key, b"value", ttl=0.001 if case == "expired" else None)
+        keys = KeySet(generate_key() if case == "wrong key" else key)
+    if case == "open folder":
+        folder.chmod(0o755)
+    before = sorted(str(p) for p in folder.rglob("*"))
+    assert None is peek_record(folder, keys, "other" if case == "missing" else "acct")
+    assert before == sorted(str(p) for p in folder.rglob("*"))
