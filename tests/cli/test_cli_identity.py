@@ -21,8 +21,10 @@ def test_login_says_who_signed_in(cli: Cli, server: ServerThread) -> None:
     """With the openid scope, login ends with the verified name and email."""
     result = login_approved(cli, server, *cli.server_args(), "--scope", "openid")
     assert 0 == result.returncode, result.stderr
-    # Off a terminal, the outcome is the result, on stdout; who signed in is its last line.
-    assert "Signed in as alice (alice@example.com)" == result.stdout.splitlines()[-1]
+    # Off a terminal, the outcome is one line on stdout, naming who signed in.
+    [outcome] = result.stdout.splitlines()
+    assert outcome.startswith(f"Signed in account 'default' at {server.issuer}")
+    assert " as alice (alice@example.com); " in outcome
     assert 1 == len(server.requests("jwks"))
 
 
@@ -30,7 +32,7 @@ def test_login_without_an_id_token_says_nothing_of_it(cli: Cli, server: ServerTh
     """Without the openid scope there is no id_token, and no "Signed in as" line."""
     result = login_approved(cli, server, *cli.server_args(), "--scope", "profile")
     assert 0 == result.returncode, result.stderr
-    assert "Signed in as" not in result.stdout + result.stderr
+    assert " as alice" not in result.stdout + result.stderr
     assert [] == server.requests("jwks")
 
 
@@ -42,7 +44,7 @@ def test_github_login_says_nothing_of_identity(tmp_path: Path) -> None:
             args = ["--provider", "github", "--base-url", github.issuer, "--client-id", "gh"]
             result = login_approved(cli, github, *args, "--scope", "repo")
             assert 0 == result.returncode, result.stderr
-            assert "Signed in as" not in result.stdout + result.stderr
+            assert " as alice" not in result.stdout + result.stderr
             status = cli.run("status", "--json")
         finally:
             cli.close()

@@ -32,7 +32,8 @@ def test_piped_login_shows_progress_on_stderr_and_its_result_on_stdout(
     cli, server = signed_in
     result = next(r for r in cli.logins if "account 'ci'" in r.stderr)
     assert 0 == result.returncode
-    assert [f"Signed in account 'ci' at {server.issuer}"] == [
+    # One line (with who signed in: the CLI asks for openid by default).
+    assert [f"Signed in account 'ci' at {server.issuer} as alice (alice@example.com)"] == [
         line.split(";")[0] for line in result.stdout.splitlines()
     ]
     assert "enter the code" in result.stderr

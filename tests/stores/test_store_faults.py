@@ -55,6 +55,9 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            # Unbuffered: expect() reads stdout byte by byte, so no line after the one it waits
+            # for sits in a read-ahead buffer that communicate() (reading the fd) never sees.
+            bufsize=0,
         )
 
     async def expect(self, line: str, timeout: float = 30) -> None:

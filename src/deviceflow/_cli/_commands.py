@@ -424,7 +424,8 @@ def _open_browser(url: str, view: LoginView) -> None:
 
 
 def _report_login(console: Console, target: Target, token: Token, who: str | None) -> None:
-    """The outcome of login, ending with who signed in when the provider says (``who``)."""
+    """The outcome of login, with who signed in when the provider says (``who``): its last
+    line on a terminal; off a terminal, one line on stdout for scripts."""
     expiry = _expiry(token)
     refresh = (
         "a refresh token keeps it fresh"
@@ -436,18 +437,15 @@ def _report_login(console: Console, target: Target, token: Token, who: str | Non
         console.say(f"  {mark} Signed in. Account {console.style(target.account, 1)} is stored.")
         console.say(f"    The access token expires {expiry}; {refresh}.")
         console.say(f"    Print it with: deviceflow token{_account_flag(target.account)}")
+        if who is not None:
+            console.say(f"Signed in as {who}")
     else:
+        as_who = f" as {who}" if who is not None else ""
         _result(
             console,
-            f"Signed in account {target.account!r} at {target.issuer}; "
+            f"Signed in account {target.account!r} at {target.issuer}{as_who}; "
             f"the access token expires {expiry}; {refresh}.",
         )
-    if who is None:
-        return
-    if console.interactive:
-        console.say(f"Signed in as {who}")
-    else:
-        _result(console, f"Signed in as {who}")
 
 
 # --- token ---------------------------------------------------------------------------------
