@@ -3,15 +3,18 @@ rules on where the token goes, httpx's own MockTransport."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import httpx
 import pytest
 
-from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow import DeviceCode, DeviceFlowClient, Provider, Token
+from deviceflow._dpop import DPoPKey
 from deviceflow.httpx import DeviceFlowAuth
 from deviceflow.sync import DeviceFlowClient as SyncClient
 from deviceflow.testing import AuthorizationServer, VirtualClock
@@ -138,24 +141,32 @@ def _issued(server: AuthorizationServer) -> Token:
 
 
 class Servers:
-    """Every origin at once: records (url, Authorization) and answers by path.
+    """Every origin at once: records (url, Authorization), and the DPoP proofs, and answers by
+    path.
 
-    ``/to?url=U`` redirects to U; ``/reject`` answers 401 invalid_token; anything else 200.
+    ``/to?url=U`` redirects to U; ``/reject`` answers 401 invalid_token; ``/nonce`` 401
+    use_dpop_nonce with the nonce "n-2"; ``/forbidden`` 401 without an error; anything else
+    200, with the nonce "n-1".
     """
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str | None]] = []
+        self.proofs: list[str | None] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.seen.append((str(request.url), request.headers.get("Authorization")))
+        self.proofs.append(request.headers.get("DPoP"))
         if request.url.path == "/to":
             return httpx.Response(302, headers={"Location": request.url.params["url"]})
         if request.url.path == "/reject":
             challenge = 'Bearer error="invalid_token", error_description="revoked"'
             return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        if request.url.path == "/nonce":
+            challenge = 'DPoP error="use_dpop_nonce", algs="ES256"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge, "DPoP-Nonce": "n-2"})
         if request.url.path == "/forbidden":
             return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
-        return httpx.Response(200)
+        return httpx.Response(200, headers={"DPoP-Nonce": "n-1"})
 
 
 @pytest.fixture
@@ -266,3 +277,160 @@ def test_blocking_flow_follows_the_same_rules(virtual_clock: VirtualClock) -> No
             assert 200 == http.get("https://api.example.com/a").status_code
             assert 200 == http.get("https://other.example.com/b").status_code
     assert [BEARER, None] == [header for _, header in servers.seen]
+
+
+# --- DPoP (RFC 9449) -------------------------------------------------------------------------
+
+DPOP = pytest.mark.authorization_server(dpop=True, dpop_nonce=True)
+
+
+def no_op(code: DeviceCode, account: str) -> None:
+    """An on_code for a server that approves at once."""
+
+
+def proof_claims(proof: str) -> dict[str, Any]:
+    """The claims of a DPoP proof, read without checking it (the server does)."""
+    from joserfc import jws
+
+    return dict(json.loads(jws.extract_compact(proof.encode()).payload))
+
+
+def check_dpop_rounds(server: AuthorizationServer, statuses: list[int], nonce: str) -> None:
+    """Three requests, the second after the server changed its nonce to ``nonce``, the third
+    after it stopped taking the token: each answered 200 in the end, after one retry with the
+    nonce, then one refresh; every send had a proof of its own."""
+    assert [200, 200, 200] == statuses
+    resource = [r for r in server.requests if r.endpoint == "resource"]
+    assert [200, 401, 200, 401, 200] == [r.status for r in resource]
+    assert 1 == server.stats.refreshes
+    assert all(r.headers["Authorization"].startswith("DPoP ") for r in resource)
+    proofs = [r.headers["DPoP"] for r in resource]
+    assert len(proofs) == len(set(proofs))
+    assert nonce == proof_claims(proofs[2])["nonce"]
+
+
+async def dpop_rounds(server: AuthorizationServer, http: httpx.AsyncClient) -> None:
+    """The three requests of :func:`check_dpop_rounds` through ``http``, then the checks."""
+    statuses = [(await http.get(server.resource_url)).status_code]
+    nonce = server.rotate_dpop_nonce()
+    statuses.append((await http.get(server.resource_url)).status_code)
+    server.expire_access_tokens()
+    statuses.append((await http.get(server.resource_url)).status_code)
+    check_dpop_rounds(server, statuses, nonce)
+
+
+def dpop_sync_client(server: AuthorizationServer) -> SyncClient:
+    """A blocking DPoP client of ``server``, signed in by its first request."""
+    return SyncClient(
+        Provider(issuer=server.issuer),
+        client_id="svc",
+        clock=server.clock,
+        dpop=True,
+        on_code=no_op,
+    )
+
+
+@DPOP
+async def test_dpop_with_httpx_async_client(authorization_server: AuthorizationServer) -> None:
+    """httpx.AsyncClient with a DPoP client: a new proof for every send, one retry with the
+    resource's nonce on use_dpop_nonce, one refresh on DPoP error="invalid_token"."""
+    server = authorization_server
+    async with (
+        make_client(server, dpop=True, on_code=no_op) as flows,
+        httpx.AsyncClient(auth=DeviceFlowAuth(flows)) as http,
+    ):
+        await dpop_rounds(server, http)
+
+
+@DPOP
+async def test_dpop_with_httpx_client(authorization_server: AuthorizationServer) -> None:
+    """httpx.Client with a blocking DPoP client: the same proofs, nonce retry and refresh."""
+    server = authorization_server
+
+    def calls() -> tuple[list[int], str]:
+        with dpop_sync_client(server) as flows, httpx.Client(auth=DeviceFlowAuth(flows)) as http:
+            statuses = [http.get(server.resource_url).status_code]
+            nonce = server.rotate_dpop_nonce()
+            statuses.append(http.get(server.resource_url).status_code)
+            server.expire_access_tokens()
+            statuses.append(http.get(server.resource_url).status_code)
+        return statuses, nonce
+
+    statuses, nonce = await anyio.to_thread.run_sync(calls)
+    check_dpop_rounds(server, statuses, nonce)
+
+
+@DPOP
+async def test_dpop_with_sync_client_in_httpx_async_client(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """httpx.AsyncClient with a blocking DPoP client (its calls in a worker thread): the same."""
+    server = authorization_server
+    with dpop_sync_client(server) as flows:
+        async with httpx.AsyncClient(auth=DeviceFlowAuth(flows)) as http:
+            await dpop_rounds(server, http)
+
+
+@pytest.fixture
+async def offline_dpop(virtual_clock: VirtualClock) -> AsyncIterator[DeviceFlowClient]:
+    """A DPoP client holding a fresh DPoP token "the-token" for "default" (its server is never
+    called)."""
+    async with DeviceFlowClient(
+        Provider(issuer="https://idp.example.com"),
+        client_id="svc",
+        clock=virtual_clock,
+        dpop=True,
+    ) as flows:
+        token = Token(
+            access_token="the-token",
+            token_type="DPoP",
+            expires_at=virtual_clock.wall() + timedelta(hours=1),
+            dpop_key=DPoPKey.generate(),
+        )
+        await flows.save_token("default", token)
+        yield flows
+
+
+async def test_nonce_of_an_answer_goes_into_the_next_proof(offline_dpop: DeviceFlowClient) -> None:
+    """A DPoP-Nonce on a successful answer is kept: the next request's proof carries it."""
+    servers = Servers()
+    async with _http(DeviceFlowAuth(offline_dpop), servers) as http:
+        await http.get("https://api.example.com/a")
+        await http.get("https://api.example.com/b")
+    first, second = (proof_claims(p or "") for p in servers.proofs)
+    assert (None, "n-1") == (first.get("nonce"), second.get("nonce"))
+    assert "DPoP the-token" == servers.seen[1][1]
+
+
+async def test_nonce_retry_happens_once(offline_dpop: DeviceFlowClient) -> None:
+    """use_dpop_nonce: sent once more with a new proof carrying the server's nonce; a second
+    use_dpop_nonce is returned as it is."""
+    servers = Servers()
+    async with _http(DeviceFlowAuth(offline_dpop), servers) as http:
+        response = await http.get("https://api.example.com/nonce")
+    assert 401 == response.status_code
+    first, second = (proof_claims(p or "") for p in servers.proofs)
+    assert (None, "n-2") == (first.get("nonce"), second.get("nonce"))
+    assert first["jti"] != second["jti"]
+
+
+async def test_bearer_token_is_not_retried_for_a_nonce(offline: DeviceFlowClient) -> None:
+    """A bearer token has no proof to put a nonce in: use_dpop_nonce is returned as it is."""
+    servers = Servers()
+    async with _http(DeviceFlowAuth(offline), servers) as http:
+        assert 401 == (await http.get("https://api.example.com/nonce")).status_code
+    assert [BEARER] == [header for _, header in servers.seen]
+
+
+async def test_stray_proof_goes_no_further(offline_dpop: DeviceFlowClient) -> None:
+    """A redirect followed by hand to another origin loses the first hop's proof along with
+    its token."""
+    servers = Servers()
+    auth = DeviceFlowAuth(offline_dpop)
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(servers)) as http:
+        moved = await http.get("https://api.example.com/to?url=https://other.example.com/c")
+        assert moved.next_request is not None
+        assert "DPoP" in moved.next_request.headers  # httpx copies it
+        await http.send(moved.next_request)
+    assert ["DPoP the-token", None] == [header for _, header in servers.seen]
+    assert [True, False] == [proof is not None for proof in servers.proofs]

@@ -4,16 +4,21 @@ threads, against the built-in server (itself on a loop of its own, so that tests
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
 import anyio.from_thread
+import httpx
 import pytest
 
+import deviceflow
 from deviceflow import (
     DeviceCode,
     FlowState,
+    Identity,
+    IdentityError,
     Provider,
     ReauthorizationRequiredError,
     Token,
@@ -234,3 +239,129 @@ def test_bad_arguments_leave_no_thread_behind() -> None:
             on_code="print",  # type: ignore[arg-type]
         )
     assert before == threading.active_count()
+
+
+# --- the same client ------------------------------------------------------------------------
+
+
+def test_constructor_mirrors_the_asyncio_client() -> None:
+    """The constructor takes the asyncio client's parameters (names, kinds, defaults and
+    types), all but ``session``, in the same order."""
+    asyncio_side = inspect.signature(deviceflow.DeviceFlowClient.__init__).parameters
+    expected = [p for name, p in asyncio_side.items() if name != "session"]
+    assert expected == list(inspect.signature(DeviceFlowClient.__init__).parameters.values())
+
+
+def test_methods_mirror_the_asyncio_client() -> None:
+    """Every public method of the asyncio client has a blocking twin with the same parameters
+    (aclose is close), and every public attribute a counterpart."""
+    provider = Provider(issuer="https://idp.example.com")
+    asyncio_client = deviceflow.DeviceFlowClient(provider, client_id="svc")
+    public = {name for name in dir(asyncio_client) if not name.startswith("_")}
+    assert {"provider", "client_id", "scope", "store", "on_code", "identity"} <= public
+    twin = {"aclose": "close"}
+    with DeviceFlowClient(provider, client_id="svc") as blocking_client:
+        for name in sorted(public):
+            blocking = getattr(blocking_client, twin.get(name, name))
+            if inspect.ismethod(asyncio_method := getattr(asyncio_client, name)):
+                expected = inspect.signature(asyncio_method).parameters
+                assert expected == inspect.signature(blocking).parameters, name
+            else:
+                assert not inspect.ismethod(blocking), name
+
+
+def test_identity_of_who_signed_in(approving: Served) -> None:
+    """identity() blocks and gives the verified identity of the account's id_token; an account
+    that is not signed in has none."""
+    with approving.client(scope="openid", on_code=lambda code, account: None) as client:
+        client.get_token("bot")
+        identity = client.identity("bot")
+        with pytest.raises(IdentityError, match="'nobody' is not signed in"):
+            client.identity("nobody")
+    assert ("user", approving.server.issuer) == (identity.subject, identity.issuer)
+    assert "alice@example.com" == identity.email
+
+
+def running_loop() -> bool:
+    """True when the calling thread runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_plain_verify_identity_refusal(approving: Served) -> None:
+    """A plain verify_identity runs in a worker thread (no event loop there); when it says no,
+    get_token() raises IdentityError, the grant is revoked and nothing is stored."""
+    seen: list[tuple[str, str, bool]] = []
+
+    def check(identity: Identity, account: str) -> bool:
+        seen.append((identity.subject, account, running_loop()))
+        return False
+
+    with approving.client(
+        scope="openid", on_code=lambda code, account: None, verify_identity=check
+    ) as client:
+        with pytest.raises(IdentityError, match="account 'tenant-42': verify_identity refused"):
+            client.get_token("tenant-42")
+        with pytest.raises(IdentityError, match="not signed in"):
+            client.identity("tenant-42")
+    assert [("user", "tenant-42", False)] == seen
+    assert 1 == approving.server.stats.grants_revoked
+
+
+def test_async_verify_identity_accepts(approving: Served) -> None:
+    """A coroutine function as verify_identity is awaited; True keeps the grant."""
+    seen: list[str] = []
+
+    async def check(identity: Identity, account: str) -> bool:
+        await asyncio.sleep(0)
+        seen.append(account)
+        return identity.email == "alice@example.com"
+
+    with approving.client(
+        scope="openid", on_code=lambda code, account: None, verify_identity=check
+    ) as client:
+        token = client.get_token("tenant-42")
+        assert "user" == client.identity("tenant-42").subject
+    assert ["tenant-42"] == seen
+    assert approving.server.is_valid_access_token(token.access_token)
+    assert 0 == approving.server.stats.grants_revoked
+
+
+def test_verify_identity_must_be_callable() -> None:
+    """A verify_identity that cannot be called is a TypeError, and no thread is left."""
+    before = threading.active_count()
+    with pytest.raises(TypeError, match="verify_identity must be a callable"):
+        DeviceFlowClient(
+            Provider(issuer="https://idp.example.com"),
+            client_id="svc",
+            verify_identity=True,  # type: ignore[arg-type]
+        )
+    assert before == threading.active_count()
+
+
+@pytest.fixture
+def dpop_server() -> Iterator[Served]:
+    """A server that approves at once, issues DPoP tokens and wants its nonce in proofs."""
+    yield from _served(auto_approve_after=0, dpop=True, dpop_nonce=True)
+
+
+def test_dpop_tokens_and_request_headers(dpop_server: Served) -> None:
+    """dpop=True: the token is a DPoP token; request_headers() blocks and gives DPoP headers
+    the resource takes, and headers with the nonce of the resource's use_dpop_nonce."""
+    server = dpop_server.server
+    with dpop_server.client(dpop=True, on_code=lambda code, account: None) as client:
+        token = client.get_token()
+        assert ("DPoP", True) == (token.token_type, token.dpop_key is not None)
+        headers = client.request_headers("GET", server.resource_url)
+        assert f"DPoP {token.access_token}" == headers["Authorization"]
+        assert 200 == httpx.get(server.resource_url, headers=headers).status_code
+        nonce = dpop_server.portal.call(server.rotate_dpop_nonce)
+        refused = httpx.get(
+            server.resource_url, headers=client.request_headers("GET", server.resource_url)
+        )
+        assert (401, nonce) == (refused.status_code, refused.headers["DPoP-Nonce"])
+        retry = client.request_headers("GET", server.resource_url, dpop_nonce=nonce)
+        assert 200 == httpx.get(server.resource_url, headers=retry).status_code

@@ -17,9 +17,8 @@ from collections.abc import Collection
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
-from ._bearer import TokenScope, says_invalid_token
+from ._bearer import PROOF, AuthorizedRequest, TokenScope
 from ._client import DeviceFlowClient
-from ._dpop import asks_for_nonce
 
 __all__ = ["BearerAuth"]
 
@@ -67,26 +66,20 @@ class BearerAuth:
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = request.url
         if not self._scope.carries_token(url.scheme, url.host, url.port):
-            request.headers.pop("DPoP", None)  # a proof made for another hop goes no further
+            request.headers.pop(PROOF, None)  # a proof made for another hop goes no further
             return await handler(request)
-        client, account = self._client, self._account
-        method, target = request.method, str(url)
-        token, headers = await client._authorize_request(method, target, account)
+        attempt, headers = await AuthorizedRequest.start(
+            self._client, self._account, request.method, str(url)
+        )
         request.headers.update(headers)
-        response = await handler(request)
-        nonce = response.headers.get("DPoP-Nonce") if token.dpop_key is not None else None
-        if response.status != 401:
-            if nonce is not None:
-                client._remember_dpop_nonce(target, nonce)  # RFC 9449 9: for the next request
-            return response
-        challenges = response.headers.getall("WWW-Authenticate", [])
-        if nonce is not None and asks_for_nonce(response.status, challenges):
-            headers = client._resource_headers(token, method, target, account, nonce)
-        elif says_invalid_token(response.status, challenges):
-            fresh = await client.refresh(account, stale=token)
-            headers = client._resource_headers(fresh, method, target, account)
-        else:
-            return response
-        response.release()
-        request.headers.update(headers)
-        return await handler(request)
+        while True:
+            response = await handler(request)
+            again = await attempt.answered(
+                response.status,
+                response.headers.getall("WWW-Authenticate", []),
+                response.headers.get("DPoP-Nonce"),
+            )
+            if again is None:
+                return response
+            response.release()
+            request.headers.update(again)

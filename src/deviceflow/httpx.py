@@ -16,8 +16,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection, Generator
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Generator
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 
@@ -29,21 +30,16 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
         "(or, in a checkout of deviceflow, pip install '.[httpx]')"
     ) from exc
 
-from ._bearer import TokenScope, says_invalid_token
+from ._bearer import PROOF, AuthorizedRequest, TokenScope
 from ._client import DeviceFlowClient as AsyncDeviceFlowClient
-from ._models import Token
 
 if TYPE_CHECKING:
     from .sync import DeviceFlowClient as SyncDeviceFlowClient
 
 __all__ = ["DeviceFlowAuth"]
 
-
-def _headers(token: Token, request: httpx.Request) -> dict[str, str]:
-    # The one place a request's auth headers are made (both flows call it once per send).
-    # Sender-constrained tokens (DPoP) turn it into the client's
-    # request_headers(request.method, str(request.url), account=...), which adds the proof.
-    return {"Authorization": token.authorization}
+_T = TypeVar("_T")
+_Started = tuple[AuthorizedRequest, dict[str, str]]
 
 
 class DeviceFlowAuth(httpx.Auth):
@@ -51,21 +47,28 @@ class DeviceFlowAuth(httpx.Auth):
 
     Give it a :class:`deviceflow.DeviceFlowClient` for ``httpx.AsyncClient``, or a
     :class:`deviceflow.sync.DeviceFlowClient` for ``httpx.Client`` (the sync client works with
-    ``httpx.AsyncClient`` too: each token is then fetched in a worker thread).
+    ``httpx.AsyncClient`` too: its calls then run in a worker thread).
 
-    The token comes from ``get_token(account)``: cached, refreshed ahead of expiry, or from a
-    device flow when the client has an ``on_code``. When the server answers 401 with
-    ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750 3.1), the token is refreshed
-    once (shared with every other request that saw the same rejection) and the request is sent
-    once more; its body is read into memory beforehand so that it can be.
+    The headers are those of ``client.request_headers(method, url, account)``: the token of
+    ``get_token(account)`` (cached, refreshed ahead of expiry, or from a device flow when the
+    client has an ``on_code``), and for a DPoP token (``DeviceFlowClient(dpop=True)``)
+    ``Authorization: DPoP <token>`` with a new proof for every send. When the server answers
+    401 with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750 3.1; or ``DPoP
+    error="invalid_token"``), the token is refreshed once (shared with every other request that
+    saw the same rejection) and the request is sent once more; when it answers 401 with ``DPoP
+    error="use_dpop_nonce"`` (RFC 9449 9), it is sent once more with a proof carrying the nonce
+    the server gave. A ``DPoP-Nonce`` on any other answer is kept for the next request. The
+    request's body is read into memory beforehand, so that it can be sent again.
 
     Where the token goes, as with :class:`deviceflow.aiohttp.BearerAuth`:
 
     - by default, only to one origin (scheme, host and port): that of the first request it is
-      added to; requests to any other origin go without it. httpx removes the header when it
-      follows a redirect to another origin, and a redirect you follow yourself
-      (``follow_redirects=False``, then ``send(response.next_request)``) goes through these
-      rules again;
+      added to; requests to any other origin go without it (and without a ``DPoP`` header).
+      httpx removes the token when it follows a redirect to another origin, and a redirect you
+      follow yourself (``follow_redirects=False``, then ``send(response.next_request)``) goes
+      through these rules again. httpx keeps the other headers on a redirect it follows, a
+      DPoP proof included: worthless without the token (it names the first URL and the hash of
+      the token), but to keep it from other origins, follow redirects yourself;
     - with ``hosts``, to https requests for those host names (any port), and no other;
     - never over plain http, loopback addresses excepted (tests).
     """
@@ -85,16 +88,35 @@ class DeviceFlowAuth(httpx.Auth):
         return f"DeviceFlowAuth(account={self._account!r}, hosts={self._scope.hosts!r})"
 
     def _carries_token(self, request: httpx.Request) -> bool:
+        """True when ``request`` gets the token; one that does not loses any DPoP header."""
         url = request.url
-        return self._scope.carries_token(url.scheme, url.host, url.port)
+        if self._scope.carries_token(url.scheme, url.host, url.port):
+            return True
+        request.headers.pop(PROOF, None)  # a proof made for another hop goes no further
+        return False
+
+    def _start(self, request: httpx.Request) -> Callable[[], Awaitable[_Started]]:
+        client = self._client
+        if not isinstance(client, AsyncDeviceFlowClient):
+            client = client._client  # the asyncio client it runs on its loop
+        return functools.partial(
+            AuthorizedRequest.start, client, self._account, request.method, str(request.url)
+        )
 
     @staticmethod
-    def _rejected(response: httpx.Response, sent: dict[str, str]) -> bool:
-        # The answer of the request that carried the token (not of a redirect target that got
-        # none), saying that this token no longer works.
-        carried = response.request.headers.get("Authorization") == sent["Authorization"]
-        return carried and says_invalid_token(
-            response.status_code, response.headers.get_list("WWW-Authenticate")
+    def _answered(
+        attempt: AuthorizedRequest, response: httpx.Response, sent: dict[str, str]
+    ) -> Callable[[], Awaitable[dict[str, str] | None]] | None:
+        # Only the answer of the request that carried the token counts, not that of a redirect
+        # target which got none.
+        if response.request.headers.get("Authorization") != sent["Authorization"]:
+            return None
+        headers = response.headers
+        return functools.partial(
+            attempt.answered,
+            response.status_code,
+            headers.get_list("WWW-Authenticate"),
+            headers.get("DPoP-Nonce"),
         )
 
     def sync_auth_flow(
@@ -110,15 +132,14 @@ class DeviceFlowAuth(httpx.Auth):
         if not self._carries_token(request):
             yield request
             return
-        request.read()  # in memory: a request retried after a refresh sends its body again
-        token = client.get_token(self._account)
-        sent = _headers(token, request)
-        request.headers.update(sent)
-        response = yield request
-        if self._rejected(response, sent):
-            fresh = client.refresh(self._account, stale=token)
-            request.headers.update(_headers(fresh, request))
-            yield request
+        request.read()  # in memory: a request sent again sends its body again
+        attempt, first = client._call(self._start(request))
+        headers: dict[str, str] | None = first
+        while headers is not None:
+            request.headers.update(headers)
+            response = yield request
+            answered = self._answered(attempt, response, headers)
+            headers = None if answered is None else client._call(answered)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -127,24 +148,19 @@ class DeviceFlowAuth(httpx.Auth):
         if not self._carries_token(request):
             yield request
             return
-        await request.aread()  # in memory: a retried request sends its body again
-        token = await self._get_token()
-        sent = _headers(token, request)
-        request.headers.update(sent)
-        response = yield request
-        if self._rejected(response, sent):
-            fresh = await self._refresh(token)
-            request.headers.update(_headers(fresh, request))
-            yield request
+        await request.aread()  # in memory: a request sent again sends its body again
+        attempt, first = await self._run(self._start(request))
+        headers: dict[str, str] | None = first
+        while headers is not None:
+            request.headers.update(headers)
+            response = yield request
+            answered = self._answered(attempt, response, headers)
+            headers = None if answered is None else await self._run(answered)
 
-    async def _get_token(self) -> Token:
+    async def _run(self, step: Callable[[], Awaitable[_T]]) -> _T:
+        """``step`` on the asyncio client's loop: this one, or that of the sync client (from
+        a worker thread, so that this loop goes on meanwhile)."""
         client = self._client
         if isinstance(client, AsyncDeviceFlowClient):
-            return await client.get_token(self._account)
-        return await anyio.to_thread.run_sync(client.get_token, self._account)
-
-    async def _refresh(self, stale: Token) -> Token:
-        client = self._client
-        if isinstance(client, AsyncDeviceFlowClient):
-            return await client.refresh(self._account, stale=stale)
-        return await anyio.to_thread.run_sync(lambda: client.refresh(self._account, stale=stale))
+            return await step()
+        return await anyio.to_thread.run_sync(client._call, step)

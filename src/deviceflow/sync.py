@@ -42,7 +42,8 @@ import anyio.to_thread
 
 from ._client import DeviceFlowClient as AsyncDeviceFlowClient
 from ._client import OnCode
-from ._models import AuthMethod, DeviceCode, FlowEvent, Token
+from ._identity import Identity, VerifyIdentity
+from ._models import AuthMethod, FlowEvent, Token
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -53,14 +54,17 @@ if TYPE_CHECKING:
 __all__ = ["DeviceFlowClient"]
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 
 class DeviceFlowClient:
     """A blocking :class:`deviceflow.DeviceFlowClient`: the same constructor and methods.
 
-    ``on_code(code, account)`` may be a plain function or a coroutine function. A plain one is
-    called in a worker thread, so it may block (wait for a person, open a dialog) without
-    holding up the refreshes of other accounts.
+    ``on_code(code, account)`` and ``verify_identity(identity, account)`` may be plain
+    functions or coroutine functions. A plain one is called in a worker thread, so it may block
+    (wait for a person, open a dialog, look the person up in a database) without holding up
+    the refreshes of other accounts; a coroutine function runs on the client's loop.
 
     The asyncio client's ``session`` argument has no counterpart: an aiohttp session belongs to
     the event loop it was made on, and this client runs its own.
@@ -87,9 +91,13 @@ class DeviceFlowClient:
         lock_ttl: float = 36.0,
         lock_wait: float = 60.0,
         poll_margin: float = 0.1,
+        verify_identity: VerifyIdentity | None = None,
+        dpop: bool = False,
     ) -> None:
         if on_code is not None and not callable(on_code):
             raise TypeError(f"on_code must be a callable or None, not {type(on_code).__name__}")
+        if verify_identity is not None and not callable(verify_identity):
+            raise TypeError("verify_identity must be a callable (identity, account) -> bool")
         self.on_code = on_code
         self._closing = threading.Lock()
         self._closed = False
@@ -106,7 +114,7 @@ class DeviceFlowClient:
                     client_auth=client_auth,
                     scope=scope,
                     store=store,
-                    on_code=None if on_code is None else _in_worker_thread(on_code),
+                    on_code=None if on_code is None else _off_the_loop(on_code),
                     transport=transport,
                     clock=clock,
                     refresh_skew=refresh_skew,
@@ -114,6 +122,10 @@ class DeviceFlowClient:
                     lock_ttl=lock_ttl,
                     lock_wait=lock_wait,
                     poll_margin=poll_margin,
+                    verify_identity=(
+                        None if verify_identity is None else _off_the_loop(verify_identity)
+                    ),
+                    dpop=dpop,
                 )
             )
         except BaseException:
@@ -188,6 +200,28 @@ class DeviceFlowClient:
         """Blocking :meth:`deviceflow.DeviceFlowClient.refresh`."""
         return self._call(functools.partial(self._client.refresh, account, stale=stale))
 
+    def request_headers(
+        self,
+        method: str,
+        url: str,
+        account: str = "default",
+        *,
+        dpop_nonce: str | None = None,
+    ) -> dict[str, str]:
+        """Blocking :meth:`deviceflow.DeviceFlowClient.request_headers`: the headers that
+        authorize ``method url`` with ``account``'s token (for a DPoP token, with a new proof
+        every call)."""
+        return self._call(
+            functools.partial(
+                self._client.request_headers, method, url, account, dpop_nonce=dpop_nonce
+            )
+        )
+
+    def identity(self, account: str = "default") -> Identity:
+        """Blocking :meth:`deviceflow.DeviceFlowClient.identity`: who signed in to
+        ``account``, from its verified id_token; IdentityError when there is none."""
+        return self._call(functools.partial(self._client.identity, account))
+
     def save_token(self, account: str, token: Token) -> None:
         """Blocking :meth:`deviceflow.DeviceFlowClient.save_token`."""
         self._call(functools.partial(self._client.save_token, account, token))
@@ -255,15 +289,18 @@ class DeviceFlowClient:
             raise
 
 
-def _in_worker_thread(on_code: OnCode) -> OnCode:
-    """``on_code`` as the asyncio client calls it: a plain function runs in a worker thread,
-    a coroutine function on the client's loop."""
-    if inspect.iscoroutinefunction(on_code):
-        return on_code
+def _off_the_loop(
+    callback: Callable[[_A, str], _R | Awaitable[_R]],
+) -> Callable[[_A, str], Awaitable[_R]]:
+    """A user's callback (``on_code``, ``verify_identity``) as the asyncio client calls it: a
+    plain function runs in a worker thread, a coroutine function on the client's loop."""
+    if inspect.iscoroutinefunction(callback):
+        return callback
 
-    async def show(code: DeviceCode, account: str) -> None:
-        result = await anyio.to_thread.run_sync(on_code, code, account)
+    async def call(first: _A, account: str) -> _R:
+        result = await anyio.to_thread.run_sync(callback, first, account)
         if inspect.isawaitable(result):
-            await result  # a plain function that returned an awaitable
+            return await result  # a plain function that returned an awaitable
+        return result
 
-    return show
+    return call
