@@ -18,11 +18,16 @@ the grant it came with lives for months:
    applies at receipt, and an account's identity stays what it was while its grant lives.
    ``verify_identity`` runs at receipt, so there both steps apply.
 
+An id_token given to ``save_token()`` gets both steps; one that fails is dropped, the rest of
+the token stored. ``verify_identity`` accepts only when it answers True.
+
 Keys: the JWKS (``jwks_uri``) is fetched when first needed and kept for ``JWKS_MAX_AGE``
-seconds. An id_token signed with a key the cached set does not have fetches the set again, at
-most once every ``JWKS_REFETCH`` seconds, so that a stream of tokens naming unknown key ids
-cannot make the client hammer the provider. Only asymmetric signatures are accepted: an id_token
-signed with ``none`` or with the client secret (HS256) is refused.
+seconds. An id_token signed with a key the cached set does not have fetches the set again. A
+fetch is tried at most once every ``JWKS_REFETCH`` seconds, whether it worked or not, so that a
+stream of tokens naming unknown key ids, or a provider that is down, cannot make the client
+hammer it; when fetching the set again fails, the keys held stay in use. Only asymmetric
+signatures are accepted: an id_token signed with ``none`` or with the client secret (HS256) is
+refused.
 
 joserfc (and through it cryptography) is imported when a signature is first checked.
 """
