@@ -119,6 +119,12 @@ async def seed(
     return token
 
 
+async def plant(client: DeviceFlowClient, account: str, token: Token) -> None:
+    """Store ``token`` for ``account`` as it is, without the checks save_token() runs on an
+    id_token: as a record written by another program, or before those checks, would be."""
+    await client._ledger.save(account, token)
+
+
 async def stored_token(client: DeviceFlowClient, account: str = "default") -> Token | None:
     """The token ``client``'s store holds for ``account``; None when there is none or the
     account was signed out (a tombstone)."""

@@ -22,10 +22,11 @@ from deviceflow import (
     IdentityError,
     Provider,
     Token,
+    TransportError,
 )
 from deviceflow._identity import receive
 from deviceflow.testing import AuthorizationServer, Fault, VirtualClock
-from helpers import issued_token, make_client, stored_token
+from helpers import issued_token, make_client, plant, stored_token
 
 pytestmark = pytest.mark.authorization_server(interval=5)
 
@@ -79,7 +80,7 @@ async def test_identity_of_an_rs256_id_token(authorization_server: Authorization
     """An RS256-signed id_token verifies as well as an ES256 one."""
     server = authorization_server
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "a", with_id_token(server, server.id_tokens.mint("svc")))
         assert "user" == (await client.identity("a")).subject
 
 
@@ -90,7 +91,7 @@ async def test_keys_are_fetched_once_for_many_identities(
     server = authorization_server
     async with make_client(server) as client:
         for account in ("a", "b", "c"):
-            await client.save_token(account, with_id_token(server, server.id_tokens.mint("svc")))
+            await plant(client, account, with_id_token(server, server.id_tokens.mint("svc")))
         for account in ("a", "b", "c", "a"):
             await client.identity(account)
     assert 1 == jwks_fetches(server)
@@ -101,7 +102,7 @@ async def test_bad_signature_is_refused(authorization_server: AuthorizationServe
     server = authorization_server
     token = with_id_token(server, server.id_tokens.mint("svc", unpublished_key=True))
     async with make_client(server) as client:
-        await client.save_token("a", token)
+        await plant(client, "a", token)
         with pytest.raises(IdentityError, match="signature that does not verify") as caught:
             await client.identity("a")
     assert "'a'" in str(caught.value)
@@ -115,7 +116,7 @@ async def test_tampered_claims_are_refused(authorization_server: AuthorizationSe
     forged = server.id_tokens.mint("svc", sub="mallory").split(".")[1]
     head, _, signature = genuine.split(".")
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, f"{head}.{forged}.{signature}"))
+        await plant(client, "a", with_id_token(server, f"{head}.{forged}.{signature}"))
         with pytest.raises(IdentityError, match="signature that does not verify"):
             await client.identity("a")
 
@@ -139,7 +140,7 @@ async def test_wrong_claims_are_refused(
     server = authorization_server
     token = with_id_token(server, server.id_tokens.mint("svc", **claims))
     async with make_client(server) as client:
-        await client.save_token("tenant-7", token)
+        await plant(client, "tenant-7", token)
         with pytest.raises(IdentityError, match=message) as caught:
             await client.identity("tenant-7")
     assert "account 'tenant-7'" in str(caught.value)
@@ -153,7 +154,7 @@ async def test_several_audiences_with_our_azp_are_accepted(
     server = authorization_server
     token = with_id_token(server, server.id_tokens.mint("svc", aud=["svc", "api"], azp="svc"))
     async with make_client(server) as client:
-        await client.save_token("a", token)
+        await plant(client, "a", token)
         assert "user" == (await client.identity("a")).subject
 
 
@@ -167,7 +168,7 @@ async def test_unsigned_and_symmetric_id_tokens_are_refused(
     head = base64.urlsafe_b64encode(json.dumps({"alg": alg}).encode()).rstrip(b"=").decode()
     _, payload, signature = genuine.split(".")
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, f"{head}.{payload}.{signature}"))
+        await plant(client, "a", with_id_token(server, f"{head}.{payload}.{signature}"))
         with pytest.raises(IdentityError, match=f"signed with '{alg}'"):
             await client.identity("a")
     assert 0 == jwks_fetches(server)
@@ -177,7 +178,7 @@ async def test_garbage_id_token_is_refused(authorization_server: AuthorizationSe
     """An id_token that is not a JWT at all is an IdentityError, not a crash."""
     server = authorization_server
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, "not-a-jwt"))
+        await plant(client, "a", with_id_token(server, "not-a-jwt"))
         with pytest.raises(IdentityError, match="not a signed JWT"):
             await client.identity("a")
 
@@ -188,12 +189,12 @@ async def test_unknown_kid_refetches_the_keys_once(
     """After a key rotation, an id_token signed with the new key fetches the JWKS once more."""
     server = authorization_server
     async with make_client(server) as client:
-        await client.save_token("old", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "old", with_id_token(server, server.id_tokens.mint("svc")))
         await client.identity("old")
         assert 1 == jwks_fetches(server)
         server.id_tokens.rotate()
         await server.clock.sleep(61)
-        await client.save_token("new", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "new", with_id_token(server, server.id_tokens.mint("svc")))
         assert "user" == (await client.identity("new")).subject
         assert 2 == jwks_fetches(server)
         await client.identity("old")  # the old key is still published
@@ -208,12 +209,12 @@ async def test_a_flood_of_unknown_kids_fetches_the_keys_at_most_once_a_minute(
     at most once every 60 s however many there are."""
     server = authorization_server
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "a", with_id_token(server, server.id_tokens.mint("svc")))
         await client.identity("a")
         await server.clock.sleep(61)
         for number in range(20):
             forged = server.id_tokens.mint("svc", kid=f"unknown-{number}")
-            await client.save_token("x", with_id_token(server, forged))
+            await plant(client, "x", with_id_token(server, forged))
             with pytest.raises(IdentityError, match="which the provider's JWKS does not have"):
                 await client.identity("x")
         assert 2 == jwks_fetches(server)
@@ -229,7 +230,7 @@ async def test_rotation_without_the_old_key_refuses_old_tokens(
     """A key the provider withdrew stops verifying once the cached JWKS is an hour old."""
     server = authorization_server
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "a", with_id_token(server, server.id_tokens.mint("svc")))
         await client.identity("a")
         server.id_tokens.rotate(keep_old=False)
         await server.clock.sleep(3601)
@@ -564,7 +565,7 @@ async def test_a_broken_jwks_is_an_identity_error_and_is_asked_again_later(
     server = authorization_server
     server.faults.add(fault)
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "a", with_id_token(server, server.id_tokens.mint("svc")))
         with pytest.raises(IdentityError, match=message):
             await client.identity("a")
         with pytest.raises(IdentityError, match="JWKS does not have"):
@@ -607,7 +608,7 @@ async def test_unusable_keys_in_the_jwks_are_skipped(
         )
     )
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "a", with_id_token(server, server.id_tokens.mint("svc")))
         assert "user" == (await client.identity("a")).subject
 
 
@@ -620,7 +621,7 @@ async def test_an_id_token_without_kid_uses_the_key_that_fits(
     assert "kid" not in json.loads(base64.urlsafe_b64decode(unnamed.split(".")[0] + "=="))
     server.id_tokens.rotate()  # two published keys now: the token's is the second
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, unnamed))
+        await plant(client, "a", with_id_token(server, unnamed))
         assert "user" == (await client.identity("a")).subject
 
 
@@ -632,7 +633,7 @@ async def test_concurrent_identities_share_one_fetch(
     async with make_client(server) as client:
         accounts = [f"a{n}" for n in range(10)]
         for account in accounts:
-            await client.save_token(account, with_id_token(server, server.id_tokens.mint("svc")))
+            await plant(client, account, with_id_token(server, server.id_tokens.mint("svc")))
         identities = await asyncio.gather(*(client.identity(a) for a in accounts))
     assert {"user"} == {identity.subject for identity in identities}
     assert 1 == jwks_fetches(server)
@@ -665,9 +666,9 @@ async def test_the_discovered_issuer_wins_over_the_one_asked_for(
     provider = await Provider.discover(server.issuer, check_issuer=False)
     token = server.id_tokens.mint("svc", tid=tid, iss=f"https://idp.example/{tid}/v2.0")
     async with make_client(server, provider=provider) as client:
-        await client.save_token("a", with_id_token(server, token))
+        await plant(client, "a", with_id_token(server, token))
         assert tid == (await client.identity("a")).claims["tid"]
-        await client.save_token("b", with_id_token(server, server.id_tokens.mint("svc")))
+        await plant(client, "b", with_id_token(server, server.id_tokens.mint("svc")))
         with pytest.raises(IdentityError, match="names the issuer"):
             await client.identity("b")
 
@@ -723,7 +724,7 @@ async def test_a_key_id_that_is_not_a_string_is_refused(
     server = authorization_server
     forged = _jwt({**GOOD, "aud": "svc"}, {"alg": "ES256", "kid": 7})
     async with make_client(server) as client:
-        await client.save_token("a", with_id_token(server, forged))
+        await plant(client, "a", with_id_token(server, forged))
         with pytest.raises(IdentityError, match="key id that is not a string"):
             await client.identity("a")
     assert 0 == jwks_fetches(server)
@@ -768,3 +769,286 @@ async def test_a_client_closed_during_the_check_still_revokes_the_grant(
         await waiter
     assert None is await stored_token(client, "a")
     assert 1 == server.stats.grants_revoked
+
+
+# --- failing closed, and never losing a grant -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [("no, s3cret-tenant", "str"), (["s3cret-tenant"], "list"), (1, "int")],
+)
+async def test_only_true_from_verify_identity_accepts(
+    authorization_server: AuthorizationServer, answer: object, kind: str
+) -> None:
+    """A check answering anything but True (a truthy string, a list, 1) refuses who signed
+    in: the grant is revoked, nothing is stored, and the message names the answer's type but
+    never its value."""
+    server = authorization_server
+    async with make_client(
+        server,
+        scope="openid",
+        on_code=approver(server),
+        verify_identity=lambda identity, account: answer,
+    ) as client:
+        with pytest.raises(IdentityError, match=f"verify_identity returned a {kind}, not True"):
+            await client.get_token("a")
+        assert None is await stored_token(client, "a")
+    assert 1 == server.stats.grants_revoked
+
+
+async def test_a_refusal_is_revoked_even_when_the_client_closes_meanwhile(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flow cut off while the refused grant is being revoked still revokes it: the
+    revocation after a False answer is shielded from cancellation."""
+    server = authorization_server
+    checked = asyncio.Event()
+
+    def check(identity: Identity, account: str) -> bool:
+        checked.set()
+        return False
+
+    server.faults.add(Fault(endpoint="revoke", status=None, delay=0.2))
+    client = make_client(server, scope="openid", on_code=approver(server), verify_identity=check)
+    waiter = asyncio.create_task(client.get_token("a"))
+    await checked.wait()  # the revocation request is on its way
+    with caplog.at_level(logging.INFO, logger="deviceflow"):
+        await client.aclose()
+        with pytest.raises((RuntimeError, IdentityError)):
+            await waiter
+    assert "account 'a': the new grant was not accepted; it was revoked" in caplog.text
+    assert 1 == server.stats.grants_revoked
+    assert None is await stored_token(client, "a")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+#: A JSON document nested deeper than the interpreter's recursion limit.
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_a_deeply_nested_id_token_is_not_kept_on_arrival() -> None:
+    """An id_token whose claims nest too deeply to read is not a JWT: it is dropped, without
+    a RecursionError; so is one with an exp beyond any float."""
+    for id_token in (f"{_b64('{}')}.{_b64(DEEP)}.c2ln", _jwt({**GOOD, "exp": 10**400})):
+        assert (
+            None
+            is receive(
+                None, Token(access_token="at", id_token=id_token), account="a", now=NOW
+            ).id_token
+        )
+
+
+async def test_a_deeply_nested_header_is_refused_on_use(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """An id_token whose header nests too deeply is an IdentityError, not a RecursionError."""
+    server = authorization_server
+    claims = server.id_tokens.mint("svc").split(".")[1]
+    async with make_client(server) as client:
+        await plant(client, "a", with_id_token(server, f"{_b64(DEEP)}.{claims}.c2ln"))
+        with pytest.raises(IdentityError, match="not a signed JWT"):
+            await client.identity("a")
+
+
+async def test_a_refresh_with_a_malformed_id_token_keeps_the_new_refresh_token(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refresh answer whose id_token cannot be read stores the rotated refresh token, and
+    keeps the id_token held."""
+    server = authorization_server
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        first = await client.get_token("a")
+        answer = {
+            "access_token": "at-2",
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "refresh_token": "rt-rotated",
+            "id_token": f"{_b64('{}')}.{_b64(DEEP)}.c2ln",
+        }
+        server.faults.add(
+            Fault(
+                endpoint="token",
+                status=200,
+                content_type="application/json",
+                body=json.dumps(answer),
+            )
+        )
+        with caplog.at_level(logging.WARNING, logger="deviceflow"):
+            refreshed = await client.refresh("a")
+        assert ("rt-rotated", first.id_token) == (refreshed.refresh_token, refreshed.id_token)
+    stored = await stored_token(client, "a")
+    assert stored is not None
+    assert ("rt-rotated", first.id_token) == (stored.refresh_token, stored.id_token)
+    assert "account 'a'" in caplog.text
+
+
+async def test_a_failing_id_token_check_on_refresh_keeps_the_new_tokens(
+    authorization_server: AuthorizationServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever fails while the refreshed id_token is checked (here a fault injected into the
+    check), the refreshed tokens are stored with the id_token held, and a warning names the
+    account."""
+    server = authorization_server
+
+    def broken(*args: object, **kwargs: object) -> Token:
+        raise MemoryError
+
+    async with make_client(server, scope="openid", on_code=approver(server)) as client:
+        first = await client.get_token("a")
+        monkeypatch.setattr("deviceflow._refresh.receive", broken)
+        with caplog.at_level(logging.WARNING, logger="deviceflow"):
+            refreshed = await client.refresh("a")
+        assert first.refresh_token != refreshed.refresh_token
+        assert first.id_token == refreshed.id_token
+    stored = await stored_token(client, "a")
+    assert stored is not None
+    assert refreshed.refresh_token == stored.refresh_token
+    assert "account 'a': the refreshed id_token could not be checked (MemoryError)" in caplog.text
+
+
+def test_a_refreshed_id_token_may_spell_the_issuer_another_accepted_way() -> None:
+    """Google's two spellings of its issuer name one issuer: a refreshed id_token for the same
+    sub replaces the one held; an issuer outside the accepted set still does not."""
+    google = ("https://accounts.google.com", "accounts.google.com")
+    held = Token(access_token="at", id_token=_jwt({**GOOD, "iss": google[0]}))
+    new = Token(access_token="at2", id_token=_jwt({**GOOD, "iss": google[1]}))
+    assert new is receive(held, new, account="a", now=NOW, issuers=google)
+    assert held.id_token == receive(held, new, account="a", now=NOW).id_token
+    odd = Token(access_token="at2", id_token=_jwt({**GOOD, "iss": "accounts.google.com/"}))
+    assert held.id_token == receive(held, odd, account="a", now=NOW, issuers=google).id_token
+
+
+# --- keys out of reach ------------------------------------------------------------------------
+
+
+async def test_an_unreachable_jwks_is_asked_at_most_once_a_minute(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A JWKS that cannot be reached is a TransportError, and is not asked again for a
+    minute however often identity() is called."""
+    server = authorization_server
+    server.faults.add(Fault(endpoint="jwks", drop=True, times=None))
+    async with make_client(server) as client:
+        await plant(client, "a", with_id_token(server, server.id_tokens.mint("svc")))
+        with pytest.raises(TransportError):
+            await client.identity("a")
+        tried = jwks_fetches(server)  # the transport retries a dropped GET by itself
+        for _ in range(5):
+            with pytest.raises(IdentityError, match="JWKS does not have"):
+                await client.identity("a")
+        assert tried == jwks_fetches(server)
+        server.faults.clear()
+        await server.clock.sleep(61)
+        assert "user" == (await client.identity("a")).subject
+    assert tried + 1 == jwks_fetches(server)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(endpoint="jwks", status=503, times=None), Fault(endpoint="jwks", drop=True, times=None)],
+)
+async def test_old_keys_serve_when_the_jwks_cannot_be_fetched_again(
+    authorization_server: AuthorizationServer, fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the cached JWKS is an hour old and fetching it fails, the keys held stay in use
+    (a warning says so), and the fetch is tried again a minute later, not at every call."""
+    server = authorization_server
+    async with make_client(server) as client:
+        await plant(client, "a", with_id_token(server, server.id_tokens.mint("svc")))
+        await client.identity("a")
+        server.faults.add(fault)
+        await server.clock.sleep(3601)
+        with caplog.at_level(logging.WARNING, logger="deviceflow"):
+            assert "user" == (await client.identity("a")).subject
+            tried = jwks_fetches(server)  # the transport may retry a dropped GET by itself
+            for _ in range(3):
+                assert "user" == (await client.identity("a")).subject
+        assert tried == jwks_fetches(server)
+        assert "the keys fetched before stay in use" in caplog.text
+        server.faults.clear()
+        await server.clock.sleep(61)
+        assert "user" == (await client.identity("a")).subject
+        assert tried + 1 == jwks_fetches(server)
+        await client.identity("a")
+    assert tried + 1 == jwks_fetches(server)
+
+
+async def test_a_grant_is_admitted_with_old_keys_when_the_jwks_fails(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """verify_identity still sees who signed in when the JWKS fails after an hour: the grant
+    it accepts is stored, not revoked."""
+    server = authorization_server
+    async with make_client(
+        server,
+        scope="openid",
+        on_code=approver(server),
+        verify_identity=lambda identity, account: True,
+    ) as client:
+        await client.get_token("a")
+        server.faults.add(Fault(endpoint="jwks", status=503, times=None))
+        await server.clock.sleep(3601)
+        assert (await client.get_token("b")).access_token
+        assert None is not await stored_token(client, "b")
+    assert 0 == server.stats.grants_revoked
+
+
+# --- save_token -------------------------------------------------------------------------------
+
+
+async def test_save_token_keeps_a_good_id_token(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """save_token() stores an id_token that passes the checks at receipt."""
+    server = authorization_server
+    token = with_id_token(server, server.id_tokens.mint("svc"))
+    async with make_client(server) as client:
+        await client.save_token("a", token)
+        assert "user" == (await client.identity("a")).subject
+    assert token == await stored_token(client, "a")
+
+
+async def test_save_token_drops_a_bad_id_token_and_stores_the_rest(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An expired, forged or foreign id_token given to save_token() is dropped with a warning
+    naming the account; the rest of the token is stored, and identity() says there is none."""
+    server = authorization_server
+    now = server.clock.wall().timestamp()
+    bad = [
+        server.id_tokens.mint("svc", iat=now - 7200, exp=now - 3600),
+        server.id_tokens.mint("svc", unpublished_key=True),
+        server.id_tokens.mint("svc", iss="https://elsewhere.example"),
+        server.id_tokens.mint("other-client"),
+        "not-a-jwt",
+    ]
+    async with make_client(server) as client:
+        for number, id_token in enumerate(bad):
+            token = with_id_token(server, id_token)
+            account = f"m{number}"
+            with caplog.at_level(logging.WARNING, logger="deviceflow"):
+                await client.save_token(account, token)
+            assert attrs.evolve(token, id_token=None) == await stored_token(client, account)
+            assert f"account {account!r}: save_token drops the id_token" in caplog.text
+            assert id_token not in caplog.text
+            with pytest.raises(IdentityError, match="has no id_token"):
+                await client.identity(account)
+
+
+async def test_save_token_stores_the_token_when_the_keys_are_out_of_reach(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A JWKS out of reach does not stop save_token(): the token is stored without its
+    id_token, which cannot be checked."""
+    server = authorization_server
+    server.faults.add(Fault(endpoint="jwks", drop=True, times=None))
+    token = with_id_token(server, server.id_tokens.mint("svc"))
+    async with make_client(server) as client:
+        await client.save_token("a", token)
+    assert attrs.evolve(token, id_token=None) == await stored_token(client, "a")

@@ -318,7 +318,16 @@ class DeviceFlowClient:
         self._dpop.remember(url, nonce)
 
     async def save_token(self, account: str, token: Token) -> None:
-        """Store a token obtained elsewhere (a migration, a test) as ``account``'s token."""
+        """Store a token obtained elsewhere (a migration, a test) as ``account``'s token.
+
+        Its id_token, if any, is checked as one received from the provider is (signature,
+        ``iss``, ``aud``, ``azp``, ``exp`` and ``iat``; OpenID Connect Core 3.1.3.7). One that
+        fails, or that cannot be checked (the provider's keys are out of reach), is dropped with
+        a warning naming the account: the rest of the token is stored all the same, and
+        :meth:`identity` then says the account has no id_token.
+        """
+        if token.id_token is not None and self.provider.issues_id_tokens:
+            token = await self._identities.admitted_id_token(account, token)
         await self._ledger.save(account, token)
 
     async def logout(self, account: str = "default", *, force: bool = False) -> bool:

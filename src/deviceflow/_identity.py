@@ -18,11 +18,16 @@ the grant it came with lives for months:
    applies at receipt, and an account's identity stays what it was while its grant lives.
    ``verify_identity`` runs at receipt, so there both steps apply.
 
+An id_token given to ``save_token()`` gets both steps; one that fails is dropped, the rest of
+the token stored. ``verify_identity`` accepts only when it answers True.
+
 Keys: the JWKS (``jwks_uri``) is fetched when first needed and kept for ``JWKS_MAX_AGE``
-seconds. An id_token signed with a key the cached set does not have fetches the set again, at
-most once every ``JWKS_REFETCH`` seconds, so that a stream of tokens naming unknown key ids
-cannot make the client hammer the provider. Only asymmetric signatures are accepted: an id_token
-signed with ``none`` or with the client secret (HS256) is refused.
+seconds. An id_token signed with a key the cached set does not have fetches the set again. A
+fetch is tried at most once every ``JWKS_REFETCH`` seconds, whether it worked or not, so that a
+stream of tokens naming unknown key ids, or a provider that is down, cannot make the client
+hammer it; when fetching the set again fails, the keys held stay in use. Only asymmetric
+signatures are accepted: an id_token signed with ``none`` or with the client secret (HS256) is
+refused.
 
 joserfc (and through it cryptography) is imported when a signature is first checked.
 """
@@ -41,12 +46,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import attrs
 
 from ._clock import Clock
 from ._models import Request, RequestKind, Token
-from .exceptions import IdentityError
+from .exceptions import DeviceFlowError, IdentityError, TransportError
 
 if TYPE_CHECKING:
     from joserfc.jwk import Key
@@ -77,6 +81,10 @@ ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
     "ES512": ("EC", "P-521"),
     "Ed25519": ("OKP", "Ed25519"),
 }
+
+#: ``Provider.extra`` key: the discovery document whose issuer id_tokens must name, when the
+#: provider's own endpoints are used without discovery (an Entra tenant given by domain name).
+TENANT_METADATA = "id_token_issuer_metadata"
 
 #: Entra's tenant ids, which replace ``{tenantid}`` in a multi-tenant issuer.
 _TENANT_ID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
@@ -141,18 +149,27 @@ def read_claims(id_token: str) -> dict[str, Any] | None:
     if len(parts) != 3:
         return None
     payload = parts[1]
+    return _json_object(payload)
+
+
+def _json_object(part: str) -> dict[str, Any] | None:
+    """The JSON object a base64url part of a JWS holds; None for anything else, including
+    JSON nested too deeply to read (RecursionError)."""
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, binascii.Error):
+        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         return None
-    return claims if isinstance(claims, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: no time at all
+        return None
 
 
 def _receipt_problem(claims: dict[str, Any] | None, now: datetime) -> str | None:
@@ -173,9 +190,33 @@ def _receipt_problem(claims: dict[str, Any] | None, now: datetime) -> str | None
     return None
 
 
-def receive(previous: Token | None, token: Token, *, account: str, now: datetime) -> Token:
+def _same_issuer(held: object, new: object, issuers: tuple[str, ...]) -> bool:
+    """Whether two ``iss`` values name one issuer: the same text, or two spellings of one
+    accepted issuer (Google's ``https://accounts.google.com`` and ``accounts.google.com``)."""
+    if held == new:
+        return True
+    if not isinstance(held, str) or not isinstance(new, str):
+        return False
+    if held not in issuers or new not in issuers:
+        return False
+    return _plain(held) == _plain(new)
+
+
+def _plain(issuer: str) -> str:
+    return issuer.removeprefix("https://").rstrip("/")
+
+
+def receive(
+    previous: Token | None,
+    token: Token,
+    *,
+    account: str,
+    now: datetime,
+    issuers: tuple[str, ...] = (),
+) -> Token:
     """``token`` with the id_token to keep, received at ``now`` (rule 1 of the module
-    docstring); ``previous`` is the token a refresh replaces."""
+    docstring); ``previous`` is the token a refresh replaces, ``issuers`` the provider's
+    accepted issuers (two spellings of one of them name the same issuer)."""
     new = token.id_token
     old = previous.id_token if previous is not None else None
     if new is None or new == old:
@@ -184,7 +225,8 @@ def receive(previous: Token | None, token: Token, *, account: str, now: datetime
     problem = _receipt_problem(claims, now)
     if problem is None and old is not None and (held := read_claims(old)) is not None:
         assert claims is not None
-        if (held.get("iss"), held.get("sub")) != (claims.get("iss"), claims.get("sub")):
+        same_sub = held.get("sub") == claims.get("sub")
+        if not (same_sub and _same_issuer(held.get("iss"), claims.get("iss"), issuers)):
             # OpenID Connect Core 12.2: a refreshed id_token speaks for the same person.
             problem = "the refresh brought an id_token for another iss or sub"
     if problem is None:
@@ -197,13 +239,16 @@ def receive(previous: Token | None, token: Token, *, account: str, now: datetime
 # --- on use: the signature, iss, aud, azp ----------------------------------------------------
 
 
-def _header(id_token: str) -> dict[str, Any] | None:
-    head = id_token.split(".", 1)[0]
+def _json_document(body: bytes) -> dict[str, Any] | None:
     try:
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, binascii.Error):
+        value = json.loads(body)
+    except (ValueError, RecursionError):
         return None
-    return header if isinstance(header, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def _header(id_token: str) -> dict[str, Any] | None:
+    return _json_object(id_token.split(".", 1)[0])
 
 
 @attrs.frozen
@@ -285,7 +330,10 @@ class Identities:
         self.clock = clock
         self.check = check
         self._keys: list[_Key] = []
-        self._fetched_at: float | None = None  # the client clock's monotonic time
+        # The client clock's monotonic time of the last fetch that worked, and of the last try.
+        self._fetched_at: float | None = None
+        self._tried_at: float | None = None
+        self._issuer: str | None = None  # from the tenant's discovery document (TENANT_METADATA)
         self._fetches = 0
         self._lock = asyncio.Lock()
 
@@ -294,30 +342,52 @@ class Identities:
     async def admit(self, account: str, token: Token) -> Token:
         """The token of a device flow as it may be kept, once ``verify_identity`` (if set)
         has accepted who signed in; IdentityError otherwise, after the grant was revoked."""
+        from ._device import complete_despite_cancellation  # _device imports this module
+
         now = self.clock.wall()
         if self.check is None:
             return receive(None, token, account=account, now=now)
         try:
             identity = await self._identity_of(account, token, at=now)
-            accepted = self.check(identity, account)
+            # Typed as object: a check may answer anything, and only True accepts.
+            accepted: object = self.check(identity, account)
             if inspect.isawaitable(accepted):
                 accepted = await accepted
         except BaseException:
             # Even when cancelled: the grant must not outlive a check that did not pass. The
             # revocation is one request, bounded by the HTTP timeout.
-            with anyio.CancelScope(shield=True):
-                await self._revoke(account, token)
+            await complete_despite_cancellation(self._revoke(account, token))
             raise
-        if not accepted:
-            revoked = await self._revoke(account, token)
+        if accepted is not True:  # only True accepts: a truthy "no" or a Mock fails closed
+            # As above: a refused grant is revoked even if the caller gives up meanwhile.
+            revoked = await complete_despite_cancellation(self._revoke(account, token))
+            why = (
+                "verify_identity refused who signed in"
+                if accepted is False
+                else "verify_identity returned a "
+                f"{type(accepted).__name__}, not True or False, so who signed in is refused"
+            )
             raise IdentityError(
-                f"account {account!r}: verify_identity refused who signed in; "
+                f"account {account!r}: {why}; "
                 + (
                     "the grant was revoked and nothing was stored"
                     if revoked
                     else "nothing was stored (the provider did not confirm a revocation)"
                 )
             )
+        return token
+
+    async def admitted_id_token(self, account: str, token: Token) -> Token:
+        """``token`` as ``save_token`` stores it: its id_token checked as at receipt (signature,
+        ``iss``, ``aud``, ``azp``, ``exp``, ``iat``), else dropped with a warning."""
+        assert token.id_token is not None
+        try:
+            await self.verify(token.id_token, account=account, at=self.clock.wall())
+        except DeviceFlowError as exc:
+            log.warning(
+                "account %r: save_token drops the id_token, storing the rest: %s", account, exc
+            )
+            return attrs.evolve(token, id_token=None)
         return token
 
     async def _identity_of(self, account: str, token: Token, *, at: datetime) -> Identity:
@@ -425,6 +495,9 @@ class Identities:
         provider = self.endpoints.provider
         if provider.id_token_issuers:
             return provider.id_token_issuers
+        tenant_document = provider.extra.get(TENANT_METADATA)
+        if isinstance(tenant_document, str):
+            return (await self._tenant_issuer(account, tenant_document),)
         discovered = await self._discovered("issuer")
         issuer = discovered if isinstance(discovered, str) and discovered else provider.issuer
         if issuer is None:
@@ -434,46 +507,81 @@ class Identities:
             )
         return (issuer,)
 
+    async def _tenant_issuer(self, account: str, url: str) -> str:
+        """The issuer the tenant's own discovery document names: an Entra tenant given by its
+        domain name signs as ``{authority}/{tenant id}/v2.0``, and only that issuer is accepted.
+        (Entra signs every directory's tokens with the same keys, so filling ``{tenantid}`` from
+        the token's own ``tid`` would accept another directory's people.)"""
+        if self._issuer is not None:
+            return self._issuer
+        async with self._lock:
+            if self._issuer is None:
+                request = Request(kind=RequestKind.DISCOVERY, method="GET", url=url)
+                response = await self.endpoints.transport.send(
+                    request, timeout=self.endpoints.http_timeout
+                )
+                document = _json_document(response.body) if response.status == 200 else None
+                issuer = document.get("issuer") if document is not None else None
+                if not isinstance(issuer, str) or not issuer or "{" in issuer:
+                    raise IdentityError(
+                        f"account {account!r}: the tenant's discovery document (HTTP "
+                        f"{response.status}) names no issuer, so its id_token cannot be "
+                        "checked; give Provider(id_token_issuers=...)"
+                    )
+                self._issuer = issuer
+        return self._issuer
+
     async def _candidates(self, account: str, kid: str | None, alg: str) -> list[_Key]:
         """The provider's keys that may have signed a token with ``kid`` and ``alg``: from the
-        cached JWKS, fetched again when it is old or lacks the key (at most once every
-        JWKS_REFETCH seconds)."""
-        now = self.clock.monotonic()
+        cached JWKS, fetched again when it is old or lacks the key. Whatever its outcome, a
+        fetch is not tried again for JWKS_REFETCH seconds."""
         fetched = self._fetched_at
-        if fetched is None or now - fetched >= JWKS_MAX_AGE:
+        if fetched is None or self.clock.monotonic() - fetched >= JWKS_MAX_AGE:
             await self._fetch(account, self._fetches)
         found = [key for key in self._keys if key.fits(kid, alg)]
-        if not found and self._fetched_at is not None:
-            if self.clock.monotonic() - self._fetched_at >= JWKS_REFETCH:
-                await self._fetch(account, self._fetches)
-                found = [key for key in self._keys if key.fits(kid, alg)]
-            else:
-                log.debug("account %r: the JWKS was fetched moments ago; not again", account)
+        if not found:
+            await self._fetch(account, self._fetches)
+            found = [key for key in self._keys if key.fits(kid, alg)]
         return found
 
     async def _fetch(self, account: str, seen: int) -> None:
-        """Fetch the JWKS, unless another caller has since ``seen`` fetches."""
+        """Fetch the JWKS, unless another caller has since ``seen`` fetches or the last try was
+        under JWKS_REFETCH seconds ago. When it fails and keys are held, they stay in use (a
+        warning says so): a provider's outage must not refuse every identity, nor revoke a
+        grant ``admit`` is about to accept."""
         async with self._lock:
+            now = self.clock.monotonic()
             if self._fetches != seen:
                 return
-            uri = await self._jwks_uri(account)
-            request = Request(kind=RequestKind.JWKS, method="GET", url=uri)
-            response = await self.endpoints.transport.send(
-                request, timeout=self.endpoints.http_timeout
-            )
+            if self._tried_at is not None and now - self._tried_at < JWKS_REFETCH:
+                log.debug("account %r: the JWKS was fetched moments ago; not again", account)
+                return
             # Counted whatever the answer: a failing JWKS is not asked again at once either.
-            self._fetched_at = self.clock.monotonic()
+            self._tried_at = now
             self._fetches += 1
-            if response.status != 200:
-                raise IdentityError(
-                    f"account {account!r}: the provider's JWKS answered HTTP {response.status}"
-                )
             try:
-                self._keys = _import_keys(json.loads(response.body))
-            except ValueError:
-                raise IdentityError(
-                    f"account {account!r}: the provider's JWKS is not a JSON JWK set"
-                ) from None
+                self._keys = await self._fetched_keys(account)
+            except (IdentityError, TransportError) as exc:
+                if not self._keys:
+                    raise
+                log.warning("account %r: %s; the keys fetched before stay in use", account, exc)
+                return
+            self._fetched_at = now
+
+    async def _fetched_keys(self, account: str) -> list[_Key]:
+        uri = await self._jwks_uri(account)
+        request = Request(kind=RequestKind.JWKS, method="GET", url=uri)
+        response = await self.endpoints.transport.send(request, timeout=self.endpoints.http_timeout)
+        if response.status != 200:
+            raise IdentityError(
+                f"account {account!r}: the provider's JWKS answered HTTP {response.status}"
+            )
+        try:
+            return _import_keys(json.loads(response.body))
+        except (ValueError, RecursionError):
+            raise IdentityError(
+                f"account {account!r}: the provider's JWKS is not a JSON JWK set"
+            ) from None
 
     async def _jwks_uri(self, account: str) -> str:
         provider = self.endpoints.provider

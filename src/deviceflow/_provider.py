@@ -19,6 +19,7 @@ from ._checks import (
     string_map,
 )
 from ._clock import Clock, SystemClock
+from ._identity import TENANT_METADATA
 from ._machine import DeviceFlowMachine, Fail, Send
 from ._models import AuthMethod, ClientRegistration, Dialect, FlowState, ProviderMetadata
 from ._urls import require_secure_url
@@ -365,8 +366,10 @@ class Provider:
         ``common`` and ``organizations`` documents name ``{authority}/{tenantid}/v2.0`` with that
         literal placeholder, and ``consumers`` names the personal-accounts tenant's id. A tenant
         given by domain name has a document naming its tenant id, which cannot be known here, so
-        its documented endpoints are used without discovery. Show ``DeviceCode.message``:
-        Entra sends ready-made instructions and no ``verification_uri_complete``.
+        its documented endpoints are used without discovery; its id_tokens must name exactly
+        the issuer that document gives (read when an identity is first checked). Show
+        ``DeviceCode.message``: Entra sends ready-made instructions and no
+        ``verification_uri_complete``.
 
         id_tokens name ``{authority}/{tid}/v2.0`` as their issuer, ``tid`` being the directory
         (tenant) of the person who signed in: with ``common`` and ``organizations`` any
@@ -399,7 +402,9 @@ class Provider:
             device_authorization_endpoint=f"{root}/{tenant}/oauth2/v2.0/devicecode",
             token_endpoint=f"{root}/{tenant}/oauth2/v2.0/token",
             jwks_uri=f"{root}/{tenant}/discovery/v2.0/keys",
-            id_token_issuers=(f"{root}/{{tenantid}}/v2.0",),
+            # Its id_tokens must name the issuer of the tenant's own document, the tenant id
+            # (Entra signs every directory's tokens with the same keys).
+            extra={TENANT_METADATA: f"{root}/{tenant}/v2.0/.well-known/openid-configuration"},
         )
 
     @classmethod

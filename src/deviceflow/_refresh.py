@@ -336,7 +336,7 @@ class RefreshTransaction:
                 return NeedsGrant(not_before=refused)
             # An id_token for someone else, or one expired on arrival, does not replace the
             # one held (_identity.py); the grant's new tokens are kept all the same.
-            new = receive(base.token, new, account=account, now=ledger.clock.wall())
+            new = self._received(base.token, new, account)
             held = Held(record=Record(token=new, obtained=ledger.clock.wall(), seq=base.seq + 1))
             ledger.cache.remember(account, new, held.record.obtained, None, held.record.seq)
             ledger.unsaved[account] = held
@@ -380,6 +380,27 @@ class RefreshTransaction:
                 await anyio.sleep(delay)
 
     # --- unsaved tokens -----------------------------------------------------------------------
+
+    def _received(self, previous: Token, new: Token, account: str) -> Token:
+        """``new`` with the id_token to keep (_identity.py). Whatever goes wrong in that check,
+        the refresh answer is kept: the server may already have rotated the refresh token, and
+        losing it loses the grant. The id_token held stays then."""
+        try:
+            return receive(
+                previous,
+                new,
+                account=account,
+                now=self.ledger.clock.wall(),
+                issuers=self.endpoints.provider.id_token_issuers,
+            )
+        except Exception as exc:
+            log.warning(
+                "account %r: the refreshed id_token could not be checked (%s); the id_token "
+                "held is kept",
+                account,
+                type(exc).__name__,
+            )
+            return attrs.evolve(new, id_token=previous.id_token)
 
     def _schedule_flush(self) -> None:
         if self._flusher is None or self._flusher.done():

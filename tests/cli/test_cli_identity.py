@@ -14,7 +14,7 @@ from deviceflow._cli import _identity
 from deviceflow._cli._store import AccountEntry
 from deviceflow.stores import MemoryStore
 from deviceflow.testing import AuthorizationServer, Fault
-from helpers import make_client, seed
+from helpers import make_client, plant, seed
 
 
 def test_login_says_who_signed_in(cli: Cli, server: ServerThread) -> None:
@@ -87,7 +87,7 @@ async def test_a_slow_provider_shows_no_identity(
         await seed(client, server, "a")
         token = await client.get_token("a")
         id_token = server.id_tokens.mint("svc")
-        await client.save_token("a", attrs.evolve(token, id_token=id_token))
+        await plant(client, "a", attrs.evolve(token, id_token=id_token))
         assert None is await _identity.signed_in_as(client, "a")
 
 
@@ -101,7 +101,7 @@ async def test_accounts_whose_client_cannot_be_made_show_no_identity(
     async with make_client(server, scope="openid", store=store) as client:
         token = await seed(client, server, "a")
         id_token = server.id_tokens.mint("svc")
-        await client.save_token("a", attrs.evolve(token, id_token=id_token))
+        await plant(client, "a", attrs.evolve(token, id_token=id_token))
         key = client.store_key("a")
     entries = [
         AccountEntry(key=key, issuer=server.issuer, client_id="svc", account="a"),

@@ -12,6 +12,7 @@ from provider_cases import CASE_IDS, CASES, Case, base, deciding
 
 from deviceflow import DeviceFlowClient, Identity, IdentityError, Provider, Token
 from deviceflow.testing import PROFILES, AuthorizationServer, VirtualClock
+from helpers import plant
 
 CASE = {case.name: case for case in CASES}
 #: The tenant id the entra profile's people belong to.
@@ -56,13 +57,13 @@ async def test_entra_multi_tenant_issuer_names_the_tokens_tenant(
             assert TID == identity.claims["tid"]
             # A token whose iss names one tenant and whose tid names another is refused.
             forged = server.id_tokens.mint("cli", tid=OTHER_TID)
-            await client.save_token("forged", stored(server, "cli", forged))
+            await plant(client, "forged", stored(server, "cli", forged))
             with pytest.raises(IdentityError, match="names the issuer"):
                 await client.identity("forged")
             # So is one without a tid, or with a tid that is no tenant id.
             for tid in (None, "../evil"):
-                await client.save_token(
-                    "odd", stored(server, "cli", server.id_tokens.mint("cli", tid=tid))
+                await plant(
+                    client, "odd", stored(server, "cli", server.id_tokens.mint("cli", tid=tid))
                 )
                 with pytest.raises(IdentityError, match="names the issuer"):
                     await client.identity("odd")
@@ -70,7 +71,7 @@ async def test_entra_multi_tenant_issuer_names_the_tokens_tenant(
             other = server.id_tokens.mint(
                 "cli", tid=OTHER_TID, iss=f"{base(server)}/{OTHER_TID}/v2.0"
             )
-            await client.save_token("other", stored(server, "cli", other))
+            await plant(client, "other", stored(server, "cli", other))
             assert OTHER_TID == (await client.identity("other")).claims["tid"]
 
 
@@ -94,24 +95,56 @@ async def test_entra_binds_an_account_to_its_directory(virtual_clock: VirtualClo
         assert 1 == server.stats.grants_revoked
 
 
-async def test_entra_tenant_by_domain_verifies_without_discovery(
+async def test_entra_tenant_by_domain_accepts_only_its_own_directory(
     virtual_clock: VirtualClock,
 ) -> None:
-    """A tenant named by its domain finds its keys at the documented path, and takes the
-    issuer of the token's own tenant."""
-    profile = attrs.evolve(PROFILES["entra"], metadata_issuer=None)
+    """A tenant named by its domain signs in without discovery, finds its keys at the
+    documented path, and accepts only the issuer its own discovery document names (its tenant
+    id): another directory's id_token, signed with the same keys, is refused."""
+    profile = attrs.evolve(PROFILES["entra"], metadata_issuer=f"{{base}}/{TID}/v2.0")
     async with AuthorizationServer(
-        clock=virtual_clock, profile=profile, issuer_path="/contoso.example"
+        clock=virtual_clock, profile=profile, issuer_path="/contoso.example/v2.0"
     ) as server:
         provider = Provider.entra("contoso.example", authority=base(server))
         assert f"{base(server)}/contoso.example/discovery/v2.0/keys" == provider.jwks_uri
+        # The test server serves the tenant's endpoints below its issuer path.
+        provider = attrs.evolve(
+            provider,
+            device_authorization_endpoint=server.device_authorization_endpoint,
+            token_endpoint=server.token_endpoint,
+            jwks_uri=server.jwks_uri,
+        )
         client = DeviceFlowClient(
             provider, client_id="cli", clock=virtual_clock, on_code=deciding(server)
         )
         async with client:
             await client.get_token()
-            assert TID == (await client.identity()).claims["tid"]
-    assert ["device", "token", "jwks"] == [r.endpoint for r in server.requests]
+            identity = await client.identity()
+            assert (f"{base(server)}/{TID}/v2.0", TID) == (identity.issuer, identity.claims["tid"])
+            other = server.id_tokens.mint(
+                "cli", tid=OTHER_TID, iss=f"{base(server)}/{OTHER_TID}/v2.0"
+            )
+            await plant(client, "other", stored(server, "cli", other))
+            with pytest.raises(IdentityError, match="names the issuer"):
+                await client.identity("other")
+    assert ["device", "token", "jwks", "discovery"] == [r.endpoint for r in server.requests]
+
+
+async def test_entra_tenant_by_domain_without_a_usable_document_says_what_to_give(
+    virtual_clock: VirtualClock,
+) -> None:
+    """When the tenant's discovery document names no concrete issuer, identity() is an
+    IdentityError that names the argument to give."""
+    async with AuthorizationServer(
+        clock=virtual_clock, profile="entra", issuer_path="/contoso.example/v2.0"
+    ) as server:
+        provider = attrs.evolve(
+            Provider.entra("contoso.example", authority=base(server)), jwks_uri=server.jwks_uri
+        )
+        async with DeviceFlowClient(provider, client_id="cli", clock=virtual_clock) as client:
+            await plant(client, "a", stored(server, "cli", server.id_tokens.mint("cli")))
+            with pytest.raises(IdentityError, match=r"names no issuer.*id_token_issuers"):
+                await client.identity("a")
 
 
 @pytest.mark.parametrize("issuer", ["https://accounts.google.com", "accounts.google.com"])
@@ -121,12 +154,12 @@ async def test_google_issuer_in_either_form(issuer: str, virtual_clock: VirtualC
     async with case.running(virtual_clock) as server:
         client = case.client_for(server, virtual_clock)
         async with client:
-            await client.save_token(
-                "a", stored(server, "gcli", server.id_tokens.mint("gcli", iss=issuer))
+            await plant(
+                client, "a", stored(server, "gcli", server.id_tokens.mint("gcli", iss=issuer))
             )
             assert issuer == (await client.identity("a")).issuer
             fake = server.id_tokens.mint("gcli", iss="https://accounts.google.com.evil.example")
-            await client.save_token("b", stored(server, "gcli", fake))
+            await plant(client, "b", stored(server, "gcli", fake))
             with pytest.raises(IdentityError, match="names the issuer"):
                 await client.identity("b")
 
@@ -178,11 +211,11 @@ async def test_provider_without_keys_or_issuer_says_what_to_give(
             (provider(jwks_uri=server.jwks_uri), "id_token_issuers"),
         ):
             async with DeviceFlowClient(bare, client_id="cli", clock=virtual_clock) as client:
-                await client.save_token("a", token)
+                await plant(client, "a", token)
                 with pytest.raises(IdentityError, match=missing):
                     await client.identity("a")
         given = provider(jwks_uri=server.jwks_uri, id_token_issuers=server.issuer)
         assert (server.issuer,) == given.id_token_issuers
         async with DeviceFlowClient(given, client_id="cli", clock=virtual_clock) as client:
-            await client.save_token("a", token)
+            await plant(client, "a", token)
             assert "user" == (await client.identity("a")).subject
