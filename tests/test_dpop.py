@@ -17,7 +17,7 @@ from deviceflow import DeviceCode, DeviceFlowClient, FlowState, ProtocolError, S
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import EncryptedFileStore, MemoryStore, TokenStore, generate_key
 from deviceflow.testing import AuthorizationServer, VirtualClock
-from helpers import DEVICE_GRANT, make_client, seed
+from helpers import DEVICE_GRANT, make_client, seed, stored_token
 
 pytestmark = pytest.mark.authorization_server(dpop=True, auto_approve_after=0)
 
@@ -669,3 +669,61 @@ async def test_token_request_is_sent_again_only_for_a_nonce(
     assert (2 if retried else 1) == len(sent)
     nonces = [claims(r.headers["DPoP"]).get("nonce") for r in sent]
     assert [None, "n-2"][: len(sent)] == nonces
+
+
+class RetypingTransport:
+    """The real transport, except that while ``retype`` is set, refresh answers come back
+    with that token_type (a server that forgets the grant is DPoP-bound, or the reverse)."""
+
+    def __init__(self) -> None:
+        from deviceflow import AiohttpTransport, ClientAuth
+
+        self.real = AiohttpTransport(auth=ClientAuth(client_id="svc"))
+        self.retype: str | None = None
+        self.rotated: list[str] = []
+
+    async def send(self, request: Any, *, timeout: float | None = None) -> Any:
+        response = await self.real.send(request, timeout=timeout)
+        if self.retype is None or request.params.get("grant_type") != "refresh_token":
+            return response
+        body = json.loads(response.body)
+        self.rotated.append(body["refresh_token"])
+        body["token_type"] = self.retype
+        return attrs.evolve(response, body=json.dumps(body).encode())
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+@pytest.mark.parametrize("dpop", [True, False])
+async def test_refresh_of_the_wrong_type_keeps_the_rotated_refresh_token(
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock, dpop: bool
+) -> None:
+    """A refresh answering a token of another type than the grant's raises ProtocolError
+    naming the account and hands out nothing of that type, but stores the rotated refresh
+    token (with the grant's key), so the grant goes on with the next refresh."""
+    transport = RetypingTransport()
+    store = MemoryStore()
+    client = make_client(
+        authorization_server, on_code=no_op, store=store, transport=transport, dpop=dpop
+    )
+    async with client:
+        first = await client.get_token("ops")
+        virtual_clock.advance(3600)
+        transport.retype = "Bearer" if dpop else "DPoP"
+        with pytest.raises(ProtocolError, match=r"'ops'.*refresh answered") as caught:
+            await client.get_token("ops")
+        (rotated,) = transport.rotated
+        assert rotated not in str(caught.value)
+        kept = await stored_token(client, "ops")
+        assert kept is not None
+        assert (rotated, first.token_type) == (kept.refresh_token, kept.token_type)
+        assert first.access_token == kept.access_token  # the wrong-type one is never stored
+        with pytest.raises(ProtocolError, match="'ops'"):
+            await client.request_headers("GET", authorization_server.resource_url, "ops")
+        transport.retype = None
+        second = await client.get_token("ops")
+        headers = await client.request_headers("GET", authorization_server.resource_url, "ops")
+    assert (first.token_type, first.dpop_key) == (second.token_type, second.dpop_key)
+    assert 3 == authorization_server.stats.refreshes
+    assert 200 == (await get_me(authorization_server, headers))[0]

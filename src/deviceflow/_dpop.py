@@ -218,11 +218,20 @@ def _token_endpoint_asks_for_nonce(response: Response) -> bool:
     return False
 
 
-def check_token_type(token: Token, key: DPoPKey | None, account: str) -> Token:
+def check_token_type(
+    token: Token, key: DPoPKey | None, account: str, *, previous: Token | None = None
+) -> Token:
     """``token`` bound to ``key``, when the server issued the kind of token asked for: a DPoP
-    token with a proof, a Bearer token without one. ProtocolError otherwise (RFC 9449 5: a
-    client asking for DPoP must not use a token the server did not bind)."""
+    token with a proof, a Bearer token without one, and on a refresh (``previous``) a token
+    of the grant's type. ProtocolError otherwise (RFC 9449 5: a client asking for DPoP must
+    not use a token the server did not bind; a DPoP grant stays DPoP)."""
     is_dpop = token.token_type.lower() == "dpop"
+    if previous is not None and previous.token_type.lower() != token.token_type.lower():
+        raise ProtocolError(
+            f"account {account!r}: the refresh answered a token of type "
+            f"{token.token_type[:32]!r} for a grant of {previous.token_type[:32]!r} tokens; "
+            "it is not used"
+        )
     if key is not None and not is_dpop:
         raise ProtocolError(
             f"account {account!r}: DPoP was asked for but the server issued a "
