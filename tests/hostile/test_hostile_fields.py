@@ -441,7 +441,10 @@ def test_refresh_of_another_token_type_is_refused() -> None:
     from deviceflow._dpop import DPoPKey, check_token_type
 
     grant = Token(
-        access_token="dpop-bound", token_type="DPoP", refresh_token="rt", dpop_key=DPoPKey.generate()
+        access_token="dpop-bound",
+        token_type="DPoP",
+        refresh_token="rt",
+        dpop_key=DPoPKey.generate(),
     )
     answered = parse_token(TOKEN, WALL, previous=grant)  # read, so the refresh token is kept
     with pytest.raises(ProtocolError, match="type"):
