@@ -245,7 +245,8 @@ async def test_bearer_auth_is_transparent_with_dpop(
 async def test_bearer_token_where_dpop_was_asked_is_a_protocol_error(
     authorization_server: AuthorizationServer,
 ) -> None:
-    """A server that ignores the proof issues a Bearer token: refused, naming the account."""
+    """A server that ignores the proof issues a Bearer token: refused, naming the account,
+    and the grant the device code gave is revoked."""
     async with dpop_client(authorization_server) as client:
         with pytest.raises(ProtocolError, match=r"'tenant-7'.*DPoP was asked for") as caught:
             await client.get_token("tenant-7")
@@ -253,6 +254,9 @@ async def test_bearer_token_where_dpop_was_asked_is_a_protocol_error(
     issued = [r for r in authorization_server.requests if r.endpoint == "token"]
     assert all("DPoP" in r.headers for r in issued)
     assert "at_" not in str(caught.value)
+    # The device code was redeemed: the unused grant is revoked, not left alive.
+    assert 1 == len([r for r in authorization_server.requests if r.endpoint == "revoke"])
+    assert 1 == authorization_server.stats.grants_revoked
 
 
 async def test_server_algorithms_are_respected(
