@@ -369,19 +369,27 @@ async def test_redis_store_keeps_the_key_encrypted(
 
 
 async def test_old_records_without_a_key_keep_working(
-    authorization_server: AuthorizationServer,
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Bearer record (no key) stays usable by a dpop=True client: sent and refreshed as
-    Bearer, until a new device flow binds the account to a key."""
+    Bearer, until a new device flow binds the account to a key; a warning says so once per
+    account, naming it."""
     store = MemoryStore()
     async with make_client(authorization_server, store=store) as client:
         await seed(client, authorization_server, "legacy")
+        await seed(client, authorization_server, "other")
+    caplog.set_level(logging.WARNING, logger="deviceflow")
     async with dpop_client(authorization_server, store=store, on_code=None) as client:
         headers = await client.request_headers("GET", authorization_server.resource_url, "legacy")
         assert headers["Authorization"].startswith("Bearer ")
         assert 200 == (await get_me(authorization_server, headers))[0]
         fresh = await client.refresh("legacy")
+        await client.refresh("legacy")
+        await client.get_token("other")
     assert ("Bearer", None) == (fresh.token_type, fresh.dpop_key)
+    warned = [r.getMessage() for r in caplog.records if "sender-constrained" in r.getMessage()]
+    assert ["account 'legacy'", "account 'other'"] == [m.split(":")[0] for m in warned]
+    assert all("next sign-in" in message for message in warned)
 
 
 async def test_damaged_stored_key_is_a_store_error(
