@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -562,6 +563,52 @@ def test_damaged_key_records_are_protocol_errors(record: Any) -> None:
         DPoPKey.from_record(record)
     with pytest.raises(ValueError, match="unsupported"):
         DPoPKey.generate("HS256")
+
+
+@pytest.mark.parametrize(
+    ("alg", "made_for"), [("ES384", "ES256"), ("ES256", "ES512"), ("ES512", "ES384")]
+)
+def test_key_of_another_curve_than_its_algorithm_is_refused(alg: str, made_for: str) -> None:
+    """A stored key whose curve does not fit its algorithm is refused when read, with
+    ProtocolError, not when the first proof is signed."""
+    from deviceflow._dpop import DPoPKey
+
+    record = json.loads(DPoPKey.generate(made_for).record())
+    record["alg"] = alg
+    with pytest.raises(ProtocolError, match="does not fit its algorithm"):
+        DPoPKey.from_record(record)
+
+
+def test_okp_key_of_another_curve_is_refused() -> None:
+    """An OKP key that is not Ed25519 (X25519 here) cannot sign Ed25519 proofs."""
+    from joserfc.jwk import OKPKey
+
+    from deviceflow._dpop import DPoPKey
+
+    jwk = dict(OKPKey.generate_key("X25519").as_dict(private=True))
+    with pytest.raises(ProtocolError, match="does not fit"):
+        DPoPKey.from_record({"alg": "Ed25519", "jwk": jwk})
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://user:pw@Example.COM/p?q=1#f", "https://example.com/p"),
+        ("HTTPS://example.com:443", "https://example.com/"),
+        ("http://127.0.0.1:80/a/b", "http://127.0.0.1/a/b"),
+        ("http://127.0.0.1:8080/a", "http://127.0.0.1:8080/a"),
+        ("https://token@[::1]:8443/x", "https://[::1]:8443/x"),
+    ],
+)
+def test_htu_is_the_normalised_url_without_credentials(url: str, expected: str) -> None:
+    """RFC 9449 4.2, 4.3: htu is scheme, host, port and path, normalised; userinfo, query
+    and fragment never go into the signed proof."""
+    from deviceflow._dpop import DPoPKey, htu
+
+    assert expected == htu(url)
+    proof = DPoPKey.generate().proof("GET", url, now=datetime.now(timezone.utc))
+    assert "pw" not in claims(proof)["htu"]
+    assert expected == claims(proof)["htu"]
 
 
 def test_public_key_alone_is_not_a_stored_key() -> None:
