@@ -199,3 +199,18 @@ def test_dpop_token_is_never_printed_as_a_bearer_token(cli: Cli, server: ServerT
         assert access_token not in refused.stderr
     document = json.loads(cli.run("token", "--account", "ci", "--json").stdout)
     assert ("DPoP", access_token) == (document["token_type"], document["access_token"])
+
+
+def test_issuer_without_client_id_takes_the_full_path(
+    signed_in: tuple[Cli, ServerThread],
+) -> None:
+    """`token --issuer URL` without a client id fails on the full path ("no client id"), so
+    the fast path does not print the one stored token of that issuer either."""
+    cli, _ = signed_in
+    fast, full = cli.run_many(
+        ["token", "--account", "ci", "--issuer", cli.issuer],
+        ["--debug", "token", "--account", "ci", "--issuer", cli.issuer],
+    )
+    assert (full.returncode, "") == (fast.returncode, fast.stdout)
+    assert 0 != fast.returncode
+    assert "client id" in fast.stderr

@@ -63,6 +63,8 @@ def _entry(entries: list[AccountEntry], settings: Settings) -> AccountEntry | No
     account = settings.value("account") or "default"
     client_id = settings.value("client-id")
     issuer = settings.value("issuer")
+    if issuer is not None and client_id is None:
+        return None  # the full path takes no client id from the index then, and says so
     matches = [
         e
         for e in entries
