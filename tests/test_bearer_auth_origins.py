@@ -159,7 +159,7 @@ class Contended(TokenScope):
         self._bindings = 0
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def _origin(self) -> tuple[str, str, int | None] | None:
         value: tuple[str, str, int | None] | None = self.__dict__.get("_bound")
         if value is None:
