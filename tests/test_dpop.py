@@ -260,6 +260,25 @@ async def test_bearer_token_where_dpop_was_asked_is_a_protocol_error(
     assert 1 == authorization_server.stats.grants_revoked
 
 
+@pytest.mark.authorization_server(dpop=False)
+async def test_wrong_type_grant_that_cannot_be_revoked_is_a_warning(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the server does not confirm the revocation of the unused grant, a warning names
+    the account; the caller still gets the ProtocolError."""
+    from deviceflow.testing import Fault
+
+    authorization_server.faults.add(Fault(endpoint="revoke", status=400))
+    caplog.set_level(logging.WARNING, logger="deviceflow")
+    async with dpop_client(authorization_server) as client:
+        with pytest.raises(ProtocolError, match="DPoP was asked for"):
+            await client.get_token("tenant-8")
+    assert any(
+        "'tenant-8'" in r.getMessage() and "could not be revoked" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 async def test_server_algorithms_are_respected(
     authorization_server: AuthorizationServer,
 ) -> None:
