@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -10,8 +12,10 @@ import pytest
 from aiohttp import web
 
 from deviceflow import DeviceFlowClient, Provider, Token
+from deviceflow._bearer import TokenScope
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.testing import AuthorizationServer, VirtualClock
+from helpers import time_factor
 
 
 class Recorder:
@@ -142,3 +146,52 @@ async def test_hosts_keeps_the_token_from_unlisted_redirect_targets(
     async with aiohttp.ClientSession(middlewares=(auth,)) as session:
         assert 200 == await get(session, f"{api.url}/to?url={target}/landing")
     assert [("/landing", None)] == elsewhere.seen
+
+
+class Contended(TokenScope):
+    """A TokenScope that holds open the race of two first requests: a thread that finds no
+    origin bound waits (a moment) for the other to find the same, and the second binding
+    waits until the first binder has compared. Without a compare-and-set both would carry."""
+
+    def __init__(self) -> None:
+        self._both_read = threading.Barrier(2, timeout=time_factor())
+        self._compared = threading.Event()
+        self._bindings = 0
+        super().__init__()
+
+    @property
+    def _origin(self) -> tuple[str, str, int | None] | None:
+        value: tuple[str, str, int | None] | None = self.__dict__.get("_bound")
+        if value is None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._both_read.wait()  # with a lock, the other thread cannot get here
+        else:
+            self._compared.set()
+        return value
+
+    @_origin.setter
+    def _origin(self, value: tuple[str, str, int | None] | None) -> None:
+        if value is not None:
+            self._bindings += 1
+            if self._bindings == 2:
+                self._compared.wait(timeout=time_factor())
+        self.__dict__["_bound"] = value
+
+
+def test_first_requests_in_two_threads_bind_one_origin() -> None:
+    """Two threads' first requests to different origins: exactly one origin carries the
+    token, and it stays the one bound."""
+    scope = Contended()
+    carried: dict[str, bool] = {}
+
+    def first_request(host: str) -> None:
+        carried[host] = scope.carries_token("https", host, None)
+
+    threads = [threading.Thread(target=first_request, args=(h,)) for h in ("a.test", "b.test")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10 * time_factor())
+    assert [True] == [v for v in carried.values() if v]
+    (winner,) = [h for h, v in carried.items() if v]
+    assert {winner} == {h for h in ("a.test", "b.test") if scope.carries_token("https", h, None)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from deviceflow import DeviceCode, DeviceFlowClient, FlowState, ProtocolError, S
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import EncryptedFileStore, MemoryStore, TokenStore, generate_key
 from deviceflow.testing import AuthorizationServer, VirtualClock
-from helpers import DEVICE_GRANT, make_client, seed
+from helpers import DEVICE_GRANT, make_client, seed, stored_token
 
 pytestmark = pytest.mark.authorization_server(dpop=True, auto_approve_after=0)
 
@@ -245,7 +246,8 @@ async def test_bearer_auth_is_transparent_with_dpop(
 async def test_bearer_token_where_dpop_was_asked_is_a_protocol_error(
     authorization_server: AuthorizationServer,
 ) -> None:
-    """A server that ignores the proof issues a Bearer token: refused, naming the account."""
+    """A server that ignores the proof issues a Bearer token: refused, naming the account,
+    and the grant the device code gave is revoked."""
     async with dpop_client(authorization_server) as client:
         with pytest.raises(ProtocolError, match=r"'tenant-7'.*DPoP was asked for") as caught:
             await client.get_token("tenant-7")
@@ -253,6 +255,28 @@ async def test_bearer_token_where_dpop_was_asked_is_a_protocol_error(
     issued = [r for r in authorization_server.requests if r.endpoint == "token"]
     assert all("DPoP" in r.headers for r in issued)
     assert "at_" not in str(caught.value)
+    # The device code was redeemed: the unused grant is revoked, not left alive.
+    assert 1 == len([r for r in authorization_server.requests if r.endpoint == "revoke"])
+    assert 1 == authorization_server.stats.grants_revoked
+
+
+@pytest.mark.authorization_server(dpop=False)
+async def test_wrong_type_grant_that_cannot_be_revoked_is_a_warning(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the server does not confirm the revocation of the unused grant, a warning names
+    the account; the caller still gets the ProtocolError."""
+    from deviceflow.testing import Fault
+
+    authorization_server.faults.add(Fault(endpoint="revoke", status=400))
+    caplog.set_level(logging.WARNING, logger="deviceflow")
+    async with dpop_client(authorization_server) as client:
+        with pytest.raises(ProtocolError, match="DPoP was asked for"):
+            await client.get_token("tenant-8")
+    assert any(
+        "'tenant-8'" in r.getMessage() and "could not be revoked" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_server_algorithms_are_respected(
@@ -365,19 +389,27 @@ async def test_redis_store_keeps_the_key_encrypted(
 
 
 async def test_old_records_without_a_key_keep_working(
-    authorization_server: AuthorizationServer,
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Bearer record (no key) stays usable by a dpop=True client: sent and refreshed as
-    Bearer, until a new device flow binds the account to a key."""
+    Bearer, until a new device flow binds the account to a key; a warning says so once per
+    account, naming it."""
     store = MemoryStore()
     async with make_client(authorization_server, store=store) as client:
         await seed(client, authorization_server, "legacy")
+        await seed(client, authorization_server, "other")
+    caplog.set_level(logging.WARNING, logger="deviceflow")
     async with dpop_client(authorization_server, store=store, on_code=None) as client:
         headers = await client.request_headers("GET", authorization_server.resource_url, "legacy")
         assert headers["Authorization"].startswith("Bearer ")
         assert 200 == (await get_me(authorization_server, headers))[0]
         fresh = await client.refresh("legacy")
+        await client.refresh("legacy")
+        await client.get_token("other")
     assert ("Bearer", None) == (fresh.token_type, fresh.dpop_key)
+    warned = [r.getMessage() for r in caplog.records if "sender-constrained" in r.getMessage()]
+    assert ["account 'legacy'", "account 'other'"] == [m.split(":")[0] for m in warned]
+    assert all("next sign-in" in message for message in warned)
 
 
 async def test_damaged_stored_key_is_a_store_error(
@@ -552,6 +584,52 @@ def test_damaged_key_records_are_protocol_errors(record: Any) -> None:
         DPoPKey.generate("HS256")
 
 
+@pytest.mark.parametrize(
+    ("alg", "made_for"), [("ES384", "ES256"), ("ES256", "ES512"), ("ES512", "ES384")]
+)
+def test_key_of_another_curve_than_its_algorithm_is_refused(alg: str, made_for: str) -> None:
+    """A stored key whose curve does not fit its algorithm is refused when read, with
+    ProtocolError, not when the first proof is signed."""
+    from deviceflow._dpop import DPoPKey
+
+    record = json.loads(DPoPKey.generate(made_for).record())
+    record["alg"] = alg
+    with pytest.raises(ProtocolError, match="does not fit its algorithm"):
+        DPoPKey.from_record(record)
+
+
+def test_okp_key_of_another_curve_is_refused() -> None:
+    """An OKP key that is not Ed25519 (X25519 here) cannot sign Ed25519 proofs."""
+    from joserfc.jwk import OKPKey
+
+    from deviceflow._dpop import DPoPKey
+
+    jwk = dict(OKPKey.generate_key("X25519").as_dict(private=True))
+    with pytest.raises(ProtocolError, match="does not fit"):
+        DPoPKey.from_record({"alg": "Ed25519", "jwk": jwk})
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://user:pw@Example.COM/p?q=1#f", "https://example.com/p"),
+        ("HTTPS://example.com:443", "https://example.com/"),
+        ("http://127.0.0.1:80/a/b", "http://127.0.0.1/a/b"),
+        ("http://127.0.0.1:8080/a", "http://127.0.0.1:8080/a"),
+        ("https://token@[::1]:8443/x", "https://[::1]:8443/x"),
+    ],
+)
+def test_htu_is_the_normalised_url_without_credentials(url: str, expected: str) -> None:
+    """RFC 9449 4.2, 4.3: htu is scheme, host, port and path, normalised; userinfo, query
+    and fragment never go into the signed proof."""
+    from deviceflow._dpop import DPoPKey, htu
+
+    assert expected == htu(url)
+    proof = DPoPKey.generate().proof("GET", url, now=datetime.now(timezone.utc))
+    assert "pw" not in claims(proof)["htu"]
+    assert expected == claims(proof)["htu"]
+
+
 def test_public_key_alone_is_not_a_stored_key() -> None:
     """A record holding only the public half is refused: it could not sign."""
     from deviceflow._dpop import DPoPKey
@@ -669,3 +747,61 @@ async def test_token_request_is_sent_again_only_for_a_nonce(
     assert (2 if retried else 1) == len(sent)
     nonces = [claims(r.headers["DPoP"]).get("nonce") for r in sent]
     assert [None, "n-2"][: len(sent)] == nonces
+
+
+class RetypingTransport:
+    """The real transport, except that while ``retype`` is set, refresh answers come back
+    with that token_type (a server that forgets the grant is DPoP-bound, or the reverse)."""
+
+    def __init__(self) -> None:
+        from deviceflow import AiohttpTransport, ClientAuth
+
+        self.real = AiohttpTransport(auth=ClientAuth(client_id="svc"))
+        self.retype: str | None = None
+        self.rotated: list[str] = []
+
+    async def send(self, request: Any, *, timeout: float | None = None) -> Any:
+        response = await self.real.send(request, timeout=timeout)
+        if self.retype is None or request.params.get("grant_type") != "refresh_token":
+            return response
+        body = json.loads(response.body)
+        self.rotated.append(body["refresh_token"])
+        body["token_type"] = self.retype
+        return attrs.evolve(response, body=json.dumps(body).encode())
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+@pytest.mark.parametrize("dpop", [True, False])
+async def test_refresh_of_the_wrong_type_keeps_the_rotated_refresh_token(
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock, dpop: bool
+) -> None:
+    """A refresh answering a token of another type than the grant's raises ProtocolError
+    naming the account and hands out nothing of that type, but stores the rotated refresh
+    token (with the grant's key), so the grant goes on with the next refresh."""
+    transport = RetypingTransport()
+    store = MemoryStore()
+    client = make_client(
+        authorization_server, on_code=no_op, store=store, transport=transport, dpop=dpop
+    )
+    async with client:
+        first = await client.get_token("ops")
+        virtual_clock.advance(3600)
+        transport.retype = "Bearer" if dpop else "DPoP"
+        with pytest.raises(ProtocolError, match=r"'ops'.*refresh answered") as caught:
+            await client.get_token("ops")
+        (rotated,) = transport.rotated
+        assert rotated not in str(caught.value)
+        kept = await stored_token(client, "ops")
+        assert kept is not None
+        assert (rotated, first.token_type) == (kept.refresh_token, kept.token_type)
+        assert first.access_token == kept.access_token  # the wrong-type one is never stored
+        with pytest.raises(ProtocolError, match="'ops'"):
+            await client.request_headers("GET", authorization_server.resource_url, "ops")
+        transport.retype = None
+        second = await client.get_token("ops")
+        headers = await client.request_headers("GET", authorization_server.resource_url, "ops")
+    assert (first.token_type, first.dpop_key) == (second.token_type, second.dpop_key)
+    assert 3 == authorization_server.stats.refreshes
+    assert 200 == (await get_me(authorization_server, headers))[0]

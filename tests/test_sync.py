@@ -25,6 +25,7 @@ from deviceflow import (
 )
 from deviceflow.sync import DeviceFlowClient
 from deviceflow.testing import AuthorizationServer, VirtualClock
+from helpers import time_factor
 
 
 class Served:
@@ -208,6 +209,23 @@ def test_leaving_authorize_early_stops_the_flow(served: Served) -> None:
             if event.state is FlowState.PENDING:
                 break
     assert 1 == served.server.stats.device_authorizations
+    assert 0 == served.server.stats.polls
+
+
+def test_an_abandoned_authorize_iterator_does_not_block_close(served: Served) -> None:
+    """close() returns while an authorize() iterator is held mid-flow, unread; the flow
+    stops, and the iterator then says the client is closed."""
+    client = served.client()
+    gen = client.authorize("bot")
+    next(gen)
+    next(gen)
+    closer = threading.Thread(target=client.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10 * time_factor())
+    assert not closer.is_alive()
+    assert client.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        next(gen)
     assert 0 == served.server.stats.polls
 
 

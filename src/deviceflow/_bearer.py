@@ -20,6 +20,7 @@ and hand each answer to :meth:`AuthorizedRequest.answered`.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,7 @@ class TokenScope:
             raise TypeError("hosts must be a collection of host names, not one string")
         self.hosts = frozenset(h.lower() for h in hosts) if hosts is not None else None
         self._origin: tuple[str, str, int | None] | None = None  # bound on first use
+        self._binding = threading.Lock()
 
     def carries_token(self, scheme: str, host: str | None, port: int | None) -> bool:
         """True when a request to this origin may carry the token (binds the first origin)."""
@@ -64,9 +66,13 @@ class TokenScope:
         if self.hosts is not None:
             return host in self.hosts
         origin = (scheme, host, port)
-        if self._origin is None:
-            self._origin = origin  # the first request binds the token to its origin
-        return origin == self._origin
+        # httpx.Client runs the auth flow in its callers' threads: a compare-and-set, so that
+        # two first requests to different origins cannot both bind.
+        with self._binding:
+            if self._origin is None:
+                self._origin = origin  # the first request binds the token to its origin
+            bound = self._origin
+        return origin == bound
 
 
 class AuthorizedRequest:

@@ -155,6 +155,7 @@ class DeviceFlowClient:
         )
         codec = RecordCodec(provider.identity, client_id)
         self._dpop = DPoP(clock.wall)
+        self._unbound_warned: set[str] = set()  # accounts warned of a Bearer grant (dpop=True)
         self._cache = TokenCache(clock, refresh_skew)
         self._flights: Flights[Token] = Flights(self._after_background)
         self._endpoints = Endpoints(
@@ -414,11 +415,27 @@ class DeviceFlowClient:
 
     async def _obtain(self, account: str, stale: Stale | None) -> Token:
         outcome = await self._refresh.obtain(account, stale)
-        if not isinstance(outcome, NeedsGrant):
-            return outcome
-        if self._flights.closed:  # a refresh that aclose() let finish was refused: stop there
-            raise RuntimeError("this DeviceFlowClient is closed")
-        return await self._flows.obtain(account, self.on_code, outcome.not_before)
+        if isinstance(outcome, NeedsGrant):
+            if self._flights.closed:  # a refresh that aclose() let finish was refused: stop
+                raise RuntimeError("this DeviceFlowClient is closed")
+            outcome = await self._flows.obtain(account, self.on_code, outcome.not_before)
+        if self._endpoints.dpop_grants and outcome.dpop_key is None:
+            self._warn_unbound(account)
+        return outcome
+
+    def _warn_unbound(self, account: str) -> None:
+        # A Bearer grant already in the store (from before dpop=True, or a replica without it)
+        # is used and refreshed as it is: forcing a new sign-in would stop running services.
+        # Said once per account, so that nobody believes the tokens are sender-constrained.
+        if account in self._unbound_warned:
+            return
+        self._unbound_warned.add(account)
+        log.warning(
+            "account %r: dpop=True, but its stored grant is a Bearer one (signed in before DPoP "
+            "was on, or by a client without it); it is used as it is, and its tokens are not "
+            "sender-constrained until the account's next sign-in",
+            account,
+        )
 
     def _after_background(self, account: str, exc: Exception) -> None:
         # The cached token is still usable; callers see errors only once it is not.

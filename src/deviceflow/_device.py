@@ -160,6 +160,14 @@ class DeviceFlowDriver:
                 try:
                     # RFC 9449 5: a DPoP token when a proof was sent, a Bearer one otherwise.
                     token = check_token_type(action.token, key, account)
+                except ProtocolError as exc:
+                    # The device code is redeemed: the grant lives at the server though it is
+                    # not used. Revoke it (one request within the HTTP timeout), even if
+                    # cancelled meanwhile, as a refused identity's grant is.
+                    await complete_despite_cancellation(self._revoke_unused(account, action.token))
+                    yield event(exc)
+                    return
+                try:
                     if self.admit is not None:  # verify_identity: refused, nothing is stored
                         token = await self.admit(account, token)
                 except DeviceFlowError as exc:
@@ -202,6 +210,14 @@ class DeviceFlowDriver:
                 action = machine.receive_response(
                     response, now=clock.monotonic(), wall=clock.wall()
                 )
+
+    async def _revoke_unused(self, account: str, token: Token) -> None:
+        if await self.endpoints.revoke(token):
+            log.info("account %r: the grant of the wrong token type was revoked", account)
+        else:
+            log.warning(
+                "account %r: the grant of the wrong token type could not be revoked", account
+            )
 
     def _dpop_key(self, account: str, machine: DeviceFlowMachine) -> DPoPKey:
         """The account's DPoP key: the one its tokens had, else a new one (RFC 9449 5.1: of an

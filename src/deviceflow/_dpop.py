@@ -48,6 +48,8 @@ __all__ = [
 #: The signing algorithms deviceflow can make keys for, in order of preference (RFC 9449 5.1:
 #: ES256 first, the one every DPoP server accepts). "EdDSA" is the older name of Ed25519.
 ALGORITHMS = ("ES256", "Ed25519", "EdDSA", "PS256", "RS256", "ES384", "ES512")
+#: The ports an htu leaves out (RFC 3986 6.2.3).
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 #: How many server origins' nonces are remembered (a client talks to a handful).
 _MAX_NONCES = 256
 
@@ -68,9 +70,18 @@ def ath(access_token: str) -> str:
 
 
 def htu(url: str) -> str:
-    """RFC 9449 4.2: the URL a proof names: without query and fragment."""
+    """RFC 9449 4.2: the URL a proof names: scheme, host, port and path, without query and
+    fragment, and without userinfo (credentials in a URL never go into a signed JWT that the
+    server may log). Normalised as RFC 9449 4.3 compares (RFC 3986 6.2.2, 6.2.3): scheme and
+    host in lower case, the scheme's default port left out, an empty path as "/"."""
     parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""  # lower case, without userinfo and IPv6 brackets
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", "", ""))
 
 
 def _origin(url: str) -> str:
@@ -104,6 +115,25 @@ def _generate(alg: str) -> ECKey | OKPKey | RSAKey:
     else:
         key = RSAKey.generate_key(2048)
     return key
+
+
+#: The curve each algorithm signs with (RFC 7518 3.4, RFC 8037); RS256 and PS256 take any RSA
+#: key, and the record's algorithm already chose the key type read.
+_CURVES = {
+    "ES256": "P-256",
+    "ES384": "P-384",
+    "ES512": "P-521",
+    "Ed25519": "Ed25519",
+    "EdDSA": "Ed25519",
+}
+
+
+def _fits(key: ECKey | OKPKey | RSAKey, alg: str) -> bool:
+    """True when ``key`` is on ``alg``'s curve (an RSA algorithm has none). Checked when a
+    stored key is read, so that a damaged record is a typed error there, not a failure of the
+    first proof."""
+    curve = _CURVES.get(alg)
+    return curve is None or key.as_dict(private=False).get("crv") == curve
 
 
 class DPoPKey:
@@ -146,6 +176,8 @@ class DPoPKey:
             raise ProtocolError(f"the stored DPoP key is damaged ({type(exc).__name__})") from None
         if not key.is_private:
             raise ProtocolError("the stored DPoP key has no private part")
+        if not _fits(key, alg):
+            raise ProtocolError(f"the stored DPoP key does not fit its algorithm {alg!r}")
         return cls(key, alg)
 
     def record(self) -> str:
@@ -218,11 +250,20 @@ def _token_endpoint_asks_for_nonce(response: Response) -> bool:
     return False
 
 
-def check_token_type(token: Token, key: DPoPKey | None, account: str) -> Token:
+def check_token_type(
+    token: Token, key: DPoPKey | None, account: str, *, previous: Token | None = None
+) -> Token:
     """``token`` bound to ``key``, when the server issued the kind of token asked for: a DPoP
-    token with a proof, a Bearer token without one. ProtocolError otherwise (RFC 9449 5: a
-    client asking for DPoP must not use a token the server did not bind)."""
+    token with a proof, a Bearer token without one, and on a refresh (``previous``) a token
+    of the grant's type. ProtocolError otherwise (RFC 9449 5: a client asking for DPoP must
+    not use a token the server did not bind; a DPoP grant stays DPoP)."""
     is_dpop = token.token_type.lower() == "dpop"
+    if previous is not None and previous.token_type.lower() != token.token_type.lower():
+        raise ProtocolError(
+            f"account {account!r}: the refresh answered a token of type "
+            f"{token.token_type[:32]!r} for a grant of {previous.token_type[:32]!r} tokens; "
+            "it is not used"
+        )
     if key is not None and not is_dpop:
         raise ProtocolError(
             f"account {account!r}: DPoP was asked for but the server issued a "

@@ -321,12 +321,8 @@ def parse_token(
             f"the server issued a token of type {token_type[:32]!r}; only Bearer and DPoP "
             "are supported"
         )
-    # A refresh gives a token of the grant's type (RFC 9449 5: a DPoP grant stays DPoP).
-    if previous is not None and previous.token_type.lower() != token_type.lower():
-        raise ProtocolError(
-            f"the refresh answered a token of type {token_type[:32]!r} for a grant of "
-            f"{previous.token_type[:32]!r} tokens"
-        )
+    # Whether a refresh gave a token of the grant's type is checked by the refresh
+    # (check_token_type): a mismatch must not lose the rotated refresh token read below.
     # RFC 6750 2.1 (and RFC 9449 7.1): the token goes into an Authorization header as a
     # b64token. Anything else (CR LF, NUL, spaces) could inject headers into an HTTP stack
     # that does not refuse them; it is not passed on.

@@ -54,6 +54,11 @@ Every rule below serves that, and each is written once, here.
    memory or from the store: the next token comes from a new device flow (or is one that some
    process obtained after the refusal).
 
+6. **An answer of the wrong type still rotated the refresh token.** When a refresh of a DPoP
+   grant answers a Bearer token (or the reverse), the access token is never used, but the new
+   refresh token is stored as rule 3 says, with the grant's older access token marked expired,
+   and the ProtocolError is raised after that (``_checked_type``).
+
 What no client can recover: the answer to a refresh lost in transit (the server rotated the
 refresh token, the connection broke before the answer arrived). The old refresh token is then
 used up and the new one was never seen; a person must approve a new code.
@@ -75,6 +80,7 @@ from typing import Any
 import anyio
 import attrs
 
+from ._dpop import check_token_type
 from ._endpoints import Endpoints, GateClosed
 from ._identity import receive
 from ._ledger import TokenLedger
@@ -89,6 +95,7 @@ from .exceptions import (
     ConflictError,
     InvalidGrantError,
     LockTimeoutError,
+    ProtocolError,
     StoreError,
 )
 from .stores._protocol import Versioned
@@ -337,6 +344,7 @@ class RefreshTransaction:
             # An id_token for someone else, or one expired on arrival, does not replace the
             # one held (_identity.py); the grant's new tokens are kept all the same.
             new = self._received(base.token, new, account)
+            new, refusal = _checked_type(base.token, new, account, ledger.clock.wall())
             held = Held(record=Record(token=new, obtained=ledger.clock.wall(), seq=base.seq + 1))
             ledger.cache.remember(account, new, held.record.obtained, None, held.record.seq)
             ledger.unsaved[account] = held
@@ -355,8 +363,11 @@ class RefreshTransaction:
                     exc,
                 )
                 ledger.keep_unsaved(account, held)
-                return new
-            ledger.saved(account, held, written)
+            else:
+                ledger.saved(account, held, written)
+            if refusal is not None:
+                outcome.value = "error"
+                raise refusal
             return new
 
     async def _write_refreshed(
@@ -465,3 +476,28 @@ class RefreshTransaction:
                 "process; the account may need a new sign-in",
                 account,
             )
+
+
+def _checked_type(
+    base: Token, new: Token, account: str, now: datetime
+) -> tuple[Token, ProtocolError | None]:
+    """A refresh's answer bound to the grant's key when it is of the grant's type (a DPoP
+    grant stays DPoP, a Bearer grant Bearer, RFC 9449 5); else what to store instead, and the
+    ProtocolError to raise once it is stored.
+
+    The server has rotated the refresh token all the same, and the old one may now revoke the
+    grant if sent again (RFC 9700 4.14.2). So the new refresh token is kept, with the grant's
+    own access token, type and key, marked expired: the lineage goes on, nothing of the wrong
+    type is ever stored or handed out, and the next get_token() tries the refresh again (with
+    the key's proof, as a DPoP grant's refresh token needs). Forcing a new sign-in instead
+    would stop running services over what may be a passing server fault.
+    """
+    try:
+        return check_token_type(new, base.dpop_key, account, previous=base), None
+    except ProtocolError as exc:
+        kept = attrs.evolve(
+            base,
+            refresh_token=new.refresh_token or base.refresh_token,
+            expires_at=now if base.expires_at is None else min(base.expires_at, now),
+        )
+        return kept, exc

@@ -387,13 +387,14 @@ def _fast_token(args: argparse.Namespace) -> int | None:
             from ._cli._kube import exec_credential, read_exec_info
 
             info = read_exec_info(settings.env, sys.stdin)
-            print(json.dumps(exec_credential(current, info.api_version)), flush=True)
+            credential = exec_credential(current, info.api_version, account=entry.account)
+            print(json.dumps(credential), flush=True)
             return EXIT_OK
+        print_token(
+            settings, current, account=entry.account, issuer=entry.issuer, client_id=entry.client_id
+        )
     except CliError:
         return None  # the full path says it, with the rest of its checks
-    print_token(
-        settings, current, account=entry.account, issuer=entry.issuer, client_id=entry.client_id
-    )
     return EXIT_OK
 
 

@@ -27,6 +27,7 @@ the asyncio client.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import inspect
@@ -101,6 +102,10 @@ class DeviceFlowClient:
         self.on_code = on_code
         self._closing = threading.Lock()
         self._closed = False
+        # The tasks feeding authorize() iterators: each waits for its reader to take an event,
+        # so an iterator abandoned mid-flow would keep close() waiting forever; close() cancels
+        # them instead.
+        self._feeders: set[concurrent.futures.Future[None]] = set()
         self._exit = contextlib.ExitStack()
         self._portal = self._exit.enter_context(anyio.from_thread.start_blocking_portal())
         try:
@@ -178,6 +183,9 @@ class DeviceFlowClient:
             if self._closed:
                 return
             self._closed = True
+            feeders, self._feeders = self._feeders, set()
+        for feeder in feeders:
+            feeder.cancel()  # an abandoned authorize() iterator must not block the close
         try:
             self._portal.call(self._client.aclose)
         finally:
@@ -259,17 +267,23 @@ class DeviceFlowClient:
                 events.put((event, taken))
                 await taken.wait()  # in step with the reader, as `async for` would be
 
-        self._check_open()
-        future = self._portal.start_task_soon(pump)
+        with self._closing:  # registered before close() can take the set, or refused
+            self._check_open()
+            future = self._portal.start_task_soon(pump)
+            self._feeders.add(future)
         future.add_done_callback(lambda _: events.put(None))
         try:
             while (item := events.get()) is not None:
                 event, taken = item
                 yield event
+                self._check_open()  # closed while the reader held the event
                 self._portal.call(taken.set)
+            self._check_open()  # cancelled by close() while the reader waited
             future.result()  # an error of the flow itself, if it had one
         finally:
             future.cancel()  # the loop was left early: the flow stops (a no-op once done)
+            with self._closing:
+                self._feeders.discard(future)
 
     # --- plumbing -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from deviceflow._cli._credential import (
     choose_settings,
     read_request,
 )
+from deviceflow._cli._errors import EXIT_CONFIG, CliError
 from deviceflow._cli._settings import Settings, load_settings
 from deviceflow._cli._terminal import Console
 from deviceflow._records import record_key
@@ -331,13 +332,18 @@ class InProcess:
         self.args = ["--profile-file", str(profiles), "--store", str(tmp_path / "store")]
         self.store = EncryptedFileStore(tmp_path / "store", key=key)
 
-    async def seed(self, access_token: str | None = None) -> Token:
-        """Store a token of a new grant for "default", as a login would."""
+    async def seed(self, access_token: str | None = None, *, dpop: bool = False) -> Token:
+        """Store a token of a new grant for "default", as a login would (one bound to a new
+        DPoP key with ``dpop``)."""
+        from deviceflow._dpop import DPoPKey
+
         issued = self.server.issue_tokens("git-app")
         token = Token(
             access_token=access_token or issued["access_token"],
+            token_type="DPoP" if dpop else "Bearer",
             refresh_token=issued["refresh_token"],
             expires_at=datetime.now(timezone.utc) + timedelta(hours=1),
+            dpop_key=DPoPKey.generate() if dpop else None,
         )
         async with DeviceFlowClient(
             Provider(issuer=self.server.issuer), client_id="git-app", store=self.store
@@ -398,3 +404,13 @@ async def test_token_unfit_for_the_protocol_is_refused(in_process: InProcess) ->
     await in_process.seed(access_token="good\npassword=forged")
     with pytest.raises(ProtocolError, match="b64token"):
         await in_process.run("get")
+
+
+async def test_dpop_token_is_not_given_to_git(in_process: InProcess) -> None:
+    """git sends the password as a bearer credential: a DPoP-bound token is refused with a
+    configuration error and a hint, and nothing is printed."""
+    token = await in_process.seed(dpop=True)
+    with pytest.raises(CliError, match=r"'default'.*DPoP-bound") as caught:
+        await in_process.run("get")
+    assert (EXIT_CONFIG, True) == (caught.value.code, "request_headers" in str(caught.value.hint))
+    assert token.access_token not in str(caught.value)

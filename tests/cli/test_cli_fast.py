@@ -153,3 +153,64 @@ def test_peek_answers_none_when_unsure(tmp_path: Path, case: str) -> None:
     before = sorted(str(p) for p in folder.rglob("*"))
     assert None is peek_record(folder, keys, "other" if case == "missing" else "acct")
     assert before == sorted(str(p) for p in folder.rglob("*"))
+
+
+def _bind_to_a_key(cli: Cli, account: str) -> str:
+    """Turn ``account``'s stored token into a DPoP-bound one (as a library client with
+    dpop=True would have stored it); returns its access token."""
+    import attrs
+
+    from deviceflow import DeviceFlowClient, Provider
+    from deviceflow._dpop import DPoPKey
+
+    async def rebind() -> str:
+        store = EncryptedFileStore(cli.store, key=cli.key)
+        async with DeviceFlowClient(
+            Provider(issuer=cli.issuer), client_id="cli-test", store=store
+        ) as client:
+            current = await client.get_token(account)
+            bound = attrs.evolve(current, token_type="DPoP", dpop_key=DPoPKey.generate())
+            await client.save_token(account, bound)
+        return current.access_token
+
+    return asyncio.run(rebind())
+
+
+def test_dpop_token_is_never_printed_as_a_bearer_token(cli: Cli, server: ServerThread) -> None:
+    """A DPoP-bound token is useless, and its binding defeated, as a bearer token: `token`
+    and `--format exec-credential` refuse it (exit 6, with a hint), on the fast path and the
+    full one; `--json` prints it, since the document names its token_type."""
+    from cli_harness import login_approved
+
+    assert 0 == login_approved(cli, server, *cli.server_args(), "--account", "ci").returncode
+    access_token = _bind_to_a_key(cli, "ci")
+    kube = {"KUBERNETES_EXEC_INFO": ""}
+    fast, full, fast_kube, full_kube = cli.run_many(
+        ["token", "--account", "ci"],
+        ["--debug", "token", "--account", "ci"],
+        ["token", "--account", "ci", "--format", "exec-credential"],
+        ["--debug", "token", "--account", "ci", "--format", "exec-credential"],
+        env=kube,
+    )
+    for refused in (fast, full, fast_kube, full_kube):
+        assert (6, "") == (refused.returncode, refused.stdout), refused.stderr
+        assert "DPoP-bound" in refused.stderr
+        assert "request_headers" in refused.stderr
+        assert access_token not in refused.stderr
+    document = json.loads(cli.run("token", "--account", "ci", "--json").stdout)
+    assert ("DPoP", access_token) == (document["token_type"], document["access_token"])
+
+
+def test_issuer_without_client_id_takes_the_full_path(
+    signed_in: tuple[Cli, ServerThread],
+) -> None:
+    """`token --issuer URL` without a client id fails on the full path ("no client id"), so
+    the fast path does not print the one stored token of that issuer either."""
+    cli, _ = signed_in
+    fast, full = cli.run_many(
+        ["token", "--account", "ci", "--issuer", cli.issuer],
+        ["--debug", "token", "--account", "ci", "--issuer", cli.issuer],
+    )
+    assert (full.returncode, "") == (fast.returncode, fast.stdout)
+    assert 0 != fast.returncode
+    assert "client id" in fast.stderr

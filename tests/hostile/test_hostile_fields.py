@@ -438,9 +438,17 @@ def test_token_outside_b64token_never_becomes_a_header(access_token: str) -> Non
 
 def test_refresh_of_another_token_type_is_refused() -> None:
     """A refresh must give a token of the grant's type: Bearer for a DPoP grant is refused."""
-    grant = Token(access_token="dpop-bound", token_type="DPoP", refresh_token="rt")
+    from deviceflow._dpop import DPoPKey, check_token_type
+
+    grant = Token(
+        access_token="dpop-bound",
+        token_type="DPoP",
+        refresh_token="rt",
+        dpop_key=DPoPKey.generate(),
+    )
+    answered = parse_token(TOKEN, WALL, previous=grant)  # read, so the refresh token is kept
     with pytest.raises(ProtocolError, match="type"):
-        parse_token(TOKEN, WALL, previous=grant)
+        check_token_type(answered, grant.dpop_key, "svc", previous=grant)
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from deviceflow.exceptions import ConflictError, ProtocolError
 
 from ._commands import _needs_index, _opened, resolve_target
 from ._errors import EXIT_OK
+from ._fast import require_bearer
 from ._plugin import plugin_token
 from ._settings import Profile, Settings, load_profiles
 from ._store import AccountIndex
@@ -176,6 +177,7 @@ async def _get(settings: Settings, console: Console) -> int:
         interactive=prompt,
         why_not="git runs the helper with GIT_TERMINAL_PROMPT=0",
     )
+    require_bearer(token, account=settings.value("account") or "default", use="given to git")
     if not is_b64token(token.access_token):  # a line break would forge protocol lines
         raise ProtocolError("the access token is not an RFC 6750 b64token; it is not given to git")
     lines = [

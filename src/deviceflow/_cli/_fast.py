@@ -26,7 +26,7 @@ from ._errors import CliError
 from ._settings import Settings
 from ._store import INDEX_KEY, REFRESH_SKEW, AccountEntry, AccountIndex, existing_keys, store_folder
 
-__all__ = ["fresh_token", "print_token", "token_json"]
+__all__ = ["fresh_token", "print_token", "require_bearer", "token_json"]
 
 
 def fresh_token(settings: Settings) -> tuple[Token, AccountEntry] | None:
@@ -63,6 +63,8 @@ def _entry(entries: list[AccountEntry], settings: Settings) -> AccountEntry | No
     account = settings.value("account") or "default"
     client_id = settings.value("client-id")
     issuer = settings.value("issuer")
+    if issuer is not None and client_id is None:
+        return None  # the full path takes no client id from the index then, and says so
     matches = [
         e
         for e in entries
@@ -80,10 +82,28 @@ def print_token(
 ) -> None:
     """Print ``current`` on stdout as ``token`` does: the access token alone, or ``--json``."""
     if settings.flag("json"):
+        # The document names the token_type: a program reading it sees a DPoP token for what
+        # it is, so it is printed whatever its type.
         document = token_json(current, account=account, issuer=issuer, client_id=client_id)
         print(json.dumps(document, indent=2), flush=True)
     else:
+        require_bearer(current, account=account, use="printed alone")
         print(current.access_token, flush=True)
+
+
+def require_bearer(current: Token, *, account: str, use: str) -> None:
+    """CliError unless ``current`` is a bearer token. A DPoP token (RFC 9449) is bound to a key
+    and useless without a proof from it: handed to curl, git or kubectl as a bearer token it
+    would fail at best, and handing it out defeats the binding."""
+    if current.dpop_key is None and current.token_type.lower() != "dpop":
+        return
+    raise CliError(
+        f"account {account!r} holds a DPoP-bound token, which works only with a proof of its "
+        f"key; it is not {use} as a bearer token",
+        hint="send requests through the library (DeviceFlowClient.request_headers, "
+        "deviceflow.httpx.DeviceFlowAuth, deviceflow.aiohttp.BearerAuth), or read "
+        "`deviceflow token --json`, which names the token_type",
+    )
 
 
 def token_json(

@@ -20,6 +20,7 @@ import attrs
 from deviceflow._models import Token
 
 from ._errors import EXIT_OK, EXIT_USAGE, CliError
+from ._fast import require_bearer
 from ._settings import Settings
 
 if TYPE_CHECKING:
@@ -66,8 +67,12 @@ def read_exec_info(env: Mapping[str, str], stdin: TextIO) -> ExecInfo:
     return ExecInfo(api_version=version, interactive=interactive is True)
 
 
-def exec_credential(token: Token, api_version: str = API_VERSIONS[0]) -> dict[str, Any]:
-    """The ExecCredential kubectl reads: the token, and its expiry in RFC 3339 UTC."""
+def exec_credential(
+    token: Token, api_version: str = API_VERSIONS[0], *, account: str = "default"
+) -> dict[str, Any]:
+    """The ExecCredential kubectl reads: the token, and its expiry in RFC 3339 UTC. kubectl
+    sends it as a bearer token, so a DPoP-bound one is refused (CliError)."""
+    require_bearer(token, account=account, use="given to kubectl")
     status: dict[str, Any] = {"token": token.access_token}
     if token.expires_at is not None:
         expiry = token.expires_at.astimezone(timezone.utc)
@@ -86,7 +91,8 @@ async def run(settings: Settings, console: Console, stdin: TextIO | None = None)
         interactive=info.interactive,
         why_not="kubectl runs the plugin without a terminal (spec.interactive is false)",
     )
-    credential = exec_credential(token, info.api_version)
+    account = settings.value("account") or "default"
+    credential = exec_credential(token, info.api_version, account=account)
     print(json.dumps(credential), file=console.out, flush=True)
     return EXIT_OK
 
