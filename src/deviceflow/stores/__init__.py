@@ -7,6 +7,9 @@
 
 The encrypted stores take ``key=``: a key from :func:`generate_key`, a :class:`Passphrase`, or
 a :class:`KeySet` (also read from an environment variable or a key file) for rotation.
+
+MemoryStore and RedisStore are also :class:`WatchableStore`: they report changes of keys, so that
+processes waiting for another's device flow are woken when its token lands instead of polling.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from deviceflow._crypto import KeyMaterial, KeySet, Passphrase, generate_key
 
 from ._file import EncryptedFileStore
 from ._memory import MemoryStore
-from ._protocol import Lease, TokenStore, Versioned
+from ._protocol import KeyWatch, Lease, TokenStore, Versioned, WatchableStore
 
 if TYPE_CHECKING:
     from ._redis import RedisStore
@@ -26,12 +29,14 @@ __all__ = [
     "EncryptedFileStore",
     "KeyMaterial",
     "KeySet",
+    "KeyWatch",
     "Lease",
     "MemoryStore",
     "Passphrase",
     "RedisStore",
     "TokenStore",
     "Versioned",
+    "WatchableStore",
     "generate_key",
 ]
 
