@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -227,3 +228,28 @@ async def test_memory_store_watch_ends_cleanly() -> None:
         pass
     await store.put("k", b"1", expected_version=None)
     assert frozenset() == await watch.changed(0)
+
+
+@pytest.mark.redis
+async def test_a_user_without_channels_writes_and_its_waiters_poll(
+    redis_factory: RedisFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis user with no rights on channels (the Redis 7 default for new users) still writes;
+    its watches are never live (waiters poll), and the store says why, once."""
+    server = redis_factory()
+    admin = Redis.from_url(server.url)
+    await admin.acl_setuser("app", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"])
+    await admin.aclose()
+    client = Redis.from_url(f"redis://app:pw@127.0.0.1:{server.port}/0")
+    store = RedisStore(client, key=generate_key(), timeout=0.5 * time_factor())
+    try:
+        with caplog.at_level(logging.WARNING, logger="deviceflow"):
+            await store.put("k", b"v", expected_version=None)
+            async with store.watch(["k"]) as watch:
+                assert not watch.live
+                await store.put("k", b"w", expected_version=1)
+                assert frozenset() == await watch.changed(0.2)
+    finally:
+        await store.aclose()
+        await client.aclose()
+    assert 1 == sum("may not subscribe" in r.getMessage() for r in caplog.records)

@@ -64,7 +64,8 @@ else:  # pragma: no cover - Python 3.10
 
 # KEYS[1] record; ARGV: expected version ('' = must be absent), new version, envelope,
 # ttl in ms ('' = none). Returns {1, new version} or {0, stored version or ''}. A write is
-# published on the record's channel (its key's name) for the watches (_redis_watch.py).
+# published on the record's channel (its key's name) for the watches (_redis_watch.py); pcall,
+# because a user without rights on channels (Redis 7 ACLs give none by default) must still write.
 _PUT = """
 local stored = redis.call('HGET', KEYS[1], 'v')
 if (ARGV[1] == '' and stored) or (ARGV[1] ~= '' and stored ~= ARGV[1]) then
@@ -76,7 +77,7 @@ if ARGV[4] == '' then
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-redis.call('PUBLISH', KEYS[1], ARGV[2])
+redis.pcall('PUBLISH', KEYS[1], ARGV[2])
 return {1, ARGV[2]}
 """
 
@@ -86,7 +87,7 @@ local stored = redis.call('HGET', KEYS[1], 'v')
 if not stored then return {0, ''} end
 if ARGV[1] ~= '' and stored ~= ARGV[1] then return {-1, stored} end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', KEYS[1], '0')
+redis.pcall('PUBLISH', KEYS[1], '0')
 return {1, stored}
 """
 

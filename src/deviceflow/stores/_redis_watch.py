@@ -15,8 +15,11 @@ Nothing is lost silently:
   (redis-py's own, or ours), a write made while the connection was down is seen by the read
   the report causes;
 - a connection that fails is opened again (0.1 s, doubling to 5 s); meanwhile the watches are
-  not ``live`` and their waiters poll. A connection silent for ``KEEPALIVE`` seconds is sent a
-  PING, and one that does not answer within the store's timeout is dropped and opened again.
+  not ``live`` and their waiters poll. A Redis user without rights on channels (Redis 7 ACLs
+  grant none by default) still writes (the scripts publish with ``pcall``); its watches are
+  never live, so waiters poll, and the store says so once;
+- a connection silent for ``KEEPALIVE`` seconds is sent a PING, and one that does not answer
+  within the store's timeout is dropped and opened again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Union
 
 import anyio
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
 from ._protocol import KeyWatch
 from ._watch import Watchers
@@ -46,6 +49,8 @@ KEEPALIVE = 15.0
 _CHUNK = 1000
 #: Waits before opening a failed subscription again: the first, and the longest.
 _RETRY_FIRST, _RETRY_MAX = 0.1, 5.0
+#: The wait before trying again when Redis refused the subscription (no rights on channels).
+_RETRY_DENIED = 60.0
 
 
 class Subscriber:
@@ -154,6 +159,16 @@ class Subscriber:
                 self._send_soon()
                 delay = _RETRY_FIRST
                 await self._read(pubsub)
+            except NoPermissionError:
+                # Redis 7 ACLs give a user no channels unless granted (&pattern): waiters poll.
+                if delay < _RETRY_DENIED:
+                    logger.warning(
+                        "this Redis user may not subscribe to channels, so processes waiting "
+                        "for another's device flow poll the store every few seconds; grant it "
+                        "the store's channels (ACL &%s*) to have them woken instead",
+                        self._home.decode().removesuffix("watch"),
+                    )
+                delay = _RETRY_DENIED
             except Exception as exc:  # whatever failed: log it, open a new connection
                 logger.info(
                     "the Redis subscription for waiting processes failed (%s: %s); they poll "
@@ -168,7 +183,8 @@ class Subscriber:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
                     await pubsub.aclose()
             await anyio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
+            if delay < _RETRY_DENIED:
+                delay = min(delay * 2, _RETRY_MAX)
 
     async def _read(self, pubsub: Any) -> None:
         """Hand every message to the watches, until the connection fails."""
