@@ -4,15 +4,19 @@ A redis-server started here (free loopback port, persistence off) is shared by t
 this process, each with its own RedisStore (its own connections):
 
 - the *runner* holds a device-flow claim on every account, as a replica running N flows does
-  (written the way the client writes them, with 10 minutes left, so that no claim lapses or is
-  renewed during the measurement);
+  (written the way the client writes them, with an hour left, so that no claim lapses or is
+  renewed during the measurement: a renewal costs each waiter one read of the claim, so a
+  waiting account costs a read per renewal of its flow's claim, every 30 s or so for a flow in
+  its usual rhythm);
 - the *waiter*, a DeviceFlowClient, calls get_token() for every account and parks on the
   runner's claims.
 
 Once every waiter is parked (Redis reports its channels subscribed), Redis's command counts
 (INFO commandstats) are read before and after a window of W seconds: the commands per second
-that N waiting accounts cost. Then the runner stores a token for every account and ends its
-claim, as a finished flow does; the wake-up latency of an account is from the moment the runner
+that N waiting accounts cost. Each waiter also reads its two keys at a safety poll, once in 5
+to 10 minutes (about N / 225 reads per second once it comes due, from 5 minutes after
+parking). Then the runner stores a token for every account and ends its claim, as a finished
+flow does; the wake-up latency of an account is from the moment the runner
 starts storing its token to the moment the waiter's get_token() returns it.
 
 The same is run with the waiter's store hiding its watches (it then polls every 2 s, as every
@@ -34,6 +38,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta, timezone
@@ -47,7 +52,7 @@ from deviceflow._claim import Claim
 from deviceflow.stores import Lease, RedisStore, Versioned, generate_key
 
 ISSUER = "https://idp.bench.test"
-HOLD = 600.0  # seconds of life left in the runner's claims
+HOLD = 3600.0  # seconds of life left in the runner's claims
 
 
 @contextlib.contextmanager
@@ -177,12 +182,23 @@ async def run(url: str, n: int, window: float, watched: bool) -> dict[str, Any]:
             return token
 
         started = time.perf_counter()
+        locks = (await commands(raw)).get("set", 0)
         tasks = [asyncio.ensure_future(wait(a)) for a in accounts]
-        if watched:
-            while await subscribed(raw) < 2 * n + 1:  # two channels per account, one per store
+        # Parked: every account has been through the refresh transaction's lock (a SET), and
+        # subscribed its two channels (or, polling, had a poll's time to start waiting).
+        while (await commands(raw)).get("set", 0) - locks < n:
+            await asyncio.sleep(0.2)
+        if watched:  # two channels per account, and the store's own
+            progress, last = time.perf_counter(), 0
+            while (count := await subscribed(raw)) < 2 * n + 1:
+                if count > last:
+                    progress, last = time.perf_counter(), count
+                elif time.perf_counter() - progress > 60:
+                    print(f"  only {count:,} of {2 * n + 1:,} channels were subscribed")
+                    break
                 await asyncio.sleep(0.2)
         else:
-            await asyncio.sleep(3.0)  # every waiter past its first poll
+            await asyncio.sleep(2.5)
         parked = time.perf_counter() - started
         rss_parked = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -211,7 +227,7 @@ async def run(url: str, n: int, window: float, watched: bool) -> dict[str, Any]:
         await in_batches([land(i, a) for i, a in enumerate(accounts)], size=64)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         landed = time.perf_counter() - started
-        failed = sum(isinstance(r, BaseException) for r in results)
+        failed = Counter(type(r).__name__ for r in results if isinstance(r, BaseException))
         latencies = sorted(returned[a] - landing[a] for a in accounts if a in returned)
         await waiter.aclose()
         await runner.aclose()
@@ -243,7 +259,7 @@ def row(name: str, found: dict[str, Any]) -> list[str]:
         f"{found['cpu_share']:.0%}",
         f"{found['p50'] * 1000:.1f} / {found['p99'] * 1000:.0f} / {found['max'] * 1000:.0f} ms",
         f"{found['landed']:.0f} s",
-        str(found["failed"]),
+        ", ".join(f"{v:,} {k}" for k, v in found["failed"].items()) or "0",
     ]
 
 

@@ -8,9 +8,9 @@ claim and the token record, and the question is when to read:
 - a store that reports changes (``WatchableStore``: MemoryStore in-process, RedisStore through
   pub/sub) wakes the waiter when either key is written; it reads only what changed. Besides,
   it reads when the claim would lapse (a claim's owner renews it about every 30 s, which each
-  waiter hears of: one read of the claim), and at the latest every SAFETY_POLL seconds: a
-  write whose report was lost (a writer that does not publish, such as an older release) is
-  picked up by then. A waiting account costs no reads while nothing changes;
+  waiter hears of: one read of the claim), and at the latest every 5 to 10 minutes
+  (SAFETY_POLL): a write whose report was lost (a writer that does not publish, such as an
+  older release) is picked up by then. A waiting account costs no reads while nothing changes;
 - when reports are not coming (the store's subscription is down), or the store cannot report
   at all (EncryptedFileStore), the waiter reads both keys every CLAIM_POLL seconds.
 
@@ -38,8 +38,9 @@ __all__ = ["CLAIM_POLL", "SAFETY_POLL", "wait_for_flow", "watching"]
 CLAIM_POLL = 2.0
 #: The longest a waiter goes without reading while the store reports changes (each waiter
 #: draws its own interval between half this and this, so that waiters parked together do not
-#: read together).
-SAFETY_POLL = 300.0
+#: read together). A live flow's claim lapses sooner (it is renewed for the flow's next wait
+#: plus 30 s), and the waiter reads then too: this bounds the claims that reach far ahead.
+SAFETY_POLL = 600.0
 #: Read a claim this long after the moment it lapses (timers may fire a little early).
 _LAPSE_MARGIN = 0.05
 

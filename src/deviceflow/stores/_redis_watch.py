@@ -32,7 +32,7 @@ from typing import Any, Union
 
 import anyio
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
+from redis.exceptions import NoPermissionError
 
 from ._protocol import KeyWatch
 from ._watch import Watchers
@@ -97,8 +97,13 @@ class Subscriber:
             if channel not in self._confirmed:
                 wanted.append(self._confirmation(channel))
         self._send_soon()
+        subscribed = [name.encode() for name in channels.values()]
+
+        def live() -> bool:  # its channels are subscribed, on a connection that is up
+            return self._live and all(c in self._confirmed for c in subscribed)
+
         try:
-            with self._watchers.watching(channels, self._is_live) as watch:
+            with self._watchers.watching(channels, live) as watch:
                 if wanted:
                     with anyio.move_on_after(self._timeout):
                         await asyncio.gather(*(asyncio.shield(f) for f in wanted))
@@ -117,9 +122,6 @@ class Subscriber:
                         self._leaves.add(channel)
             self._send_soon()
 
-    def _is_live(self) -> bool:
-        return self._live
-
     def _confirmation(self, channel: bytes) -> asyncio.Future[None]:
         future = self._confirming.get(channel)
         if future is None:
@@ -135,20 +137,24 @@ class Subscriber:
     async def _send(self) -> None:
         while self._pubsub is not None and (self._joins or self._leaves):
             pubsub = self._pubsub
+            leaving = bool(self._leaves)
+            chunk = _take(self._leaves if leaving else self._joins)
             try:
-                if self._leaves:
-                    chunk = _take(self._leaves)
+                if leaving:
                     await pubsub.unsubscribe(*chunk)
                 else:
-                    chunk = _take(self._joins)
                     await pubsub.subscribe(*chunk)
-            except (RedisError, RedisClusterException, OSError) as exc:
-                # The reader sees the connection fail too, and subscribes every watched channel
-                # again on the next one.
-                logger.debug("Redis SUBSCRIBE failed: %s", exc)
+            except Exception as exc:  # the command may be cut anywhere: start a new connection
+                logger.info("a Redis SUBSCRIBE failed (%s: %s)", type(exc).__name__, exc)
+                old = self._task
+                if old is not None:
+                    old.cancel()  # a new connection subscribes every watched channel
+                    self._task = asyncio.ensure_future(self._run(after=old))
                 return
 
-    async def _run(self) -> None:
+    async def _run(self, after: asyncio.Task[None] | None = None) -> None:
+        if after is not None:
+            await asyncio.wait([after])  # the connection it held is closed
         delay = _RETRY_FIRST
         while True:
             pubsub = self._client.pubsub()
