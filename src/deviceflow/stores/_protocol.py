@@ -61,7 +61,7 @@ class TokenStore(Protocol):
 
 
 class KeyWatch(Protocol):
-    """Reports of changes to the keys given to :meth:`WatchableStore.watch`.
+    """Reports of changes to the keys given to ``watch()`` of a :class:`WatchableStore`.
 
     A report is a hint, never data: read the key again to learn what changed.
     """
