@@ -72,10 +72,6 @@ class Watchers:
     def __contains__(self, key: str) -> bool:
         return key in self._by_key
 
-    def keys(self) -> Collection[str]:
-        """Every key someone watches."""
-        return self._by_key.keys()
-
     @contextmanager
     def watching(
         self, keys: Collection[str], live: Callable[[], bool] = _always
