@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import deviceflow._device
+import deviceflow._waiting
 from deviceflow import (
     AccessDeniedError,
     DeviceCode,
@@ -38,7 +38,7 @@ REPLICAS = 4
 
 @pytest.fixture(autouse=True)
 def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deviceflow._device, "CLAIM_POLL", 0.02)
+    monkeypatch.setattr(deviceflow._waiting, "CLAIM_POLL", 0.02)
 
 
 pytestmark = pytest.mark.authorization_server(clock=SystemClock(), interval=0.05)

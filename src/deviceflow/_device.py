@@ -29,6 +29,7 @@ from ._endpoints import Endpoints
 from ._ledger import TokenLedger
 from ._machine import DeviceFlowMachine, Done, Fail, Send
 from ._models import DeviceCode, FlowEvent, FlowState, Request, RequestKind, Token
+from ._waiting import wait_for_flow
 from .exceptions import DeviceFlowError, ProtocolError, ReauthorizationRequiredError
 
 __all__ = ["DeviceFlowDriver", "OnCode", "complete_despite_cancellation"]
@@ -38,9 +39,6 @@ log = logging.getLogger("deviceflow")
 _T = TypeVar("_T")
 
 OnCode = Callable[[DeviceCode, str], Awaitable[None] | None]
-
-#: How often a process waiting on another process's device flow looks for its token.
-CLAIM_POLL = 2.0
 
 
 #: The requests of a device flow that DPoP changes: the device authorization request names the
@@ -272,18 +270,9 @@ class DeviceFlowDriver:
         """Wait on another process's device flow: its token, its error, or None once its claim
         has lapsed or gone without a token (then this process tries to claim the flow)."""
         log.info("account %r: another process is running a device flow; waiting for it", account)
-        while True:
-            # Real time, not the client's clock: another process's flow runs on real time, and
-            # a virtual clock in tests would otherwise race ahead while this one waits.
-            await asyncio.sleep(CLAIM_POLL)
-            now = await claim.read()  # the claim first: it is ended after the token is stored
-            token = await self._stored(account, key, not_before)
-            if token is not None:
-                return token
-            if now is None or now.flow != other.flow or now.until <= self.clock.wall().timestamp():
-                return None
-            if now.error is not None:
-                raise now.failure()
+        return await wait_for_flow(
+            claim, other, key, lambda: self._stored(account, key, not_before), self.clock
+        )
 
     async def _show_and_poll(
         self,

@@ -8,6 +8,9 @@
 
 The encrypted stores take ``key=``: a key from :func:`generate_key`, a :class:`Passphrase`, or
 a :class:`KeySet` (also read from an environment variable or a key file) for rotation.
+
+MemoryStore and RedisStore are also :class:`WatchableStore`: they report changes of keys, so that
+processes waiting for another's device flow are woken when its token lands instead of polling.
 """
 
 from __future__ import annotations
@@ -20,19 +23,21 @@ if TYPE_CHECKING:
 
     from ._file import EncryptedFileStore
     from ._memory import MemoryStore
-    from ._protocol import Lease, TokenStore, Versioned
+    from ._protocol import KeyWatch, Lease, TokenStore, Versioned, WatchableStore
     from ._redis import RedisStore
 
 __all__ = [
     "EncryptedFileStore",
     "KeyMaterial",
     "KeySet",
+    "KeyWatch",
     "Lease",
     "MemoryStore",
     "Passphrase",
     "RedisStore",
     "TokenStore",
     "Versioned",
+    "WatchableStore",
     "generate_key",
 ]
 
@@ -42,9 +47,11 @@ __all__ = [
 _HOMES = {
     "EncryptedFileStore": "._file",
     "MemoryStore": "._memory",
+    "KeyWatch": "._protocol",
     "Lease": "._protocol",
     "TokenStore": "._protocol",
     "Versioned": "._protocol",
+    "WatchableStore": "._protocol",
     "KeyMaterial": "deviceflow._crypto",
     "KeySet": "deviceflow._crypto",
     "Passphrase": "deviceflow._crypto",

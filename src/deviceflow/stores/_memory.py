@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import attrs
 
 from deviceflow.exceptions import ConflictError
 
 from ._leases import LocalLeases, LocalLock, check_lock_args, check_ttl
-from ._protocol import Lease, Versioned
+from ._protocol import KeyWatch, Lease, Versioned
+from ._watch import Watchers
 
 __all__ = ["MemoryStore"]
 
@@ -45,6 +46,7 @@ class MemoryStore:
 
     _entries: dict[str, _Entry] = attrs.field(factory=dict, init=False, repr=False)
     _leases: LocalLeases = attrs.field(factory=LocalLeases, init=False, repr=False)
+    _watchers: Watchers = attrs.field(factory=Watchers, init=False, repr=False)
 
     def _current(self, key: str) -> _Entry | None:
         entry = self._entries.get(key)
@@ -102,6 +104,7 @@ class MemoryStore:
         version = (current or 0) + 1
         expires = None if ttl is None else time.monotonic() + ttl
         self._entries[key] = _Entry(value, version, expires)
+        self._watchers.notify(key)
         return version
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
@@ -114,12 +117,23 @@ class MemoryStore:
                 f"{key!r} is at version {entry.version}, not {expected_version}: not deleted"
             )
         del self._entries[key]
+        self._watchers.notify(key)
         return True
 
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Lease]:
         """Hold ``key``'s lock for at most ``ttl`` s; LockTimeoutError after ``wait`` s."""
         check_lock_args(ttl, wait)
         return LocalLock(self._leases, key, ttl, wait)
+
+    def watch(self, keys: Collection[str]) -> AbstractAsyncContextManager[KeyWatch]:
+        """Report every put and delete of ``keys`` while the block runs (see
+        :class:`~deviceflow.stores.WatchableStore`)."""
+        return self._watch(keys)
+
+    @asynccontextmanager
+    async def _watch(self, keys: Collection[str]) -> AsyncIterator[KeyWatch]:
+        with self._watchers.watching(keys) as watch:
+            yield watch
 
     async def aclose(self) -> None:
         """Nothing to release; the values stay until the store is dropped."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Lease", "TokenStore", "Versioned"]
+__all__ = ["KeyWatch", "Lease", "TokenStore", "Versioned", "WatchableStore"]
 
 
 @attrs.frozen
@@ -57,3 +58,36 @@ class TokenStore(Protocol):
     def lock(self, key: str, *, ttl: float, wait: float) -> AbstractAsyncContextManager[Lease]: ...
 
     async def aclose(self) -> None: ...
+
+
+class KeyWatch(Protocol):
+    """Reports of changes to the keys given to ``watch()`` of a :class:`WatchableStore`.
+
+    A report is a hint, never data: read the key again to learn what changed.
+    """
+
+    @property
+    def live(self) -> bool:
+        """True while changes are being reported; when False, reports may be missed (the
+        store's connection is down) and waiters poll instead."""
+        ...
+
+    async def changed(self, timeout: float) -> frozenset[str]:
+        """The watched keys changed since the last call (or since the watch began), waiting up
+        to ``timeout`` seconds for one; empty after the timeout, or early when :attr:`live`
+        changes."""
+        ...
+
+
+@runtime_checkable
+class WatchableStore(Protocol):
+    """An optional capability of a :class:`TokenStore`: it tells waiters when keys change.
+
+    Processes waiting for another's device flow are woken when its token lands instead of
+    reading the store every few seconds. Every change made through any client of the store
+    (``put`` or ``delete``) after the watch has been entered is reported while ``live``; a
+    store may also report keys that did not change (after a reconnection, say). Stores
+    without it (EncryptedFileStore) are polled.
+    """
+
+    def watch(self, keys: Collection[str]) -> AbstractAsyncContextManager[KeyWatch]: ...

@@ -6,6 +6,9 @@ Keys, for a record id ``<rid>`` (a hash of the namespace and the store key)::
     <prefix>{<rid>}:lock    the lock: a random token per acquisition, always with a ttl
     <prefix>kdf             salt, scrypt costs and key check, only when a key is a Passphrase
 
+Every write of a record is also published on a channel named as the record's key, for the
+processes watching it (see _redis_watch.py).
+
 The ``{<rid>}`` hash tag puts a record and its lock in one cluster slot. Compare-and-set is a Lua
 script, so the version check and the write are one step on the server. The version is also sealed
 inside the envelope: a version field edited by hand does not decrypt.
@@ -21,7 +24,7 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, Union
 
@@ -36,7 +39,8 @@ from deviceflow._crypto import KdfParams, KeyMaterial, Payload, Sealer, key_arg
 from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutError, StoreError
 
 from ._leases import check_lock_args, check_ttl
-from ._protocol import Lease, Versioned
+from ._protocol import KeyWatch, Lease, Versioned
+from ._redis_watch import Subscriber
 
 __all__ = ["RedisStore"]
 
@@ -59,7 +63,9 @@ else:  # pragma: no cover - Python 3.10
 
 
 # KEYS[1] record; ARGV: expected version ('' = must be absent), new version, envelope,
-# ttl in ms ('' = none). Returns {1, new version} or {0, stored version or ''}.
+# ttl in ms ('' = none). Returns {1, new version} or {0, stored version or ''}. A write is
+# published on the record's channel (its key's name) for the watches (_redis_watch.py); pcall,
+# because a user without rights on channels (Redis 7 ACLs give none by default) must still write.
 _PUT = """
 local stored = redis.call('HGET', KEYS[1], 'v')
 if (ARGV[1] == '' and stored) or (ARGV[1] ~= '' and stored ~= ARGV[1]) then
@@ -71,6 +77,7 @@ if ARGV[4] == '' then
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
+redis.pcall('PUBLISH', KEYS[1], ARGV[2])
 return {1, ARGV[2]}
 """
 
@@ -80,6 +87,7 @@ local stored = redis.call('HGET', KEYS[1], 'v')
 if not stored then return {0, ''} end
 if ARGV[1] ~= '' and stored ~= ARGV[1] then return {-1, stored} end
 redis.call('DEL', KEYS[1])
+redis.pcall('PUBLISH', KEYS[1], '0')
 return {1, stored}
 """
 
@@ -200,6 +208,7 @@ class RedisStore:
         self._timeout = timeout
         self._sealer: Sealer | None = None
         self._setup_lock = anyio.Lock()
+        self._subscriber: Subscriber | None = None
         self._put_script = client.register_script(_PUT)
         self._delete_script = client.register_script(_DELETE)
         self._reseal_script = client.register_script(_RESEAL)
@@ -440,6 +449,26 @@ class RedisStore:
             except StoreError as exc:
                 logger.warning("could not release a Redis lock; it expires with its ttl: %s", exc)
 
+    # -- watches -------------------------------------------------------------------------------
+
+    def watch(self, keys: Collection[str]) -> AbstractAsyncContextManager[KeyWatch]:
+        """Report every put and delete of ``keys``, by any client of this Redis, while the block
+        runs (see :class:`~deviceflow.stores.WatchableStore`).
+
+        Writes are published on Redis pub/sub; every watch of one store shares one connection
+        (taken from the client's pool while anyone watches), which is opened again if it fails.
+        """
+        return self._watch(keys)
+
+    @asynccontextmanager
+    async def _watch(self, keys: Collection[str]) -> AsyncIterator[KeyWatch]:
+        sealer = self._sealer or await self._ready()
+        channels = {key: self._record_key(sealer.record_id(key)) for key in keys}
+        if self._subscriber is None:
+            self._subscriber = Subscriber(self._client, f"{self._prefix}watch", self._timeout)
+        async with self._subscriber.watch(channels) as watch:
+            yield watch
+
     # -- maintenance ---------------------------------------------------------------------------
 
     async def rotate(self) -> int:
@@ -484,6 +513,9 @@ class RedisStore:
         return rotated
 
     async def aclose(self) -> None:
-        """Close the client if the store made it from a URL."""
+        """Stop the watches' subscription; close the client if the store made it from a URL."""
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
+            self._subscriber = None
         if self._owned:
             await self._client.aclose()
