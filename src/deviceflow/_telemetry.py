@@ -37,6 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sized
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -230,13 +231,24 @@ class ClientTelemetry:
         if instruments is None:
             yield outcome
             return
+        from opentelemetry.trace import use_span
+
         started = time.perf_counter()
-        with instruments.tracer.start_as_current_span(
+        span = instruments.tracer.start_span(
             "deviceflow.refresh",
             attributes=self.attributes,
             record_exception=False,  # its message may name the account
             set_status_on_exception=False,
-        ) as span:
+        )
+        # With no SDK configured the API hands out the invalid span: making it current would
+        # cost more than the rest of this function, on every refresh, and change nothing.
+        traced = span.get_span_context().is_valid
+        current: AbstractContextManager[object] = (
+            use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False)
+            if traced
+            else contextlib.nullcontext()
+        )
+        with current:
             try:
                 yield outcome
             except ConflictError as exc:  # signed out while refreshing
@@ -252,7 +264,8 @@ class ClientTelemetry:
                 outcome.value = "cancelled"
                 raise
             finally:
-                _ended(span, outcome.value)
+                if traced:
+                    _ended(span, outcome.value)
                 attributes = {**self.attributes, "outcome": outcome.value}
                 instruments.refreshes.add(1, attributes)
                 instruments.refresh_duration.record(time.perf_counter() - started, attributes)
