@@ -77,9 +77,9 @@ _Handler = Callable[[argparse.Namespace, "Console"], Coroutine[Any, Any, int]]
 
 
 async def _run_login(args: argparse.Namespace, console: Console) -> int:
-    from ._cli import _commands
+    from ._cli import _login
 
-    return await _commands.login(load_settings("login", args), console)
+    return await _login.login(load_settings("login", args), console)
 
 
 async def _run_token(args: argparse.Namespace, console: Console) -> int:

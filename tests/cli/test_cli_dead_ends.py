@@ -16,7 +16,7 @@ from pathlib import Path
 import pexpect
 from cli_harness import COMMAND, Cli, ServerThread, login_approved
 
-from deviceflow._cli._commands import _denied, _issuer_mismatch
+from deviceflow._cli._login import _denied, _issuer_mismatch
 from deviceflow._cli._settings import load_settings
 from deviceflow._cli._store import store_name
 from deviceflow.exceptions import AccessDeniedError, DiscoveryError

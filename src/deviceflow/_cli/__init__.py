@@ -6,7 +6,8 @@
 - ``_store``: the default encrypted store, its key file, and the index of signed-in accounts.
 - ``_terminal``: what a person sees: the big user code, the QR code, the countdown, questions.
 - ``_http``: the transport the commands give the client: ``--debug`` lines and retry notes.
-- ``_commands``: login, token, status, logout, keygen, reset.
+- ``_commands``: token, status, logout, keygen, reset, and which server, client and account a
+  command means; ``_login``: login.
 - ``_kube``, ``_credential``: the plugins for kubectl (``token --format exec-credential``) and
   git (``credential``); ``_plugin``: how a plugin gets its token.
 - ``_fast``: ``token`` for a fresh stored token, without the client or the event loop.

@@ -8,8 +8,8 @@ from deviceflow._client import DeviceFlowClient
 from deviceflow._provider import Provider
 from deviceflow._version import __version__
 
-from ._commands import show_flow
 from ._errors import EXIT_OK
+from ._login import show_flow
 from ._terminal import Console, LoginView, can_open_browser, describe_token
 
 __all__ = ["demo"]
