@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterator, Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import attrs
 
@@ -22,19 +22,7 @@ Endpoint = Literal[
     "jwks",
     "unknown",
 ]
-ENDPOINTS: frozenset[str] = frozenset(
-    {
-        "discovery",
-        "registration",
-        "device",
-        "token",
-        "revoke",
-        "resource",
-        "verification",
-        "jwks",
-        "unknown",
-    }
-)
+ENDPOINTS: frozenset[str] = frozenset(get_args(Endpoint))
 
 
 def _check_endpoint(instance: object, attribute: object, value: str) -> None:
