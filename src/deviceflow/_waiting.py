@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 from ._claim import Claim, FlowClaim
 from ._clock import Clock
 from ._models import Token
+from .exceptions import StoreError
 from .stores._protocol import KeyWatch, TokenStore, WatchableStore
 
 __all__ = ["CLAIM_POLL", "SAFETY_POLL", "wait_for_flow", "watching"]
@@ -43,6 +45,11 @@ CLAIM_POLL = 2.0
 SAFETY_POLL = 600.0
 #: Read a claim this long after the moment it lapses (timers may fire a little early).
 _LAPSE_MARGIN = 0.05
+#: Store reads that may fail in a row while waiting (a Redis restart: stale pooled
+#: connections) before the failure is the caller's.
+_READ_FAILURES = 3
+
+log = logging.getLogger(__name__)
 
 
 class _Polling:
@@ -83,25 +90,41 @@ async def wait_for_flow(
     async with watching(claim.store, everything) as watch:
         changed = everything  # read both once the watch is on: a write before it is seen so
         until = other.until
+        failures = 0
         while True:
-            if claim.key in changed:
-                # The claim first: it is ended after the token is stored.
-                current = await claim.read()
-                now = clock.wall().timestamp()
-                ours = current is not None and current.flow == other.flow and now < current.until
-                if ours and current is not None and current.error is None:
-                    until = current.until
-                else:
+            try:
+                if claim.key in changed:
+                    # The claim first: it is ended after the token is stored.
+                    current = await claim.read()
+                    now = clock.wall().timestamp()
+                    ours = (
+                        current is not None and current.flow == other.flow and now < current.until
+                    )
+                    if ours and current is not None and current.error is None:
+                        until = current.until
+                    else:
+                        token = await read_token()
+                        if token is not None:
+                            return token
+                        if ours and current is not None:
+                            raise current.failure()
+                        return None  # lapsed, or gone without a token: this process claims the flow
+                if token_key in changed:
                     token = await read_token()
                     if token is not None:
                         return token
-                    if ours and current is not None:
-                        raise current.failure()
-                    return None  # lapsed, or gone without a token: this process claims the flow
-            if token_key in changed:
-                token = await read_token()
-                if token is not None:
-                    return token
+            except StoreError as exc:
+                failures += 1
+                if failures >= _READ_FAILURES:
+                    raise
+                log.info(
+                    "waiting on another process's flow: a store read failed (%s); reading again",
+                    exc,
+                )
+                changed = everything
+                await asyncio.sleep(CLAIM_POLL)  # real time, as watch.changed() waits
+                continue
+            failures = 0
             if watch.live:
                 remaining = until - clock.wall().timestamp()
                 timeout = min(safety, max(0.0, remaining) + _LAPSE_MARGIN)
