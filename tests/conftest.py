@@ -13,6 +13,11 @@ Hypothesis runs with the "deviceflow" profile: no per-example deadline and no to
 check, since examples here do real I/O (sockets, files, processes, scrypt) and tests never assert
 a wall-clock time (STYLE.md 11); a loaded machine must not fail them. Set HYPOTHESIS_PROFILE to
 load another registered profile.
+
+No test may hang the run: each has a ceiling of TEST_CEILING real seconds (times
+``DEVICEFLOW_TIME_FACTOR``), after which pytest-timeout fails it with every thread's stack and the
+run goes on. The ceiling is a backstop for a lost wake-up or a child that never exits, far above
+any test's normal time; it is not a speed check. ``@pytest.mark.timeout(N)`` on a test overrides it.
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from _redis import redis_cluster, redis_server
+from helpers import time_factor
 
 __all__ = ["redis_cluster", "redis_server"]
 
 settings.register_profile("deviceflow", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deviceflow"))
+
+#: Real seconds a single test may run before it is failed as hung (times the time factor).
+TEST_CEILING = 300.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,3 +46,11 @@ def pytest_configure(config: pytest.Config) -> None:
     ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     if ignored and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test without its own ``timeout`` mark the scaled ceiling (see the module doc)."""
+    ceiling = pytest.mark.timeout(TEST_CEILING * time_factor())
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(ceiling)
