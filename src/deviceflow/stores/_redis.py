@@ -24,7 +24,7 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, Union
 
@@ -41,6 +41,7 @@ from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutErr
 from ._leases import check_lock_args, check_ttl
 from ._protocol import KeyWatch, Lease, Versioned
 from ._redis_watch import Subscriber
+from ._turns import Turns, TurnTimeout
 
 __all__ = ["RedisStore"]
 
@@ -137,6 +138,16 @@ def _policies(reply: object) -> set[str]:
     return found
 
 
+def _turns_for(client: RedisClient, timeout: float) -> Turns | None:
+    """Turns at ``client``'s pool, one fewer than its connections: the watches' subscription
+    holds one. None for a cluster, whose pools are per node."""
+    pool = getattr(client, "connection_pool", None)
+    size = getattr(pool, "max_connections", None)
+    if isinstance(client, RedisCluster) or not isinstance(size, int):
+        return None
+    return Turns(max(1, size - 1), patience=timeout)
+
+
 class RedisStore:
     """A :class:`~deviceflow.stores.TokenStore` in Redis, shared by processes and machines.
 
@@ -150,7 +161,10 @@ class RedisStore:
     ``key`` is as for :class:`~deviceflow.stores.EncryptedFileStore`; values are sealed in the
     same envelope. ``prefix`` starts every Redis key. ``timeout`` bounds every operation (and the
     sockets of a client made from a URL): a Redis that is down or stuck gives a StoreError after
-    at most that long, never a hang.
+    at most that long, never a hang. It measures Redis, not the queue: calls beyond the pool's
+    connections wait their turn (first come, first served) for as long as Redis keeps answering
+    others, and fail only once it has answered nothing for ``timeout`` (a cluster's per-node
+    pools are left to redis-py). Bound a caller's whole wait with its own timeout.
 
     Redis must not evict keys: on first use the store logs a warning if ``maxmemory-policy`` is
     not ``noeviction`` (where CONFIG is forbidden, as on many managed services, it cannot check).
@@ -189,8 +203,8 @@ class RedisStore:
                 if cluster:
                     client = RedisCluster.from_url(client, **sockets)
                 else:
-                    # A blocking pool makes a burst of callers queue for a connection (up to
-                    # `timeout`) instead of failing once 100 are in use.
+                    # A blocking pool: the store's turns (_turns.py) keep one connection free
+                    # for the watches' subscription, and the pool lends it when needed.
                     pool = BlockingConnectionPool.from_url(client, timeout=timeout, **sockets)
                     client = Redis.from_pool(pool)
             except (ValueError, TypeError, RedisClusterException):
@@ -206,6 +220,7 @@ class RedisStore:
         self._prefix = prefix
         self._namespace = namespace
         self._timeout = timeout
+        self._turns = _turns_for(client, timeout)
         self._sealer: Sealer | None = None
         self._setup_lock = anyio.Lock()
         self._subscriber: Subscriber | None = None
@@ -220,25 +235,58 @@ class RedisStore:
         return f"RedisStore(<{kind}>, prefix={self._prefix!r}, namespace={self._namespace!r})"
 
     async def _call(self, what: str, command: Awaitable[_T]) -> _T:
-        """Await one redis-py command within the timeout; its errors become StoreError."""
+        """Await one redis-py command within the timeout, once it has a connection's turn
+        (see _turns.py); its errors become StoreError."""
+        turns = self._turns
+        if turns is not None:
+            try:
+                await turns.take()
+            except BaseException as exc:
+                if isinstance(command, Coroutine):
+                    command.close()  # never started
+                if isinstance(exc, TurnTimeout):
+                    raise self._no_answer(what) from None
+                raise
         try:
             async with _deadline(self._timeout):
-                return await command
+                reply = await command
         except TimeoutError:
             raise self._no_answer(what) from None
+        except ResponseError as exc:  # an answer, if not the one hoped for
+            if turns is not None:
+                turns.answered()
+            raise self._failed(what, exc) from exc
         except (RedisError, RedisClusterException) as exc:
             raise self._failed(what, exc) from exc
+        finally:
+            if turns is not None:
+                turns.give()
+        if turns is not None:
+            turns.answered()
+        return reply
 
     @asynccontextmanager
     async def _edge(self, what: str) -> AsyncIterator[None]:
-        """:meth:`_call` for a block of several commands (set-up and maintenance)."""
+        """:meth:`_call` for a block of several commands (set-up and maintenance), which holds
+        one turn throughout."""
+        turns = self._turns
+        if turns is not None:
+            try:
+                await turns.take()
+            except TurnTimeout:
+                raise self._no_answer(what) from None
         try:
             async with _deadline(self._timeout):
                 yield
+            if turns is not None:
+                turns.answered()
         except TimeoutError:
             raise self._no_answer(what) from None
         except (RedisError, RedisClusterException) as exc:
             raise self._failed(what, exc) from exc
+        finally:
+            if turns is not None:
+                turns.give()
 
     def _no_answer(self, what: str) -> StoreError:
         return StoreError(f"Redis did not answer ({what}) within {self._timeout} s: is it up?")

@@ -1,0 +1,158 @@
+"""A store's timeout measures the server, not the queue (stores/_turns.py).
+
+A burst of calls beyond the Redis pool's connections waits its turn for as long as Redis keeps
+answering, and fails only once Redis has answered nothing for the store's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import anyio
+import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from _redis import RedisProcess
+from deviceflow.exceptions import StoreError
+from deviceflow.stores import RedisStore, generate_key
+from deviceflow.stores._turns import Turns, TurnTimeout
+from helpers import time_factor
+
+RedisFactory = Callable[..., RedisProcess]
+
+
+async def test_turns_are_handed_out_first_come_first_served() -> None:
+    turns = Turns(1, patience=60)
+    await turns.take()
+    order: list[int] = []
+
+    async def queued(n: int) -> None:
+        await turns.take()
+        order.append(n)
+        turns.give()
+
+    async with anyio.create_task_group() as group:
+        for n in range(5):
+            group.start_soon(queued, n)
+            await asyncio.sleep(0)  # each one queues before the next starts
+        turns.give()
+    assert [0, 1, 2, 3, 4] == order
+
+
+async def test_a_queued_call_waits_while_the_server_answers_others() -> None:
+    """Queued longer than ``patience`` in all, but the server answered within every ``patience``."""
+    patience = 0.2 * time_factor()
+    turns = Turns(1, patience=patience)
+    await turns.take()
+    waiting = asyncio.ensure_future(turns.take())
+    started = time.monotonic()
+    while time.monotonic() - started < 3 * patience:
+        await asyncio.sleep(patience / 4)
+        turns.answered()  # the holder's commands keep getting replies
+    assert not waiting.done()
+    turns.give()
+    await waiting  # its turn, not a TurnTimeout
+
+
+async def test_a_queued_call_gives_up_when_the_server_answers_nothing() -> None:
+    turns = Turns(1, patience=0.1 * time_factor())
+    await turns.take()
+    with anyio.fail_after(10 * time_factor()), pytest.raises(TurnTimeout, match="answered nothing"):
+        await turns.take()
+    turns.give()
+    await turns.take()  # the turn is still there: the timed-out caller took none
+
+
+async def test_a_cancelled_caller_loses_no_turn() -> None:
+    turns = Turns(1, patience=60)
+    await turns.take()
+    cancelled = asyncio.ensure_future(turns.take())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    turns.give()
+    with anyio.fail_after(5 * time_factor()):
+        await turns.take()  # not held by the cancelled caller
+
+
+async def test_a_turn_handed_to_a_caller_cancelled_in_the_same_step_is_passed_on() -> None:
+    turns = Turns(1, patience=60)
+    await turns.take()
+    first = asyncio.ensure_future(turns.take())
+    second = asyncio.ensure_future(turns.take())
+    await asyncio.sleep(0)
+    turns.give()  # hands the turn to `first`...
+    first.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with anyio.fail_after(5 * time_factor()):
+        await second
+
+
+def test_turns_need_a_slot() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Turns(0, patience=1)
+
+
+@pytest.mark.redis
+async def test_a_burst_beyond_the_pool_outlasts_the_timeout_and_fails_no_call(
+    redis_factory: RedisFactory,
+) -> None:
+    """Two connections (one turn, one kept for watches), a timeout far shorter than the queue:
+    every call succeeds. The burst doubles until the queue has lasted over twice the timeout."""
+    server = redis_factory()
+    timeout = 0.1 * time_factor()
+    pool = BlockingConnectionPool.from_url(server.url, max_connections=2, timeout=timeout)
+    client = Redis.from_pool(pool)
+    store = RedisStore(client, key=generate_key(), timeout=timeout)
+    try:
+        await store.put("k", b"v", expected_version=None)
+        burst, lasted = 250, 0.0
+        while lasted < 2 * timeout:
+            started = time.monotonic()
+            async with anyio.create_task_group() as group:
+                for _ in range(burst):
+                    group.start_soon(store.get, "k")
+            lasted = time.monotonic() - started
+            burst *= 2
+            assert burst < 1_000_000, "the queue never outlasted the timeout"
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_frozen_redis_fails_every_queued_call(redis_factory: RedisFactory) -> None:
+    """However long the queue, a Redis that answers nothing fails each call after about the
+    timeout: the queue does not turn a stuck server into a hang."""
+    server = redis_factory()
+    pool = BlockingConnectionPool.from_url(server.url, max_connections=3, timeout=0.5)
+    client = Redis.from_pool(pool)
+    store = RedisStore(client, key=generate_key(), timeout=0.5)
+    failures: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await store.get("k")
+        except StoreError as exc:
+            failures.append(exc)
+
+    try:
+        await store.put("k", b"v", expected_version=None)
+        server.pause()
+        try:
+            with anyio.fail_after(10 * time_factor()):
+                async with anyio.create_task_group() as group:
+                    for _ in range(200):
+                        group.start_soon(call)
+        finally:
+            server.resume()
+        assert 200 == len(failures)
+        assert all("did not answer" in str(exc) for exc in failures)
+        assert b"v" == (await store.get("k") or pytest.fail("lost")).value  # back once it answers
+    finally:
+        await store.aclose()
+        await client.aclose()
