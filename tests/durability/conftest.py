@@ -9,9 +9,9 @@ redis-server processes on free loopback ports, never the machine's Redis.
 from __future__ import annotations
 
 import pytest
-from durability_helpers import time_factor as read_time_factor
 
 from _redis import redis_factory
+from helpers import time_factor as read_time_factor
 
 __all__ = ["redis_factory", "time_factor"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -11,19 +10,7 @@ from datetime import timedelta
 from deviceflow import DeviceFlowClient, Token
 from deviceflow.testing import AuthorizationServer, VirtualClock
 
-__all__ = ["seed", "time_factor", "until"]
-
-
-def time_factor() -> float:
-    """``DEVICEFLOW_TIME_FACTOR`` (default 1.0): what every real-time wait is multiplied by."""
-    raw = os.environ.get("DEVICEFLOW_TIME_FACTOR", "1.0")
-    try:
-        factor = float(raw)
-    except ValueError:
-        raise ValueError(f"DEVICEFLOW_TIME_FACTOR must be a number, not {raw!r}") from None
-    if not factor > 0:
-        raise ValueError(f"DEVICEFLOW_TIME_FACTOR must be more than 0, not {raw!r}")
-    return factor
+__all__ = ["seed", "until"]
 
 
 async def seed(
