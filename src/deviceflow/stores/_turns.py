@@ -27,17 +27,23 @@ class TurnTimeout(Exception):
 
 
 class Turns:
-    """``slots`` turns, handed out first come, first served (see the module doc)."""
+    """``slots`` turns, handed out first come, first served (see the module doc).
 
-    __slots__ = ("_answered", "_free", "_patience", "_waiters")
+    Queued callers wait on a future each, with no timer of their own: one watchdog, armed while
+    anyone queues, fires when the longest-waiting caller would have waited ``patience`` with no
+    answer, and fails every caller for whom that is so. A queue of 100,000 costs one timer.
+    """
+
+    __slots__ = ("_answered", "_free", "_patience", "_waiters", "_watchdog")
 
     def __init__(self, slots: int, patience: float) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, not {slots}")
         self._free = slots
         self._patience = patience
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()  # (since, future)
         self._answered = time.monotonic()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def answered(self) -> None:
         """Note that the server just answered a command (a reply, even an error reply)."""
@@ -49,33 +55,50 @@ class Turns:
             self._free -= 1  # the common case: no queue, no future, no timer
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        since = time.monotonic()
+        self._waiters.append((time.monotonic(), waiter))
+        if self._watchdog is None:
+            self._arm()
         try:
-            while True:
-                left = max(since, self._answered) + self._patience - time.monotonic()
-                if left <= 0:
-                    raise TurnTimeout(
-                        f"the server answered nothing for {self._patience} s "
-                        "while this call waited for a connection"
-                    )
-                # asyncio.wait, not a timeout around the future: the future must survive a
-                # timed-out wait, so that the caller keeps its place in the queue.
-                await asyncio.wait((waiter,), timeout=left)
-                if waiter.done():
-                    return
+            await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # handed a turn in the same step as the cancellation: pass it on
-            else:
-                waiter.cancel()  # give() skips it; removing it here would cost O(queue)
+            # Cancelled: the future was cancelled with it, unless a turn (or a TurnTimeout) had
+            # already been handed over in the same step; a turn is passed on, not lost.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.give()
             raise
 
     def give(self) -> None:
         """Return a turn: to the longest-waiting caller, or to the free ones."""
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
         self._free += 1
+
+    def _arm(self) -> None:
+        since = self._waiters[0][0]
+        due = max(since, self._answered) + self._patience
+        delay = max(0.0, due - time.monotonic())
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        now = time.monotonic()
+        silent = now - self._answered >= self._patience
+        while self._waiters:
+            since, waiter = self._waiters[0]
+            if waiter.done():  # cancelled while queued
+                self._waiters.popleft()
+            elif silent and now - since >= self._patience:
+                self._waiters.popleft()
+                waiter.set_exception(
+                    TurnTimeout(
+                        f"the server answered nothing for {self._patience} s "
+                        "while this call waited for a connection"
+                    )
+                )
+            else:
+                break
+        if self._waiters:
+            self._arm()
