@@ -7,6 +7,7 @@ answering, and fails only once Redis has answered nothing for the store's timeou
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from _redis import RedisProcess
 from deviceflow.exceptions import StoreError
 from deviceflow.stores import RedisStore, generate_key
-from deviceflow.stores._turns import Turns, TurnTimeout
+from deviceflow.stores._turns import Turns, TurnTimeout, deadline
 from helpers import time_factor
 
 RedisFactory = Callable[..., RedisProcess]
@@ -156,3 +157,42 @@ async def test_a_frozen_redis_fails_every_queued_call(redis_factory: RedisFactor
     finally:
         await store.aclose()
         await client.aclose()
+
+
+async def test_a_deadline_cuts_a_block_that_overruns() -> None:
+    with pytest.raises(TimeoutError):
+        async with deadline(0.01):
+            await asyncio.sleep(60)
+
+
+async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    async def guarded() -> None:
+        async with deadline(60):
+            await asyncio.sleep(60)
+
+    task = asyncio.ensure_future(guarded())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_reply_that_came_while_the_loop_was_busy_beats_the_deadline() -> None:
+    """The loop is blocked past the deadline while the answer arrives: the answer wins, as it
+    came long before the deadline and only the loop was late to read it."""
+    left, right = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=left)
+    try:
+
+        async def command() -> bytes:
+            async with deadline(0.05):
+                return await reader.readline()
+
+        task = asyncio.ensure_future(command())
+        await asyncio.sleep(0)  # the command is waiting for its reply
+        right.sendall(b"+OK\r\n")  # answered at once...
+        time.sleep(0.2)  # ...but the loop is busy past the deadline
+        assert b"+OK\r\n" == await task
+    finally:
+        writer.close()
+        right.close()

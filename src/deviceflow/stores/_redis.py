@@ -22,7 +22,6 @@ import logging
 import math
 import random
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Collection, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -41,7 +40,7 @@ from deviceflow.exceptions import ConflictError, DecryptionError, LockTimeoutErr
 from ._leases import check_lock_args, check_ttl
 from ._protocol import KeyWatch, Lease, Versioned
 from ._redis_watch import Subscriber
-from ._turns import Turns, TurnTimeout
+from ._turns import Turns, TurnTimeout, deadline
 
 __all__ = ["RedisStore"]
 
@@ -50,18 +49,6 @@ logger = logging.getLogger("deviceflow.stores")
 RedisClient = Union["Redis", "RedisCluster"]
 
 _T = TypeVar("_T")
-
-if sys.version_info >= (3, 11):
-    # One timer per call, and no task-state bookkeeping: a third of anyio.fail_after's cost,
-    # paid on every command.
-    from asyncio import timeout as _deadline
-else:  # pragma: no cover - Python 3.10
-
-    @asynccontextmanager
-    async def _deadline(delay: float) -> AsyncIterator[None]:
-        with anyio.fail_after(delay):
-            yield
-
 
 # KEYS[1] record; ARGV: expected version ('' = must be absent), new version, envelope,
 # ttl in ms ('' = none). Returns {1, new version} or {0, stored version or ''}. A write is
@@ -248,7 +235,7 @@ class RedisStore:
                     raise self._no_answer(what) from None
                 raise
         try:
-            async with _deadline(self._timeout):
+            async with deadline(self._timeout):
                 reply = await command
         except TimeoutError:
             raise self._no_answer(what) from None
@@ -276,7 +263,7 @@ class RedisStore:
             except TurnTimeout:
                 raise self._no_answer(what) from None
         try:
-            async with _deadline(self._timeout):
+            async with deadline(self._timeout):
                 yield
             if turns is not None:
                 turns.answered()

@@ -11,15 +11,26 @@ gets a reply counts); it gives up, with :class:`TurnTimeout`, once the server ha
 nothing for ``patience`` seconds while it waited. A Redis that is down or stuck still fails
 every caller within about ``patience``, however long the queue; a busy one fails none. The
 caller's own deadline (``get_token(timeout=...)``) still bounds the whole wait by cancelling it.
+
+:func:`deadline` bounds a command once it has its turn. It is ``asyncio.timeout`` with one turn
+of the event loop's grace: a loop kept busy past a command's deadline (100,000 callers starting
+at once keep it busy for seconds) would otherwise cancel the command in the same step as it
+reads Redis's reply, which came in a millisecond and has waited in the socket since.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 
-__all__ = ["TurnTimeout", "Turns"]
+import anyio
+
+__all__ = ["TurnTimeout", "Turns", "deadline"]
 
 
 class TurnTimeout(Exception):
@@ -102,3 +113,60 @@ class Turns:
                 break
         if self._waiters:
             self._arm()
+
+
+if sys.version_info >= (3, 11):
+
+    class _Deadline:
+        """``async with``: TimeoutError once ``delay`` has passed and one more turn of the loop has
+        run (see the module doc). Python 3.11 and newer (it needs ``Task.uncancel``)."""
+
+        __slots__ = ("_delay", "_expired", "_handle", "_task")
+
+        def __init__(self, delay: float) -> None:
+            self._delay = delay
+            self._expired = False
+
+        async def __aenter__(self) -> None:
+            task = asyncio.current_task()
+            if task is None:  # pragma: no cover - an async with always runs in a task
+                raise RuntimeError("deadline() must be used inside a task")
+            self._task = task
+            self._handle: asyncio.Handle = asyncio.get_running_loop().call_later(
+                self._delay, self._expire
+            )
+
+        def _expire(self) -> None:
+            # What came in while the loop was busy was read in this same step and has woken its
+            # task for the next one: cancel after that, not before.
+            self._handle = asyncio.get_running_loop().call_soon(self._cancel)
+
+        def _cancel(self) -> None:
+            self._expired = True
+            self._task.cancel()
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            traceback: TracebackType | None,
+        ) -> None:
+            self._handle.cancel()
+            # Ours, and not a cancellation from outside as well: a timeout.
+            if self._expired and exc_type is asyncio.CancelledError and self._task.uncancel() == 0:
+                raise TimeoutError from exc
+
+    def deadline(delay: float) -> AbstractAsyncContextManager[None]:
+        """Raise TimeoutError in the block once ``delay`` s have passed (see the module doc)."""
+        return _Deadline(delay)
+
+else:  # pragma: no cover - Python 3.10
+
+    def deadline(delay: float) -> AbstractAsyncContextManager[None]:
+        """Raise TimeoutError in the block once ``delay`` s have passed (no grace on 3.10)."""
+        return _fail_after(delay)
+
+    @asynccontextmanager
+    async def _fail_after(delay: float) -> AsyncIterator[None]:
+        with anyio.fail_after(delay):
+            yield
