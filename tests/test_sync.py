@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -82,18 +83,21 @@ def test_sixteen_threads_share_one_refresh(served: Served) -> None:
     all get its token."""
     with served.client() as client:
         client.save_token("default", served.token(expired=True))
-        start = threading.Barrier(16)
+        limit = 30 * time_factor()
+        start = threading.Barrier(16, timeout=limit)
         tokens: list[Token] = []
 
         def ask() -> None:
             start.wait()
             tokens.append(client.get_token())
 
-        threads = [threading.Thread(target=ask) for _ in range(16)]
+        threads = [threading.Thread(target=ask, daemon=True) for _ in range(16)]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + limit
         for thread in threads:
-            thread.join()
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        assert [] == [t.name for t in threads if t.is_alive()], f"still asking after {limit:g} s"
     assert 16 == len(tokens)
     assert 1 == len({token.access_token for token in tokens})
     assert 1 == served.server.stats.refreshes

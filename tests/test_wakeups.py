@@ -22,6 +22,7 @@ import deviceflow._waiting
 from _redis import RedisProcess, open_redis_store, redis_factory
 from deviceflow import AccessDeniedError, DeviceCode, DeviceFlowClient, Token
 from deviceflow._claim import FlowClaim
+from deviceflow.exceptions import StoreError
 from deviceflow.stores import KeyWatch, Lease, MemoryStore, TokenStore, Versioned, generate_key
 from deviceflow.testing import AuthorizationServer, VirtualClock
 from helpers import eventually, issued_token, make_client, time_factor
@@ -96,6 +97,20 @@ class _Deaf:
     async def changed(self, timeout: float) -> frozenset[str]:
         await asyncio.sleep(timeout)
         return frozenset()
+
+
+class Flaky(Watching):
+    """Watching, with reads that fail while ``failing`` is above zero (one per read), as reads
+    on a stale pooled connection fail after a Redis restart."""
+
+    failing = 0
+
+    async def get(self, key: str) -> Versioned | None:
+        if self.failing:
+            self.failing -= 1
+            self.calls["failed get"] += 1
+            raise StoreError("Redis failed (get): ConnectionError: Connection closed by server.")
+        return await super().get(key)
 
 
 class Replica:
@@ -236,6 +251,27 @@ async def test_a_claim_renewed_keeps_its_waiter_waiting(
         assert token == await asyncio.wait_for(waiting, 10 * time_factor())
         await client.aclose()
         await replica.client.aclose()
+
+
+async def test_a_failed_read_is_retried_without_waiting_for_a_poll(
+    authorization_server: AuthorizationServer, virtual_clock: VirtualClock
+) -> None:
+    """The read that a report causes fails (Redis restarted under it): the waiter reads again
+    soon, though it polls only hourly, and returns the token whose report that read used up."""
+    store = MemoryStore()
+    replica = Replica(authorization_server, store, virtual_clock)
+    await replica.claim("ops")
+    flaky = Flaky(store)
+    client = waiter(authorization_server, flaky, virtual_clock)
+    waiting = asyncio.ensure_future(client.get_token("ops"))
+    await eventually(lambda: flaky.calls["watch"])
+    await asyncio.sleep(0.1)  # its reads right after entering the watch
+    flaky.failing = 1
+    token = await replica.land("ops")
+    assert token == await asyncio.wait_for(waiting, 10 * time_factor())
+    assert 1 == flaky.calls["failed get"]
+    await client.aclose()
+    await replica.client.aclose()
 
 
 async def test_a_claim_gone_without_a_token_is_taken_over(

@@ -14,6 +14,10 @@ claim and the token record, and the question is when to read:
 - when reports are not coming (the store's subscription is down), or the store cannot report
   at all (EncryptedFileStore), the waiter reads both keys every CLAIM_POLL seconds.
 
+A read that fails (after a Redis restart, a pooled connection fails once) is tried again, on
+both keys, at the next report or after READ_RETRY seconds; three failures in a row are the
+caller's.
+
 A report is only a hint: the waiter always decides on what it reads.
 
 Waits are in real time, not on the client's clock: another process's flow runs on real time,
@@ -34,7 +38,7 @@ from ._models import Token
 from .exceptions import StoreError
 from .stores._protocol import KeyWatch, TokenStore, WatchableStore
 
-__all__ = ["CLAIM_POLL", "SAFETY_POLL", "wait_for_flow", "watching"]
+__all__ = ["CLAIM_POLL", "READ_RETRY", "SAFETY_POLL", "wait_for_flow", "watching"]
 
 #: How often a waiter reads the store when the store does not report changes.
 CLAIM_POLL = 2.0
@@ -48,6 +52,9 @@ _LAPSE_MARGIN = 0.05
 #: Store reads that may fail in a row while waiting (a Redis restart: stale pooled
 #: connections) before the failure is the caller's.
 _READ_FAILURES = 3
+#: The longest wait before reading again after a failed read (a report ends it sooner). Not
+#: CLAIM_POLL: a watching waiter does not poll, so a failed read must not wait for a poll.
+READ_RETRY = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +128,10 @@ async def wait_for_flow(
                     "waiting on another process's flow: a store read failed (%s); reading again",
                     exc,
                 )
+                # The reports that caused the failed read were used up by it: read everything
+                # again, after a report or READ_RETRY (real time, as watch.changed() waits).
+                await watch.changed(READ_RETRY)
                 changed = everything
-                await asyncio.sleep(CLAIM_POLL)  # real time, as watch.changed() waits
                 continue
             failures = 0
             if watch.live:

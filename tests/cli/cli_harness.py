@@ -194,7 +194,8 @@ class Cli:
         for process in self.started:
             if process.poll() is None:
                 process.kill()
-            process.communicate()
+            # Bounded: a grandchild (a browser launcher) may hold the pipes after the kill.
+            process.communicate(timeout=10 * time_factor())
         self.started.clear()
 
     def environment(self, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:

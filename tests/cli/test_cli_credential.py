@@ -47,6 +47,7 @@ def git(cli: Cli, server: ServerThread) -> Cli:
     configured = subprocess.run(
         ["git", "config", "--global", "credential.helper", f"!{shlex.join(COMMAND)} credential"],
         env=cli.environment(),
+        timeout=30 * time_factor(),
         check=False,
         capture_output=True,
         text=True,
@@ -98,6 +99,7 @@ def test_get_answers_expiry_and_configured_username(git: Cli, server: ServerThre
         env=git.environment({"DEVICEFLOW_USERNAME": "alice"}),
         capture_output=True,
         text=True,
+        timeout=30 * time_factor(),
         check=False,
     )
     assert 0 == result.returncode, result.stderr
@@ -117,6 +119,7 @@ def test_unmatched_host_gets_nothing_so_git_asks_elsewhere(git: Cli, server: Ser
         env=git.environment(),
         capture_output=True,
         text=True,
+        timeout=30 * time_factor(),
         check=False,
     )
     assert (0, "", "") == (direct.returncode, direct.stdout, direct.stderr)
@@ -137,6 +140,7 @@ def test_reject_erases_the_token_and_the_next_get_signs_in(git: Cli, server: Ser
         env=git.environment(),
         capture_output=True,
         text=True,
+        timeout=30 * time_factor(),
         check=False,
     )
     assert 0 == rejected.returncode, rejected.stderr
@@ -179,6 +183,7 @@ def test_erase_of_another_password_keeps_the_token(git: Cli, server: ServerThrea
             env=git.environment(),
             capture_output=True,
             text=True,
+            timeout=30 * time_factor(),
             check=False,
         )
         assert (0, "") == (result.returncode, result.stdout)

@@ -136,7 +136,13 @@ def test_zsh_and_fish_completion_scripts(cli: Cli) -> None:
         assert f" -l {option[2:]} " in fish.stdout
     for shell, result in (("zsh", zsh), ("fish", fish)):
         if shutil.which(shell):  # not on every test machine: checked where present
-            subprocess.run([shell, "-n"], input=result.stdout, text=True, check=True)
+            subprocess.run(
+                [shell, "-n"],
+                input=result.stdout,
+                text=True,
+                check=True,
+                timeout=30 * time_factor(),
+            )
 
 
 def _secrets(cli: Cli, server: ServerThread) -> list[str]:

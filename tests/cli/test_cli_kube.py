@@ -223,8 +223,20 @@ class ApiServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        limit = 10 * time_factor()
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def finish_request(self, request: Any, client_address: Any) -> None:
+                # The TLS handshake in the connection's thread, with a deadline: done on the
+                # listening socket, it ran in serve_forever's thread, where a client that never
+                # finished it stopped every later request, and shutdown() waited for ever.
+                request.settimeout(limit)
+                with context.wrap_socket(request, server_side=True) as tls:
+                    super().finish_request(tls, client_address)
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -233,6 +245,7 @@ class ApiServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10 * time_factor())
+        assert not self._thread.is_alive(), "the API server's thread did not stop"
 
 
 @pytest.fixture

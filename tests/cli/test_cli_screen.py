@@ -20,7 +20,7 @@ import pytest
 from cli_harness import COMMAND, Cli, ServerThread
 from test_cli_terminal import encodes, qr_modules, qr_quiet_zone
 
-from helpers import wait_until
+from helpers import time_factor, wait_until
 
 
 class Screen:
@@ -51,7 +51,11 @@ class Screen:
             )
             return
         size = ["-x", str(self.columns), "-y", str(self.lines)]
-        subprocess.run([*self._tmux, "new-session", "-d", *size, command], check=True)
+        subprocess.run(
+            [*self._tmux, "new-session", "-d", *size, command],
+            check=True,
+            timeout=30 * time_factor(),
+        )
 
     def visible(self) -> str:
         """The text on the screen now, one line per terminal row."""
@@ -62,14 +66,23 @@ class Screen:
                 except (pexpect.TIMEOUT, pexpect.EOF):
                     return self._emulator.text()
         return subprocess.run(
-            [*self._tmux, "capture-pane", "-p"], capture_output=True, text=True, check=True
+            [*self._tmux, "capture-pane", "-p"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30 * time_factor(),
         ).stdout
 
     def close(self) -> None:
         if self._child is not None:
             self._child.close(force=True)
         else:
-            subprocess.run([*self._tmux, "kill-server"], capture_output=True, check=False)
+            subprocess.run(
+                [*self._tmux, "kill-server"],
+                capture_output=True,
+                check=False,
+                timeout=30 * time_factor(),
+            )
 
 
 _CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")

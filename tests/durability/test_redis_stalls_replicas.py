@@ -116,8 +116,9 @@ async def run_replica(*args: str, timeout: float) -> dict[str, Any]:
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
+    except BaseException:  # timed out, or cancelled because another replica failed
+        if proc.returncode is None:
+            proc.kill()
         await proc.wait()
         raise
     assert 0 == proc.returncode, err.decode()
@@ -153,11 +154,16 @@ async def test_replicas_keep_one_grant_through_random_redis_stalls(
         args += ["--redis", redis.url, "--prefix", PREFIX, f"--key={key}"]
         args += ["--duration", str(duration), "--timeout", str(timeout)]
         args += ["--http-timeout", str(http_timeout), "--lock-ttl", str(lock_ttl)]
+        replicas = [
+            asyncio.ensure_future(run_replica(*args, timeout=duration + 60 * factor))
+            for _ in range(PROCESSES)
+        ]
         try:
-            reports = await asyncio.gather(
-                *(run_replica(*args, timeout=duration + 60 * factor) for _ in range(PROCESSES))
-            )
+            reports = await asyncio.gather(*replicas)
         finally:
+            for replica in replicas:  # one failed: its siblings are stopped, not left running
+                replica.cancel()
+            await asyncio.gather(*replicas, return_exceptions=True)
             staller.stop.set()
             await stalling
         finished_at = time.monotonic()

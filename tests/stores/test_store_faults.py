@@ -62,15 +62,23 @@ class Child:
 
     async def expect(self, line: str, timeout: float = 30) -> None:
         """Wait for the child to print ``line`` (fail with its stderr if it dies first) for
-        ``timeout`` real seconds, times the time factor."""
+        ``timeout`` real seconds, times the time factor; past that, kill it and fail."""
         assert self.process.stdout is not None
-        with anyio.fail_after(timeout * time_factor()):
+        limit = timeout * time_factor()
+        with anyio.move_on_after(limit):
             while True:
-                got = await anyio.to_thread.run_sync(self.process.stdout.readline)
+                # Abandoned on timeout: a readline in a thread cannot be cancelled, and a child
+                # that neither prints nor exits would hold the wait for ever. The kill below
+                # ends the read.
+                got = await anyio.to_thread.run_sync(
+                    self.process.stdout.readline, abandon_on_cancel=True
+                )
                 if got.decode().strip() == line:
                     return
                 if not got:
                     pytest.fail(f"child exited: {self.finish()[1]}")
+        self.kill()
+        pytest.fail(f"the child did not print {line!r} within {limit:g} s: {self.finish()[1]}")
 
     def send(self, line: str) -> None:
         """Write a line to the child's stdin."""
@@ -96,7 +104,7 @@ def children() -> Iterator[list[Child]]:
     for child in started:
         if child.process.poll() is None:
             child.kill()
-        child.process.communicate()
+        child.process.communicate(timeout=60 * time_factor())
 
 
 async def test_kill_9_during_file_writes_loses_nothing(

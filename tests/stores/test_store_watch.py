@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
@@ -72,8 +73,10 @@ async def test_puts_and_deletes_are_reported(pair: tuple[TokenStore, TokenStore]
         await writer.put("b", b"1", expected_version=None)
         await writer.put("a", b"2", expected_version=None)
         seen: set[str] = set()
-        while seen != {"a", "b"}:
-            seen |= await watch.changed(SOON * time_factor())
+        with anyio.move_on_after(SOON * time_factor()):
+            while seen != {"a", "b"}:
+                seen |= await watch.changed(SOON * time_factor())
+        assert {"a", "b"} == seen
     async with watcher.watch(["b"]) as watch:
         await writer.put("b", b"2", expected_version=1)
         assert {"b"} == await watch.changed(SOON * time_factor())
