@@ -185,7 +185,9 @@ class RedisStore:
             )
         self._owned = isinstance(client, str)
         if isinstance(client, str):
-            sockets = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            # The store's own deadline (with its grace, _turns.py) bounds each call; redis-py's
+            # read timeout, which has no grace for a busy loop, is only a backstop behind it.
+            sockets = {"socket_timeout": 2 * timeout, "socket_connect_timeout": timeout}
             try:
                 if cluster:
                     client = RedisCluster.from_url(client, **sockets)

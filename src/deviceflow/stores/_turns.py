@@ -54,7 +54,7 @@ class Turns:
         self._patience = patience
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()  # (since, future)
         self._answered = time.monotonic()
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.Handle | None = None
 
     def answered(self) -> None:
         """Note that the server just answered a command (a reply, even an error reply)."""
@@ -91,7 +91,12 @@ class Turns:
         since = self._waiters[0][0]
         due = max(since, self._answered) + self._patience
         delay = max(0.0, due - time.monotonic())
-        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check)
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._due)
+
+    def _due(self) -> None:
+        # One turn of grace, as deadline() gives: replies read in this step (after the loop was
+        # busy past the due time) wake their tasks, which note the answer, before the check.
+        self._watchdog = asyncio.get_running_loop().call_soon(self._check)
 
     def _check(self) -> None:
         self._watchdog = None
