@@ -64,6 +64,12 @@ class TokenLedger:
         #: Called when a token joins ``unsaved`` (the transaction retries the writes).
         self.on_unsaved: Callable[[], None] = lambda: None
 
+    @property
+    def writes_wait(self) -> bool:
+        """Whether a write can wait on the store. A MemoryStore's writes finish without ever
+        suspending, so they need no time bound."""
+        return type(self.store) is not MemoryStore
+
     def lock(self, key: str) -> AbstractAsyncContextManager[Lease]:
         """The store's lock of ``key``, with the client's ttl and wait."""
         return self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait)
