@@ -15,11 +15,10 @@ gate raises GateClosed, and the refresh transaction waits at the gate, outside t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import attrs
@@ -86,11 +85,11 @@ class Gate:
         while (wait := self.closed_for()) > 0:
             await self._clock.sleep(wait)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the gate's places for a refresh (waits while all are taken)."""
-        async with self._slots:
-            yield
+    def slot(self) -> asyncio.Semaphore:
+        """One of the gate's places for a refresh, held with ``async with`` (which waits while
+        all are taken). The semaphore itself: a storm parks thousands of refreshes here, and
+        a context object of their own for each would only add to what the GC walks."""
+        return self._slots
 
 
 @attrs.define(kw_only=True)

@@ -34,7 +34,7 @@ __all__ = ["NOTHING", "TokenLedger"]
 log = logging.getLogger("deviceflow")
 
 #: What a read of a missing record gives.
-NOTHING = Stored(value=None, content=None)
+NOTHING = Stored(version=None, content=None)
 
 
 class TokenLedger:
@@ -64,6 +64,12 @@ class TokenLedger:
         #: Called when a token joins ``unsaved`` (the transaction retries the writes).
         self.on_unsaved: Callable[[], None] = lambda: None
 
+    @property
+    def writes_wait(self) -> bool:
+        """Whether a write can wait on the store. A MemoryStore's writes finish without ever
+        suspending, so they need no time bound."""
+        return type(self.store) is not MemoryStore
+
     def lock(self, key: str) -> AbstractAsyncContextManager[Lease]:
         """The store's lock of ``key``, with the client's ttl and wait."""
         return self.store.lock(key, ttl=self.lock_ttl, wait=self.lock_wait)
@@ -72,7 +78,16 @@ class TokenLedger:
 
     async def read(self, account: str, key: str, seen: Stored | None = None) -> Stored:
         """What the store holds for ``account`` now (decoded once per distinct record)."""
-        return self._decode(account, await self.store.get(key), seen)
+        store = self.store
+        if type(store) is MemoryStore:
+            kept, version = store.kept(key)
+            # A record a client put there (write below): its record and stamp as they are,
+            # without rendering its bytes to decode them again.
+            if isinstance(kept, RenderedRecord) and kept.stamp is not None:
+                if seen is not None and seen.stamp == kept.stamp:
+                    return seen
+                return Stored(version=version, content=kept.record, stamp=kept.stamp)
+        return self._decode(account, await store.get(key), seen)
 
     def _decode(self, account: str, current: Versioned | None, seen: Stored | None) -> Stored:
         if current is None:
@@ -87,7 +102,7 @@ class TokenLedger:
             )
         else:
             content = self.codec.decode(current.value)
-        return Stored(value=current, content=content, stamp=mark)
+        return Stored(version=current.version, content=content, stamp=mark)
 
     def trusted(self, account: str, record: Record | None) -> Record | None:
         """``record``, unless it was obtained before ``account``'s grant was refused."""
@@ -159,8 +174,10 @@ class TokenLedger:
                     version = await store.put_rendered(
                         key, render, expected_version=expected, ttl=ttl
                     )
-                else:
-                    version = await store.put(key, value, expected_version=expected, ttl=ttl)
+                    written = Versioned(value, version)
+                    render.stamp = stamp(written)
+                    return written
+                version = await store.put(key, value, expected_version=expected, ttl=ttl)
                 return Versioned(value, version)
             except ConflictError:
                 if not overwrite:
@@ -217,7 +234,9 @@ class TokenLedger:
                 except StoreError as exc:
                     if isinstance(exc, DecryptionError) or not keep_on_failure:
                         raise
-                    stored = Stored(value=await self.store.get(key), content=None)
+                    current = await self.store.get(key)
+                    version = None if current is None else current.version
+                    stored = Stored(version=version, content=None)
                 record = Record(token=token, obtained=self.clock.wall(), seq=stored.seq + 1)
                 written = await self.write(key, account, record, stored.version, overwrite=True)
         except StoreError as exc:
@@ -266,7 +285,7 @@ class TokenLedger:
             try:
                 stored = self._decode(account, current, None)
             except StoreError:  # unreadable (not undecryptable): nothing to revoke from it
-                stored = Stored(value=current, content=None)
+                stored = Stored(version=None if current is None else current.version, content=None)
             if held is not None and held.newer_than(stored):
                 token: Token | None = held.record.token
             else:

@@ -128,15 +128,21 @@ def _dpop_field(token: Token) -> str:
 
 class RenderedRecord:
     """A record kept as what renders it: the codec, the account and the record
-    (MemoryStore.put_rendered). Renders the same bytes every time."""
+    (MemoryStore.put_rendered). Renders the same bytes every time.
 
-    __slots__ = ("_account", "_codec", "_record")
+    ``stamp`` is the :func:`stamp` of the stored record, set once the store has taken it: a
+    reader that finds this object in the store has the record and its stamp without rendering
+    and hashing its bytes again.
+    """
+
+    __slots__ = ("_account", "_codec", "record", "stamp")
 
     def __init__(self, codec: RecordCodec, account: str, record: Record) -> None:
-        self._codec, self._account, self._record = codec, account, record
+        self._codec, self._account, self.record = codec, account, record
+        self.stamp: int | None = None
 
     def __call__(self) -> bytes:
-        return self._codec.encode(self._account, self._record)
+        return self._codec.encode(self._account, self.record)
 
 
 class RecordCodec:
@@ -225,9 +231,10 @@ class RecordCodec:
 
 @attrs.frozen(kw_only=True)
 class Stored:
-    """What the store held for an account at one read."""
+    """What the store held for an account at one read: its content, the store's version of
+    it (None when there is nothing) and its :func:`stamp`."""
 
-    value: Versioned | None
+    version: int | None
     content: Record | Tombstone | None
     stamp: int | None = None
 
@@ -235,11 +242,6 @@ class Stored:
     def record(self) -> Record | None:
         """The token record, or None for a tombstone or nothing."""
         return self.content if isinstance(self.content, Record) else None
-
-    @property
-    def version(self) -> int | None:
-        """The store's version of the record, or None when there is none."""
-        return None if self.value is None else self.value.version
 
     @property
     def seq(self) -> int:

@@ -307,10 +307,11 @@ class RefreshTransaction:
             return None  # nothing left to keep
         return held if held.newer_than(stored) else None
 
-    @staticmethod
-    async def _bounded(write: Coroutine[Any, Any, Versioned], lease_end: float) -> Versioned:
+    async def _bounded(self, write: Coroutine[Any, Any, Versioned], lease_end: float) -> Versioned:
         """``write``, given up (as a StoreError) if it outlasts the lease: a store that hangs
         must not hold aclose() forever; what the write was for is then kept as unsaved."""
+        if not self.ledger.writes_wait:  # it cannot outlast the lease: no timer to set
+            return await write
         with anyio.move_on_after(max(0.0, lease_end - time.monotonic())):
             return await write
         raise StoreError("the store did not finish the write while the lock was held")

@@ -36,8 +36,9 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sized
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sized
 from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -223,52 +224,11 @@ class ClientTelemetry:
             _watched.discard(self)
         self.cache = None
 
-    @contextlib.contextmanager
-    def refreshing(self) -> Iterator[Outcome]:
-        """Span, count and time one refresh: the request with its retries, and the write."""
-        outcome = Outcome()
-        instruments = _instruments()
-        if instruments is None:
-            yield outcome
-            return
-        from opentelemetry.trace import use_span
-
-        started = time.perf_counter()
-        span = instruments.tracer.start_span(
-            "deviceflow.refresh",
-            attributes=self.attributes,
-            record_exception=False,  # its message may name the account
-            set_status_on_exception=False,
-        )
-        # With no SDK configured the API hands out the invalid span: making it current would
-        # cost more than the rest of this function, on every refresh, and change nothing.
-        traced = span.get_span_context().is_valid
-        current: AbstractContextManager[object] = (
-            use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False)
-            if traced
-            else contextlib.nullcontext()
-        )
-        with current:
-            try:
-                yield outcome
-            except ConflictError as exc:  # signed out while refreshing
-                _failed(span, exc)
-                outcome.value = "conflict"
-                raise
-            except Exception as exc:
-                _failed(span, exc)
-                if outcome.value == "ok":
-                    outcome.value = "error"
-                raise
-            except BaseException:
-                outcome.value = "cancelled"
-                raise
-            finally:
-                if traced:
-                    _ended(span, outcome.value)
-                attributes = {**self.attributes, "outcome": outcome.value}
-                instruments.refreshes.add(1, attributes)
-                instruments.refresh_duration.record(time.perf_counter() - started, attributes)
+    def refreshing(self) -> _Refreshing:
+        """Span, count and time one refresh: the request with its retries, and the write.
+        ``with telemetry.refreshing() as outcome:``; the block sets ``outcome.value`` where
+        it knows how the refresh ended."""
+        return _Refreshing(self.attributes, _instruments())
 
     def device_flow(
         self, events: AsyncGenerator[FlowEvent, None]
@@ -334,6 +294,69 @@ class ClientTelemetry:
         instruments = _instruments()
         if instruments is not None:
             instruments.gate_closures.add(1, self.attributes)
+
+
+class _Refreshing:
+    """The telemetry of one refresh (:meth:`ClientTelemetry.refreshing`). A class rather than
+    a generator: a storm runs one per refresh, and without an SDK it records nothing."""
+
+    __slots__ = ("_attributes", "_current", "_instruments", "_span", "_started", "outcome")
+
+    def __init__(self, attributes: Attributes, instruments: _Instruments | None) -> None:
+        self._attributes = attributes
+        self._instruments = instruments
+        self.outcome = Outcome()
+        self._current: AbstractContextManager[object] | None = None
+
+    def __enter__(self) -> Outcome:
+        instruments = self._instruments
+        if instruments is not None:
+            self._started = time.perf_counter()
+            span = self._span = instruments.tracer.start_span(
+                "deviceflow.refresh",
+                attributes=self._attributes,
+                record_exception=False,  # its message may name the account
+                set_status_on_exception=False,
+            )
+            # With no SDK configured the API hands out the invalid span: making it current
+            # would cost more than the rest of this class, on every refresh, and change nothing.
+            if span.get_span_context().is_valid:
+                from opentelemetry.trace import use_span
+
+                self._current = use_span(
+                    span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+                )
+                self._current.__enter__()
+        return self.outcome
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        instruments = self._instruments
+        if instruments is None:
+            return
+        outcome, span, current = self.outcome, self._span, self._current
+        try:
+            if isinstance(exc, ConflictError):  # signed out while refreshing
+                _failed(span, exc)
+                outcome.value = "conflict"
+            elif isinstance(exc, Exception):
+                _failed(span, exc)
+                if outcome.value == "ok":
+                    outcome.value = "error"
+            elif exc is not None:
+                outcome.value = "cancelled"
+            if current is not None:
+                _ended(span, outcome.value)
+            attributes = {**self._attributes, "outcome": outcome.value}
+            instruments.refreshes.add(1, attributes)
+            instruments.refresh_duration.record(time.perf_counter() - self._started, attributes)
+        finally:
+            if current is not None:
+                current.__exit__(exc_type, exc, tb)
 
 
 def _failed(span: Span, exc: BaseException) -> None:

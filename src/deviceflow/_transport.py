@@ -171,9 +171,10 @@ class AiohttpTransport:
             import aiohttp
 
             total, connect = self._timeouts
-            self._client_timeout = aiohttp.ClientTimeout(
-                total=total, sock_connect=connect, sock_read=total
-            )
+            # No sock_read: ``total`` already bounds the reading of the answer (aiohttp ends
+            # its timer when the body has been read), and a read timer would be set again on
+            # every chunk received.
+            self._client_timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect)
         return self._client_timeout
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -248,7 +249,6 @@ class AiohttpTransport:
         return aiohttp.ClientTimeout(
             total=seconds,
             sock_connect=min(connect, seconds) if connect is not None else seconds,
-            sock_read=seconds,
         )
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:

@@ -60,6 +60,12 @@ class MemoryStore:
         entry = self._current(key)
         return None if entry is None else Versioned(entry.data(), entry.version)
 
+    def kept(self, key: str) -> tuple[bytes | Callable[[], bytes] | None, int | None]:
+        """The value of ``key`` as it was put (bytes, or the function given to
+        :meth:`put_rendered`, not called) and its version; ``(None, None)`` when absent."""
+        entry = self._current(key)
+        return (None, None) if entry is None else (entry.value, entry.version)
+
     async def put(
         self,
         key: str,
