@@ -196,3 +196,48 @@ async def test_a_reply_that_came_while_the_loop_was_busy_beats_the_deadline() ->
     finally:
         writer.close()
         right.close()
+
+
+async def test_a_deadline_in_a_task_being_cancelled_still_times_out() -> None:
+    """A shielded clean-up (releasing a lock) in a task already being cancelled: its deadline
+    is a TimeoutError there (a StoreError in the store), not the task's cancellation."""
+    outcome: list[str] = []
+
+    async def holder() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    async with deadline(0.01):
+                        await asyncio.sleep(60)
+                except TimeoutError:
+                    outcome.append("timed out")
+
+    task = asyncio.ensure_future(holder())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ["timed out"] == outcome
+
+
+async def test_an_expired_deadline_leaves_no_cancellation_behind() -> None:
+    """A block that turns the deadline's cancellation into an error of its own (as a library
+    may) still has it taken back: the task is not left counted as being cancelled."""
+
+    async def command() -> None:
+        async with deadline(0.01):
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                raise ConnectionError("the library's own error") from None
+
+    with pytest.raises(ConnectionError):
+        await command()
+    task = asyncio.current_task()
+    assert task is not None
+    assert 0 == task.cancelling()
+    with pytest.raises(TimeoutError):  # and the next deadline is a timeout again
+        async with deadline(0.01):
+            await asyncio.sleep(60)

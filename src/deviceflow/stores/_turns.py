@@ -126,7 +126,7 @@ if sys.version_info >= (3, 11):
         """``async with``: TimeoutError once ``delay`` has passed and one more turn of the loop has
         run (see the module doc). Python 3.11 and newer (it needs ``Task.uncancel``)."""
 
-        __slots__ = ("_delay", "_expired", "_handle", "_task")
+        __slots__ = ("_cancelling", "_delay", "_expired", "_handle", "_task")
 
         def __init__(self, delay: float) -> None:
             self._delay = delay
@@ -137,6 +137,7 @@ if sys.version_info >= (3, 11):
             if task is None:  # pragma: no cover - an async with always runs in a task
                 raise RuntimeError("deadline() must be used inside a task")
             self._task = task
+            self._cancelling = task.cancelling()  # cancellations requested before this block
             self._handle: asyncio.Handle = asyncio.get_running_loop().call_later(
                 self._delay, self._expire
             )
@@ -157,8 +158,13 @@ if sys.version_info >= (3, 11):
             traceback: TracebackType | None,
         ) -> None:
             self._handle.cancel()
-            # Ours, and not a cancellation from outside as well: a timeout.
-            if self._expired and exc_type is asyncio.CancelledError and self._task.uncancel() == 0:
+            if not self._expired:
+                return
+            # As asyncio.timeout: take our cancellation back whatever the block did with it,
+            # and it is a timeout unless someone else asked to cancel since the block began
+            # (a task already being cancelled, as in a shielded clean-up, still times out).
+            ours = self._task.uncancel() <= self._cancelling
+            if ours and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
                 raise TimeoutError from exc
 
     def deadline(delay: float) -> AbstractAsyncContextManager[None]:
