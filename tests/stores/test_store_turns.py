@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -237,7 +238,8 @@ async def test_an_expired_deadline_leaves_no_cancellation_behind() -> None:
         await command()
     task = asyncio.current_task()
     assert task is not None
-    assert 0 == task.cancelling()
+    if sys.version_info >= (3, 11):  # Task.cancelling() is new in 3.11
+        assert 0 == task.cancelling()
     with pytest.raises(TimeoutError):  # and the next deadline is a timeout again
         async with deadline(0.01):
             await asyncio.sleep(60)
