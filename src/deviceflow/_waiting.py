@@ -15,8 +15,8 @@ claim and the token record, and the question is when to read:
   at all (EncryptedFileStore), the waiter reads both keys every CLAIM_POLL seconds.
 
 A read that fails (after a Redis restart, a pooled connection fails once) is tried again, on
-both keys, at the next report or after READ_RETRY seconds; three failures in a row are the
-caller's.
+both keys, at the next report (but not within _READ_GAP) or after READ_RETRY seconds; three
+failures in a row are the caller's.
 
 A report is only a hint: the waiter always decides on what it reads.
 
@@ -55,6 +55,8 @@ _READ_FAILURES = 3
 #: The longest wait before reading again after a failed read (a report ends it sooner). Not
 #: CLAIM_POLL: a watching waiter does not poll, so a failed read must not wait for a poll.
 READ_RETRY = 2.0
+#: The shortest wait before reading again after a failed read.
+_READ_GAP = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +131,12 @@ async def wait_for_flow(
                     exc,
                 )
                 # The reports that caused the failed read were used up by it: read everything
-                # again, after a report or READ_RETRY (real time, as watch.changed() waits).
+                # again, after a report or READ_RETRY (real time, as watch.changed() waits),
+                # but not sooner than _READ_GAP: a dropped subscription's nudge and the
+                # reports of its return must not spend every allowed failure at once.
+                retry_at = loop.time() + _READ_GAP
                 await watch.changed(READ_RETRY)
+                await asyncio.sleep(max(0.0, retry_at - loop.time()))
                 changed = everything
                 continue
             failures = 0
