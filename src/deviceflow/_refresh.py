@@ -24,9 +24,13 @@ Every rule below serves that, and each is written once, here.
    ``http_timeout + reserve`` seconds; otherwise the lock is given up and the transaction starts
    over (three times at most, then LockTimeoutError). Every attempt of the request ends
    ``reserve`` seconds before the lease does. With the defaults (lock_ttl 36 s, http_timeout
-   20 s) the reserve is 8 s on each side; RedisStore's calls end within its ``timeout`` (5 s),
-   which leaves 3 s for scheduling and clock drift. Waiting for a lock another process holds
-   does not count towards giving up. Every write made inside the lock ends with the lease.
+   20 s) the reserve is 8 s on each side; a RedisStore command ends within its ``timeout``
+   (5 s) once it has a connection, which leaves 3 s for scheduling and clock drift. A call
+   queued behind a burst for one of the pool's connections can wait longer (while Redis
+   answers others, see stores/_turns.py): the lease rule above then gives the lock up and
+   starts over, and ``_bounded`` cuts a write off at the lease's end. Waiting for a lock another
+   process holds does not count towards giving up. Every write made inside the lock ends with
+   the lease.
 
 3. **A write that fails is retried until it lands.** The refreshed token goes to memory before
    the write. If the write fails (disk full, Redis down), it is tried again at once, still

@@ -243,3 +243,25 @@ async def test_an_expired_deadline_leaves_no_cancellation_behind() -> None:
     with pytest.raises(TimeoutError):  # and the next deadline is a timeout again
         async with deadline(0.01):
             await asyncio.sleep(60)
+
+
+@pytest.mark.redis
+async def test_stores_sharing_a_client_share_its_pool_without_exceeding_it(
+    redis_factory: RedisFactory,
+) -> None:
+    """Three stores (three prefixes) on one client with a plain pool of 4 connections: a burst
+    on all three at once never asks the pool for a fifth ("Too many connections")."""
+    server = redis_factory()
+    client = Redis.from_url(server.url, max_connections=4)
+    key = generate_key()
+    stores = [
+        RedisStore(client, key=key, prefix=f"p{n}:", timeout=5 * time_factor()) for n in range(3)
+    ]
+    try:
+        async with anyio.create_task_group() as group:
+            for n in range(300):
+                group.start_soon(stores[n % 3].get, "k")
+    finally:
+        for store in stores:
+            await store.aclose()
+        await client.aclose()

@@ -23,6 +23,7 @@ import math
 import random
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Collection, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, Union
@@ -125,14 +126,24 @@ def _policies(reply: object) -> set[str]:
     return found
 
 
+#: The turns of each connection pool: stores sharing a client share its connections.
+_POOL_TURNS: weakref.WeakKeyDictionary[object, Turns] = weakref.WeakKeyDictionary()
+
+
 def _turns_for(client: RedisClient, timeout: float) -> Turns | None:
     """Turns at ``client``'s pool, one fewer than its connections: the watches' subscription
-    holds one. None for a cluster, whose pools are per node."""
+    holds one. None for a cluster, whose pools are per node. Stores on one pool share its
+    turns, with the shortest of their timeouts as the queue's patience."""
     pool = getattr(client, "connection_pool", None)
     size = getattr(pool, "max_connections", None)
-    if isinstance(client, RedisCluster) or not isinstance(size, int):
+    if pool is None or isinstance(client, RedisCluster) or not isinstance(size, int):
         return None
-    return Turns(max(1, size - 1), patience=timeout)
+    turns = _POOL_TURNS.get(pool)
+    if turns is None:
+        turns = _POOL_TURNS[pool] = Turns(max(1, size - 1), patience=timeout)
+    else:
+        turns.patience = min(turns.patience, timeout)
+    return turns
 
 
 class RedisStore:

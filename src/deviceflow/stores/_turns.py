@@ -45,13 +45,13 @@ class Turns:
     answer, and fails every caller for whom that is so. A queue of 100,000 costs one timer.
     """
 
-    __slots__ = ("_answered", "_free", "_patience", "_waiters", "_watchdog")
+    __slots__ = ("_answered", "_free", "_waiters", "_watchdog", "patience")
 
     def __init__(self, slots: int, patience: float) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, not {slots}")
         self._free = slots
-        self._patience = patience
+        self.patience = patience
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()  # (since, future)
         self._answered = time.monotonic()
         self._watchdog: asyncio.Handle | None = None
@@ -89,7 +89,7 @@ class Turns:
 
     def _arm(self) -> None:
         since = self._waiters[0][0]
-        due = max(since, self._answered) + self._patience
+        due = max(since, self._answered) + self.patience
         delay = max(0.0, due - time.monotonic())
         self._watchdog = asyncio.get_running_loop().call_later(delay, self._due)
 
@@ -101,16 +101,16 @@ class Turns:
     def _check(self) -> None:
         self._watchdog = None
         now = time.monotonic()
-        silent = now - self._answered >= self._patience
+        silent = now - self._answered >= self.patience
         while self._waiters:
             since, waiter = self._waiters[0]
             if waiter.done():  # cancelled while queued
                 self._waiters.popleft()
-            elif silent and now - since >= self._patience:
+            elif silent and now - since >= self.patience:
                 self._waiters.popleft()
                 waiter.set_exception(
                     TurnTimeout(
-                        f"the server answered nothing for {self._patience} s "
+                        f"the server answered nothing for {self.patience} s "
                         "while this call waited for a connection"
                     )
                 )
