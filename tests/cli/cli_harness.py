@@ -191,12 +191,17 @@ class Cli:
     def close(self) -> None:
         """Kill every process popen() started that is still running (a test that failed
         midway), and reap them all, so that none outlives its test."""
+        stuck = []
         for process in self.started:
             if process.poll() is None:
                 process.kill()
-            # Bounded: a grandchild (a browser launcher) may hold the pipes after the kill.
-            process.communicate(timeout=10 * time_factor())
+            try:
+                # Bounded: a grandchild (a browser launcher) may hold the pipes after the kill.
+                process.communicate(timeout=10 * time_factor())
+            except subprocess.TimeoutExpired:
+                stuck.append(process.args)  # the others are still reaped
         self.started.clear()
+        assert not stuck, f"pipes still held open after the kill: {stuck}"
 
     def environment(self, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
         """The private environment, with ``extra`` applied (None removes a variable)."""
