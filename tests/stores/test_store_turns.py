@@ -265,3 +265,22 @@ async def test_stores_sharing_a_client_share_its_pool_without_exceeding_it(
         for store in stores:
             await store.aclose()
         await client.aclose()
+
+
+def test_a_queue_on_a_new_event_loop_gets_a_watchdog_of_its_own() -> None:
+    """A loop that ended with callers queued leaves its watchdog behind; the next loop's
+    callers are still failed after ``patience`` when nothing answers."""
+    turns = Turns(1, patience=0.05 * time_factor())
+
+    async def first_loop() -> None:
+        await turns.take()  # the turn is never given back: everyone after it queues
+        queued = asyncio.ensure_future(turns.take())
+        await asyncio.sleep(0)  # queued, with the watchdog armed on this loop
+        queued.cancel()
+
+    async def second_loop() -> None:
+        with anyio.fail_after(10 * time_factor()), pytest.raises(TurnTimeout):
+            await turns.take()
+
+    asyncio.run(first_loop())
+    asyncio.run(second_loop())

@@ -45,7 +45,7 @@ class Turns:
     answer, and fails every caller for whom that is so. A queue of 100,000 costs one timer.
     """
 
-    __slots__ = ("_answered", "_free", "_waiters", "_watchdog", "patience")
+    __slots__ = ("_answered", "_armed_on", "_free", "_waiters", "_watchdog", "patience")
 
     def __init__(self, slots: int, patience: float) -> None:
         if slots < 1:
@@ -55,6 +55,7 @@ class Turns:
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()  # (since, future)
         self._answered = time.monotonic()
         self._watchdog: asyncio.Handle | None = None
+        self._armed_on: asyncio.AbstractEventLoop | None = None  # the watchdog's loop
 
     def answered(self) -> None:
         """Note that the server just answered a command (a reply, even an error reply)."""
@@ -65,9 +66,10 @@ class Turns:
         if self._free and not self._waiters:
             self._free -= 1  # the common case: no queue, no future, no timer
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append((time.monotonic(), waiter))
-        if self._watchdog is None:
+        if self._watchdog is None or self._armed_on is not loop:  # (a store used on a new loop)
             self._arm()
         try:
             await waiter
@@ -91,7 +93,8 @@ class Turns:
         since = self._waiters[0][0]
         due = max(since, self._answered) + self.patience
         delay = max(0.0, due - time.monotonic())
-        self._watchdog = asyncio.get_running_loop().call_later(delay, self._due)
+        self._armed_on = asyncio.get_running_loop()
+        self._watchdog = self._armed_on.call_later(delay, self._due)
 
     def _due(self) -> None:
         # One turn of grace, as deadline() gives: replies read in this step (after the loop was
