@@ -65,12 +65,15 @@ class TokenCache:
         obtained: datetime | None,
         stamp: int | None = None,
         seq: int = 0,
+        *,
+        wall: datetime | None = None,
     ) -> CacheEntry:
-        """A new entry for ``token`` (not yet cached)."""
+        """A new entry for ``token`` (not yet cached); ``wall`` is the time now, when the
+        caller has just read the clock."""
         refresh_at = usable_until = math.inf  # a token without expiry never needs refreshing
         if token.expires_at is not None:
             now = self._clock.monotonic()
-            remaining = (token.expires_at - self._clock.wall()).total_seconds()
+            remaining = (token.expires_at - (wall or self._clock.wall())).total_seconds()
             lifetime = (token.expires_at - obtained).total_seconds() if obtained else remaining
             ahead = min(self._skew, max(0.0, lifetime) / 2)
             refresh_at = now + remaining - ahead * (1.0 - 0.75 * spread(account))
@@ -91,9 +94,11 @@ class TokenCache:
         obtained: datetime | None,
         stamp: int | None = None,
         seq: int = 0,
+        *,
+        wall: datetime | None = None,
     ) -> CacheEntry:
         """Cache ``token`` as ``account``'s and return its entry."""
-        entry = self.entries[account] = self.entry(account, token, obtained, stamp, seq)
+        entry = self.entries[account] = self.entry(account, token, obtained, stamp, seq, wall=wall)
         return entry
 
     def get(self, account: str) -> CacheEntry | None:

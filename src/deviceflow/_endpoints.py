@@ -119,6 +119,12 @@ class Endpoints:
         self.telemetry = ClientTelemetry(self.provider, self.client_id)
         self.gate = Gate(self.clock, telemetry=self.telemetry)
 
+    @property
+    def settled(self) -> bool:
+        """Whether :meth:`settle` has nothing left to do for sure (endpoints known, and no
+        client registration to check)."""
+        return self.metadata is not None and self.provider.registration is None
+
     async def settle(self) -> None:
         """Discover the endpoints and register the client now, if still needed (before a store
         lock is taken, so that the lock only has to cover the refresh itself)."""
@@ -160,8 +166,10 @@ class Endpoints:
             response = await self.dpop.exchange(
                 request, dpop_key, lambda signed: self._transport_send(signed, timeout)
             )
+        elif timeout is None:
+            response = await self.transport.send(request)
         else:
-            response = await self._transport_send(request, timeout)
+            response = await self.transport.send(request, timeout=timeout)
         if response.status == 429 or response.status >= 500:
             self.telemetry.server_busy(request.kind.value, response.status)
         return response
@@ -214,7 +222,7 @@ class Endpoints:
         whatever type: the caller checks it with :func:`check_token_type`.
         """
         assert token.refresh_token is not None
-        metadata = await self.ensure_metadata()
+        metadata = self.metadata if self.metadata is not None else await self.ensure_metadata()
         request = Request(
             kind=RequestKind.TOKEN,
             method="POST",

@@ -23,6 +23,7 @@ from ._records import (
     RenderedRecord,
     Stored,
     Tombstone,
+    Written,
     stamp,
 )
 from .exceptions import ConflictError, DecryptionError, DeviceFlowError, StoreError
@@ -153,32 +154,39 @@ class TokenLedger:
     # --- writing ------------------------------------------------------------------------------
 
     async def write(
-        self, key: str, account: str, record: Record, expected: int | None, *, overwrite: bool
-    ) -> Versioned:
-        """Compare-and-set ``record``; returns what was written and its version.
+        self,
+        key: str,
+        account: str,
+        record: Record,
+        expected: int | None,
+        *,
+        overwrite: bool,
+        wall: datetime | None = None,
+    ) -> Written:
+        """Compare-and-set ``record``; returns the version written and its stamp.
 
         With ``overwrite`` (a token this process has just been issued), a conflict is
         overwritten: the new token is valid, and losing it would lose a rotated refresh token;
         unless the record is a tombstone now. Otherwise a conflict raises ConflictError, and the
-        caller reads again and decides.
+        caller reads again and decides. ``wall`` is the time now, when the caller has just
+        read the clock.
         """
         assert record.obtained is not None
-        value = self.codec.encode(account, record)
-        ttl = self.codec.ttl(record.token, self.clock.wall())
+        ttl = self.codec.ttl(record.token, wall or self.clock.wall())
         store = self.store
+        # A MemoryStore keeps the record as what renders it: it shares the token's strings
+        # with the cache (one copy in memory), and is rendered only if someone reads its bytes.
+        value = b"" if type(store) is MemoryStore else self.codec.encode(account, record)
         for attempt in range(4):
             try:
                 if type(store) is MemoryStore:
-                    # The record shares the token's strings with the cache: one copy in memory.
                     render = RenderedRecord(self.codec, account, record)
                     version = await store.put_rendered(
                         key, render, expected_version=expected, ttl=ttl
                     )
-                    written = Versioned(value, version)
-                    render.stamp = stamp(written)
-                    return written
+                    return Written(version, render.stamped())
                 version = await store.put(key, value, expected_version=expected, ttl=ttl)
-                return Versioned(value, version)
+                return Written(version, stamp(Versioned(value, version)))
             except ConflictError:
                 if not overwrite:
                     raise
@@ -197,13 +205,13 @@ class TokenLedger:
         except StoreError:  # damaged: a valid token may replace it
             return False
 
-    def saved(self, account: str, held: Held, written: Versioned) -> None:
+    def saved(self, account: str, held: Held, written: Written) -> None:
         """``held`` reached the store as ``written``."""
         if self.unsaved.get(account) is held:
             del self.unsaved[account]
         entry = self.cache.get(account)
         if entry is not None and entry.token is held.record.token:
-            entry.stamp = stamp(written)
+            entry.stamp = written.stamp
 
     def keep_unsaved(self, account: str, held: Held) -> None:
         """Serve ``held`` from memory and have its write retried until it lands."""
@@ -253,7 +261,7 @@ class TokenLedger:
             return
         self.unsaved.pop(account, None)
         self.refused.pop(account, None)
-        self.cache.remember(account, token, record.obtained, stamp(written), record.seq)
+        self.cache.remember(account, token, record.obtained, written.stamp, record.seq)
 
     async def logout(self, account: str, *, force: bool) -> bool:
         """Revoke ``account``'s grant where possible and leave a tombstone; True if revoked.

@@ -29,6 +29,7 @@ The client and the CLI both read and write records through this module only. It 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import re
@@ -107,6 +108,20 @@ def stamp(record: Versioned) -> int:
     return hash((record.version, bytes(record.value)))
 
 
+#: Stamps of the records a client puts in a MemoryStore (:class:`RenderedRecord`): one per
+#: write, never repeated in the process, so that no record need be rendered to be told apart.
+#: A clash with a stamp made from bytes would need a 64-bit hash to land on one of them.
+_rendered_stamps = itertools.count(2**62)
+
+
+@attrs.frozen
+class Written:
+    """A record's write: the version the store gave it and its :func:`stamp`."""
+
+    version: int
+    stamp: int
+
+
 def _when(value: Any) -> datetime | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         with contextlib.suppress(OverflowError, OSError, ValueError):  # out of datetime's range
@@ -140,6 +155,11 @@ class RenderedRecord:
     def __init__(self, codec: RecordCodec, account: str, record: Record) -> None:
         self._codec, self._account, self.record = codec, account, record
         self.stamp: int | None = None
+
+    def stamped(self) -> int:
+        """Give this record its stamp (once the store has taken it), and return it."""
+        self.stamp = next(_rendered_stamps)
+        return self.stamp
 
     def __call__(self) -> bytes:
         return self._codec.encode(self._account, self.record)

@@ -94,6 +94,7 @@ from ._records import (
     Record,
     Stored,
     Tombstone,
+    Written,
 )
 from .exceptions import (
     ConflictError,
@@ -102,7 +103,6 @@ from .exceptions import (
     ProtocolError,
     StoreError,
 )
-from .stores._protocol import Versioned
 
 __all__ = ["Forced", "NeedsGrant", "RefreshTransaction", "Stale"]
 
@@ -180,14 +180,15 @@ class RefreshTransaction:
             if token is not None:
                 return token
         refreshing = stale is not None or self._may_refresh(account, seen)
-        if refreshing:
+        endpoints = self.endpoints
+        if refreshing and not endpoints.settled:
             # Endpoints (discovery, client registration) are settled before the lock, so that
             # the lock's ttl only has to cover the refresh.
-            await self.endpoints.settle()
-        gate = self.endpoints.gate
+            await endpoints.settle()
+        gate = endpoints.gate
         short = closed = 0
         while True:
-            if refreshing:  # wait at the token endpoint's gate outside the lock
+            if refreshing and gate.closed_for() > 0:  # wait at the gate outside the lock
                 await gate.wait_open()
             async with gate.slot() if refreshing else contextlib.nullcontext():
                 started = time.monotonic()  # the lease ends no sooner than lock_ttl from here
@@ -311,7 +312,7 @@ class RefreshTransaction:
             return None  # nothing left to keep
         return held if held.newer_than(stored) else None
 
-    async def _bounded(self, write: Coroutine[Any, Any, Versioned], lease_end: float) -> Versioned:
+    async def _bounded(self, write: Coroutine[Any, Any, Written], lease_end: float) -> Written:
         """``write``, given up (as a StoreError) if it outlasts the lease: a store that hangs
         must not hold aclose() forever; what the write was for is then kept as unsaved."""
         if not self.ledger.writes_wait:  # it cannot outlast the lease: no timer to set
@@ -348,13 +349,14 @@ class RefreshTransaction:
                 return NeedsGrant(not_before=refused)
             # An id_token for someone else, or one expired on arrival, does not replace the
             # one held (_identity.py); the grant's new tokens are kept all the same.
-            new = self._received(base.token, new, account)
-            new, refusal = _checked_type(base.token, new, account, ledger.clock.wall())
-            held = Held(record=Record(token=new, obtained=ledger.clock.wall(), seq=base.seq + 1))
-            ledger.cache.remember(account, new, held.record.obtained, None, held.record.seq)
+            now = ledger.clock.wall()
+            new = self._received(base.token, new, account, now)
+            new, refusal = _checked_type(base.token, new, account, now)
+            held = Held(record=Record(token=new, obtained=now, seq=base.seq + 1))
+            ledger.cache.remember(account, new, now, None, held.record.seq, wall=now)
             ledger.unsaved[account] = held
             try:
-                written = await self._write_refreshed(key, account, held, version, lease_end)
+                written = await self._write_refreshed(key, account, held, version, lease_end, now)
             except ConflictError:  # signed out meanwhile: the logout wins
                 ledger.unsaved.pop(account, None)
                 ledger.cache.forget(account)
@@ -376,15 +378,24 @@ class RefreshTransaction:
             return new
 
     async def _write_refreshed(
-        self, key: str, account: str, held: Held, version: int | None, lease_end: float
-    ) -> Versioned:
-        """Write a refresh's answer, trying again under the lock while the lease lasts: until
-        it lands, any other process would read the older record."""
+        self,
+        key: str,
+        account: str,
+        held: Held,
+        version: int | None,
+        lease_end: float,
+        received: datetime,
+    ) -> Written:
+        """Write a refresh's answer (``received`` at that time), trying again under the lock
+        while the lease lasts: until it lands, any other process would read the older record."""
         retries = iter(_WRITE_RETRIES)
+        wall: datetime | None = received  # the first try follows at once; retries read the clock
         while True:
             try:
                 return await self._bounded(
-                    self.ledger.write(key, account, held.record, version, overwrite=True),
+                    self.ledger.write(
+                        key, account, held.record, version, overwrite=True, wall=wall
+                    ),
                     lease_end,
                 )
             except ConflictError:
@@ -394,10 +405,11 @@ class RefreshTransaction:
                 if delay is None or time.monotonic() + delay >= lease_end - self.reserve / 2:
                     raise
                 await anyio.sleep(delay)
+                wall = None
 
     # --- unsaved tokens -----------------------------------------------------------------------
 
-    def _received(self, previous: Token, new: Token, account: str) -> Token:
+    def _received(self, previous: Token, new: Token, account: str, now: datetime) -> Token:
         """``new`` with the id_token to keep (_identity.py). Whatever goes wrong in that check,
         the refresh answer is kept: the server may already have rotated the refresh token, and
         losing it loses the grant. The id_token held stays then."""
@@ -406,7 +418,7 @@ class RefreshTransaction:
                 previous,
                 new,
                 account=account,
-                now=self.ledger.clock.wall(),
+                now=now,
                 issuers=self.endpoints.provider.id_token_issuers,
             )
         except Exception as exc:
