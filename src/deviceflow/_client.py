@@ -17,6 +17,7 @@ get_token() in tiers:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -258,10 +259,16 @@ class DeviceFlowClient:
             if now < cached.usable_until:
                 self._flights.start(account, self._obtain, account, None)
                 return cached.token
-        if timeout is None:
-            return await self._flights.join(account, self._obtain, account, None)
-        with anyio.fail_after(timeout):
-            return await self._flights.join(account, self._obtain, account, None)
+        if timeout is not None:
+            with anyio.fail_after(timeout):
+                return await self._flights.join(account, self._obtain, account, None)
+        # join() without its coroutine: a storm parks thousands of callers here.
+        waiter = self._flights.waiter(account, self._obtain, account, None)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self._flights.abandon(account, waiter)
+            raise
 
     async def refresh(self, account: str = "default", *, stale: Token | None = None) -> Token:
         """Force a refresh of ``account``'s token and return the new one.

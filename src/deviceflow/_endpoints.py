@@ -86,9 +86,9 @@ class Gate:
             await self._clock.sleep(wait)
 
     def slot(self) -> asyncio.Semaphore:
-        """One of the gate's places for a refresh, held with ``async with`` (which waits while
-        all are taken). The semaphore itself: a storm parks thousands of refreshes here, and
-        a context object of their own for each would only add to what the GC walks."""
+        """The gate's places for refreshes: ``acquire()`` one (it waits while all are taken)
+        and ``release()`` it. The semaphore itself: a storm parks thousands of refreshes here,
+        and a context object of their own for each would only add to what the GC walks."""
         return self._slots
 
 

@@ -49,15 +49,29 @@ class Flights(Generic[T]):
 
     async def join(self, key: str, work: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """The outcome of ``key``'s running flight, or of a new one running ``work(*args)``."""
-        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        flight = self._flight(key, work, args, waiter)
+        waiter = self.waiter(key, work, *args)
         try:
             return await waiter
         except asyncio.CancelledError:
-            flight.waiters.discard(waiter)
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()  # settled just before the cancellation: retrieved, not logged
+            self.abandon(key, waiter)
             raise
+
+    def waiter(
+        self, key: str, work: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    ) -> asyncio.Future[T]:
+        """What :meth:`join` awaits, for a caller that awaits it itself (one coroutine fewer
+        for each of a storm's parked callers): on cancellation it must call :meth:`abandon`."""
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._flight(key, work, args, waiter)
+        return waiter
+
+    def abandon(self, key: str, waiter: asyncio.Future[T]) -> None:
+        """``waiter``'s caller was cancelled: its flight no longer answers it."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight.waiters.discard(waiter)
+        if waiter.done() and not waiter.cancelled():
+            waiter.exception()  # settled just before the cancellation: retrieved, not logged
 
     def start(self, key: str, work: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> None:
         """Start ``work(*args)`` as a background flight unless ``key`` has one running."""

@@ -72,7 +72,7 @@ def is_b64token(value: str) -> bool:
 
 
 #: The ``extra`` of a token that has none: one shared read-only mapping, not a dict per token.
-_NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
+NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -101,7 +101,7 @@ class Token:
     refresh_token: str | None = attrs.field(default=None, repr=False)
     scope: str | None = None
     id_token: str | None = attrs.field(default=None, repr=False)
-    extra: Mapping[str, Any] = attrs.field(factory=lambda: _NO_EXTRA, repr=False)
+    extra: Mapping[str, Any] = attrs.field(factory=lambda: NO_EXTRA, repr=False)
     dpop_key: DPoPKey | None = attrs.field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -166,7 +166,7 @@ class Token:
                 refresh_token=_opt_str(data, "refresh_token"),
                 scope=_opt_str(data, "scope"),
                 id_token=_opt_str(data, "id_token"),
-                extra=dict(extra) if (extra := data.get("extra")) else _NO_EXTRA,
+                extra=dict(extra) if (extra := data.get("extra")) else NO_EXTRA,
             )
         except DeviceFlowError:
             raise
