@@ -18,7 +18,7 @@ from deviceflow import DeviceCode, DeviceFlowClient, FlowState, ProtocolError, S
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import EncryptedFileStore, MemoryStore, TokenStore, generate_key
 from deviceflow.testing import AuthorizationServer, VirtualClock
-from helpers import DEVICE_GRANT, make_client, seed, stored_token
+from helpers import DEVICE_GRANT, issued_token, make_client, plant, seed, stored_token
 
 pytestmark = pytest.mark.authorization_server(dpop=True, auto_approve_after=0)
 
@@ -676,17 +676,82 @@ async def test_device_code_is_bound_to_the_key(
     assert token.dpop_key.jkt == device.form["dpop_jkt"]
 
 
+@pytest.mark.parametrize("dpop", [True, False])
+async def test_dpop_token_without_its_key_is_not_saved(
+    authorization_server: AuthorizationServer, dpop: bool
+) -> None:
+    """save_token refuses a DPoP token without its key (it could make no proof), whether the
+    client asks for DPoP or not: ProtocolError naming the account, nothing stored, and the
+    token not in the message."""
+    async with dpop_client(authorization_server) as signed_in:
+        token = attrs.evolve(await signed_in.get_token(), dpop_key=None)
+    async with make_client(authorization_server, dpop=dpop) as client:
+        with pytest.raises(ProtocolError, match=r"'imported'.*has no key") as caught:
+            await client.save_token("imported", token)
+        assert None is await client.store.get(client.store_key("imported"))
+    assert token.access_token not in str(caught.value)
+
+
 async def test_dpop_token_without_its_key_is_not_used(
     authorization_server: AuthorizationServer,
 ) -> None:
-    """A DPoP token saved without its key cannot make proofs: ProtocolError naming the
-    account, and the token is not in the message."""
+    """A DPoP record without its key, written by other means than save_token, cannot make
+    proofs: ProtocolError naming the account, and the token is not in the message."""
     async with dpop_client(authorization_server) as client:
         token = await client.get_token()
-        await client.save_token("imported", attrs.evolve(token, dpop_key=None))
+        await plant(client, "imported", attrs.evolve(token, dpop_key=None))
         with pytest.raises(ProtocolError, match=r"'imported'.*without its key") as caught:
             await client.request_headers("GET", authorization_server.resource_url, "imported")
     assert token.access_token not in str(caught.value)
+
+
+@pytest.mark.parametrize("token_type", ["Bearer", "bearer", "N_A"])
+async def test_dpop_client_refuses_to_save_a_token_of_another_type(
+    authorization_server: AuthorizationServer, token_type: str
+) -> None:
+    """A dpop=True client does not store a Bearer token (or any token but a DPoP one) given to
+    save_token: its requests would go without a proof, silently. ProtocolError naming the
+    account and the type, nothing stored, the account's DPoP token left as it was."""
+    token = attrs.evolve(issued_token(authorization_server, "svc"), token_type=token_type)
+    async with dpop_client(authorization_server) as client:
+        bound = await client.get_token("imported")
+        with pytest.raises(
+            ProtocolError, match=rf"'imported'.*dpop=True.*'{token_type}'"
+        ) as caught:
+            await client.save_token("imported", token)
+        assert bound == await client.get_token("imported")
+        stored = await stored_token(client, "imported")
+    assert stored is not None
+    assert ("DPoP", bound.access_token) == (stored.token_type, stored.access_token)
+    assert token.access_token not in str(caught.value)
+
+
+async def test_key_on_a_token_of_another_type_is_not_saved(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A DPoP key travels only with a DPoP token: a Bearer token carrying one is refused."""
+    from deviceflow._dpop import DPoPKey
+
+    token = issued_token(authorization_server, "svc")
+    async with make_client(authorization_server) as client:
+        with pytest.raises(ProtocolError, match=r"'mixed'.*'Bearer' token to save has a DPoP key"):
+            await client.save_token("mixed", attrs.evolve(token, dpop_key=DPoPKey.generate()))
+        assert None is await client.store.get(client.store_key("mixed"))
+
+
+async def test_dpop_token_with_its_key_is_saved_and_used(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A DPoP token with its key (from another client of the same grant) is stored, key
+    included, and its requests carry proofs the resource accepts."""
+    async with dpop_client(authorization_server) as signed_in:
+        token = await signed_in.get_token()
+    async with dpop_client(authorization_server, on_code=None) as client:
+        await client.save_token("moved", token)
+        headers = await client.request_headers("GET", authorization_server.resource_url, "moved")
+        stored = await client.get_token("moved")
+    assert token.dpop_key == stored.dpop_key
+    assert 200 == (await get_me(authorization_server, headers))[0]
 
 
 def test_nonces_are_kept_per_origin_and_bounded() -> None:

@@ -121,11 +121,22 @@ def test_hosts_must_be_a_collection() -> None:
         DeviceFlowAuth(flows, hosts="api.example.com")
 
 
+def test_follow_redirects_must_be_a_bool() -> None:
+    """follow_redirects="yes" is refused."""
+    flows = DeviceFlowClient(Provider(issuer="https://idp.example.com"), client_id="svc")
+    with pytest.raises(TypeError, match="follow_redirects must be True or False"):
+        DeviceFlowAuth(flows, follow_redirects="yes")  # type: ignore[arg-type]
+
+
 def test_repr_shows_no_secret() -> None:
-    """The repr names the account and hosts only."""
+    """The repr names the account, hosts and follow_redirects only."""
     flows = DeviceFlowClient(Provider(issuer="https://idp.example.com"), client_id="svc")
     auth = DeviceFlowAuth(flows, "tenant-42", hosts={"API.example.com"})
-    assert "DeviceFlowAuth(account='tenant-42', hosts=frozenset({'api.example.com'}))" == repr(auth)
+    expected = (
+        "DeviceFlowAuth(account='tenant-42', hosts=frozenset({'api.example.com'}), "
+        "follow_redirects=False)"
+    )
+    assert expected == repr(auth)
 
 
 # --- where the token goes: httpx's MockTransport plays the servers -----------------------------
@@ -434,3 +445,15 @@ async def test_stray_proof_goes_no_further(offline_dpop: DeviceFlowClient) -> No
         await http.send(moved.next_request)
     assert ["DPoP the-token", None] == [header for _, header in servers.seen]
     assert [True, False] == [proof is not None for proof in servers.proofs]
+
+
+async def test_followed_upgrade_to_https_leaves_the_token_behind(
+    offline: DeviceFlowClient,
+) -> None:
+    """httpx keeps Authorization on a redirect from http to https on the same host; when the
+    auth follows it, the hop is another origin than the one bound, and goes without it."""
+    servers = Servers()
+    auth = DeviceFlowAuth(offline, follow_redirects=True)
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(servers)) as http:
+        await http.get("http://127.0.0.1/to?url=https://127.0.0.1/landing")
+    assert [BEARER, None] == [header for _, header in servers.seen]

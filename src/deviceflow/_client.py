@@ -30,7 +30,7 @@ from ._cache import TokenCache
 from ._checks import check_client_args
 from ._clock import Clock, SystemClock
 from ._device import DeviceFlowDriver, OnCode, complete_despite_cancellation
-from ._dpop import DPoP
+from ._dpop import DPoP, check_saved_token
 from ._endpoints import Endpoints
 from ._flights import Flights
 from ._identity import Identities, Identity, VerifyIdentity
@@ -317,8 +317,8 @@ class DeviceFlowClient:
         self._remember_dpop_nonce(url, dpop_nonce)
         if token.dpop_key is None and token.token_type.lower() == "dpop":
             raise ProtocolError(
-                f"account {account!r}: its DPoP token came without its key (saved with "
-                "save_token?); it cannot be used; sign in again"
+                f"account {account!r}: its DPoP token came without its key (a record written "
+                "by another program?); it cannot be used; sign in again"
             )
         return self._dpop.resource_headers(token, method, url)
 
@@ -333,7 +333,13 @@ class DeviceFlowClient:
         fails, or that cannot be checked (the provider's keys are out of reach), is dropped with
         a warning naming the account: the rest of the token is stored all the same, and
         :meth:`identity` then says the account has no id_token.
+
+        A token the client could not use is refused with ProtocolError and nothing is stored:
+        a DPoP token without its key (``Token.dpop_key``), and with ``dpop=True`` a token of
+        any other type than DPoP, a Bearer token included (its requests would carry no proof,
+        and nothing would say so).
         """
+        check_saved_token(token, account, dpop=self._endpoints.dpop_grants)
         if token.id_token is not None and self.provider.issues_id_tokens:
             token = await self._identities.admitted_id_token(account, token)
         await self._ledger.save(account, token)

@@ -39,6 +39,7 @@ __all__ = [
     "DPoP",
     "DPoPKey",
     "asks_for_nonce",
+    "check_saved_token",
     "check_token_type",
     "choose_algorithm",
     "htu",
@@ -275,6 +276,31 @@ def check_token_type(
             "it is not used (pass dpop=True to DeviceFlowClient)"
         )
     return token if key is None else attrs.evolve(token, dpop_key=key)
+
+
+def check_saved_token(token: Token, account: str, *, dpop: bool) -> None:
+    """ProtocolError for a token ``save_token`` must not store: a DPoP token without the key it
+    is bound to (it cannot make a proof), a key on a token of another type, and in a
+    ``dpop=True`` client any token but a DPoP one (RFC 9449 5: a client asking for DPoP uses no
+    token the server did not bind, whoever hands it over)."""
+    is_dpop = token.token_type.lower() == "dpop"
+    kind = repr(token.token_type[:32])
+    if is_dpop and token.dpop_key is None:
+        raise ProtocolError(
+            f"account {account!r}: the DPoP token to save has no key (Token.dpop_key), so it "
+            "could make no proof; it is not stored; sign the account in with a device flow"
+        )
+    if not is_dpop and token.dpop_key is not None:
+        raise ProtocolError(
+            f"account {account!r}: the {kind} token to save has a DPoP key; only a DPoP token "
+            "is bound to one; it is not stored"
+        )
+    if dpop and not is_dpop:
+        raise ProtocolError(
+            f"account {account!r}: dpop=True, but the token to save is a {kind} token, not "
+            "bound to a key; it is not stored (sign the account in with a device flow for a "
+            "DPoP token)"
+        )
 
 
 def new_key(metadata_extra: Mapping[str, Any] | None) -> DPoPKey:

@@ -40,13 +40,18 @@ class BearerAuth:
 
     - by default, only to one origin (scheme, host and port): that of the first request it is
       added to. Requests to any other origin, redirects included (a CDN, a presigned URL, an
-      open redirect), go without it. aiohttp drops the header on a redirect to another origin,
-      but runs the middleware again for the next hop, which must not put it back;
+      open redirect), go without it, and without a DPoP proof. aiohttp drops the header on a
+      redirect to another origin, but runs the middleware again for the next hop, which must
+      not put it back;
     - with ``hosts``, to https requests for those host names (any port), and to no other:
       the way to widen it to an API spread over several hosts, or to bind it before the first
       request;
     - never over plain http (an https -> http redirect included), loopback addresses excepted
       for tests.
+
+    Each hop of a redirect is a request of its own here: aiohttp runs the middleware for it and
+    does not copy the headers the middleware added to the hop before, so a hop the token may go
+    to gets a DPoP proof made for its own method and URL (RFC 9449 4.2).
     """
 
     def __init__(

@@ -12,11 +12,18 @@
     with deviceflow.sync.DeviceFlowClient(provider, client_id="cli") as client:
         with httpx.Client(auth=DeviceFlowAuth(client)) as http:
             response = http.get("https://api.example.com/me")
+
+Redirects: httpx follows them (``follow_redirects=True``) without calling the auth again, so
+every hop gets the first request's headers, a DPoP proof made for the first URL included (httpx
+drops only ``Authorization``, and only across origins). ``DeviceFlowAuth(follow_redirects=True)``
+follows them in the auth flow instead, each hop through the rules on where the token goes; leave
+httpx's own ``follow_redirects`` off then.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Generator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -37,6 +44,8 @@ if TYPE_CHECKING:
     from .sync import DeviceFlowClient as SyncDeviceFlowClient
 
 __all__ = ["DeviceFlowAuth"]
+
+log = logging.getLogger("deviceflow")
 
 _T = TypeVar("_T")
 _Started = tuple[AuthorizedRequest, dict[str, str]]
@@ -63,14 +72,20 @@ class DeviceFlowAuth(httpx.Auth):
     Where the token goes, as with :class:`deviceflow.aiohttp.BearerAuth`:
 
     - by default, only to one origin (scheme, host and port): that of the first request it is
-      added to; requests to any other origin go without it (and without a ``DPoP`` header).
-      httpx removes the token when it follows a redirect to another origin, and a redirect you
-      follow yourself (``follow_redirects=False``, then ``send(response.next_request)``) goes
-      through these rules again. httpx keeps the other headers on a redirect it follows, a
-      DPoP proof included: worthless without the token (it names the first URL and the hash of
-      the token), but to keep it from other origins, follow redirects yourself;
+      added to; requests to any other origin go without it (and without a ``DPoP`` header);
     - with ``hosts``, to https requests for those host names (any port), and no other;
     - never over plain http, loopback addresses excepted (tests).
+
+    Redirects: with ``follow_redirects=True`` (and httpx's own ``follow_redirects`` left off,
+    its default), the auth follows them: every hop goes through these rules again, so a hop to
+    another origin gets neither the token nor a proof, and a hop the token may go to gets a
+    proof of its own, for its method and URL (RFC 9449 4.2), with a nonce retry and a refresh
+    of its own. httpx counts the hops against its ``max_redirects``. A redirect you follow
+    yourself (``send(response.next_request)``) goes through the rules in the same way. A
+    redirect httpx follows by itself does not: httpx calls no auth for it and copies the first
+    request's headers (it drops ``Authorization`` across origins, but not the ``DPoP`` proof,
+    which then goes to the redirect target, made for the first URL); for a DPoP token a
+    warning says so, once.
     """
 
     def __init__(
@@ -79,13 +94,21 @@ class DeviceFlowAuth(httpx.Auth):
         account: str = "default",
         *,
         hosts: Collection[str] | None = None,
+        follow_redirects: bool = False,
     ) -> None:
+        if not isinstance(follow_redirects, bool):
+            raise TypeError("follow_redirects must be True or False")
         self._client = client
         self._account = account
         self._scope = TokenScope(hosts)
+        self._follow = follow_redirects
+        self._warned = False  # of a redirect httpx followed with a DPoP proof
 
     def __repr__(self) -> str:
-        return f"DeviceFlowAuth(account={self._account!r}, hosts={self._scope.hosts!r})"
+        return (
+            f"DeviceFlowAuth(account={self._account!r}, hosts={self._scope.hosts!r}, "
+            f"follow_redirects={self._follow!r})"
+        )
 
     def _carries_token(self, request: httpx.Request) -> bool:
         """True when ``request`` gets the token; one that does not loses any DPoP header."""
@@ -119,6 +142,38 @@ class DeviceFlowAuth(httpx.Auth):
             headers.get("DPoP-Nonce"),
         )
 
+    def _next_hop(
+        self, request: httpx.Request, response: httpx.Response, sent: dict[str, str]
+    ) -> httpx.Request | None:
+        """The redirect to send after ``response`` to ``request`` (sent with the headers
+        ``sent``), or None: ``response`` is the answer."""
+        if response.request is not request:
+            # httpx followed redirects itself, with this request's headers, proof included.
+            if PROOF in sent:
+                self._warn_followed()
+            return None
+        hop = response.next_request  # set by httpx when it does not follow
+        if not self._follow or hop is None:
+            return None
+        # httpx copied the headers of this hop (Authorization too, within the origin and on an
+        # http -> https upgrade of it): the next hop gets headers of its own, or none.
+        hop.headers.pop(PROOF, None)
+        if "Authorization" in sent and hop.headers.get("Authorization") == sent["Authorization"]:
+            del hop.headers["Authorization"]
+        return hop
+
+    def _warn_followed(self) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        log.warning(
+            "DeviceFlowAuth(account=%r): httpx followed a redirect by itself, so the redirect "
+            "target got the DPoP proof made for the first URL; pass follow_redirects=True to "
+            "DeviceFlowAuth instead (and leave it off in httpx): each hop then gets a proof of "
+            "its own, or none where the token does not go",
+            self._account,
+        )
+
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
@@ -129,33 +184,47 @@ class DeviceFlowAuth(httpx.Auth):
                 "httpx.Client is blocking: give DeviceFlowAuth a deviceflow.sync.DeviceFlowClient "
                 "(or use httpx.AsyncClient with this asyncio client)"
             )
-        if not self._carries_token(request):
-            yield request
-            return
-        request.read()  # in memory: a request sent again sends its body again
-        attempt, first = client._call(self._start(request))
-        headers: dict[str, str] | None = first
-        while headers is not None:
-            request.headers.update(headers)
-            response = yield request
-            answered = self._answered(attempt, response, headers)
-            headers = None if answered is None else client._call(answered)
+        hop: httpx.Request | None = request
+        while hop is not None:
+            attempt: AuthorizedRequest | None = None
+            sent: dict[str, str] = {}
+            if self._carries_token(hop):
+                hop.read()  # in memory: a request sent again sends its body again
+                attempt, sent = client._call(self._start(hop))
+                hop.headers.update(sent)
+            response = yield hop
+            while attempt is not None:
+                answered = self._answered(attempt, response, sent)
+                again = None if answered is None else client._call(answered)
+                if again is None:
+                    break
+                sent = again
+                hop.headers.update(sent)
+                response = yield hop
+            hop = self._next_hop(hop, response, sent)
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """The flow ``httpx.AsyncClient`` runs."""
-        if not self._carries_token(request):
-            yield request
-            return
-        await request.aread()  # in memory: a request sent again sends its body again
-        attempt, first = await self._run(self._start(request))
-        headers: dict[str, str] | None = first
-        while headers is not None:
-            request.headers.update(headers)
-            response = yield request
-            answered = self._answered(attempt, response, headers)
-            headers = None if answered is None else await self._run(answered)
+        hop: httpx.Request | None = request
+        while hop is not None:
+            attempt: AuthorizedRequest | None = None
+            sent: dict[str, str] = {}
+            if self._carries_token(hop):
+                await hop.aread()  # in memory: a request sent again sends its body again
+                attempt, sent = await self._run(self._start(hop))
+                hop.headers.update(sent)
+            response = yield hop
+            while attempt is not None:
+                answered = self._answered(attempt, response, sent)
+                again = None if answered is None else await self._run(answered)
+                if again is None:
+                    break
+                sent = again
+                hop.headers.update(sent)
+                response = yield hop
+            hop = self._next_hop(hop, response, sent)
 
     async def _run(self, step: Callable[[], Awaitable[_T]]) -> _T:
         """``step`` on the asyncio client's loop: this one, or that of the sync client (from
