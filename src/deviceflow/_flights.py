@@ -15,8 +15,8 @@ This module imports nothing of the package.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -36,6 +36,21 @@ class _Flight(Generic[T]):
     task: asyncio.Task[None] | None = None
     waiters: set[asyncio.Future[T]] = attrs.Factory(set)
     settled: bool = False
+
+
+class _Finishing:
+    """Flights.finishing(): a class, not a generator, as it runs on every refresh."""
+
+    __slots__ = ("_key", "_keys")
+
+    def __init__(self, keys: set[str], key: str) -> None:
+        self._keys, self._key = keys, key
+
+    def __enter__(self) -> None:
+        self._keys.add(self._key)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._keys.discard(self._key)
 
 
 class Flights(Generic[T]):
@@ -81,14 +96,9 @@ class Flights(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    @contextlib.contextmanager
-    def finishing(self, key: str) -> Iterator[None]:
+    def finishing(self, key: str) -> AbstractContextManager[None]:
         """While inside, aclose() waits for ``key``'s flight instead of cancelling it."""
-        self._finishing.add(key)
-        try:
-            yield
-        finally:
-            self._finishing.discard(key)
+        return _Finishing(self._finishing, key)
 
     async def aclose(self) -> None:
         """Cancel the flights (except those finishing), wait for all, and end their callers."""

@@ -79,6 +79,11 @@ class TokenLedger:
 
     async def read(self, account: str, key: str, seen: Stored | None = None) -> Stored:
         """What the store holds for ``account`` now (decoded once per distinct record)."""
+        return self.read_kept(key, seen) or self._decode(account, await self.store.get(key), seen)
+
+    def read_kept(self, key: str, seen: Stored | None = None) -> Stored | None:
+        """:meth:`read` without a call to the store, where it can answer so (a MemoryStore
+        holding a record a client put there); None otherwise."""
         store = self.store
         if type(store) is MemoryStore:
             kept, version = store.kept(key)
@@ -88,7 +93,7 @@ class TokenLedger:
                 if seen is not None and seen.stamp == kept.stamp:
                     return seen
                 return Stored(version=version, content=kept.record, stamp=kept.stamp)
-        return self._decode(account, await store.get(key), seen)
+        return None
 
     def _decode(self, account: str, current: Versioned | None, seen: Stored | None) -> Stored:
         if current is None:

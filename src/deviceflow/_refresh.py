@@ -174,7 +174,7 @@ class RefreshTransaction:
         key = ledger.codec.key(account)
         seen: Stored | None = None
         if stale is None and account not in ledger.unsaved:
-            seen = await ledger.read(account, key)
+            seen = ledger.read_kept(key) or await ledger.read(account, key)
             token = ledger.fresh(account, seen)
             if token is not None:
                 return token
@@ -239,7 +239,7 @@ class RefreshTransaction:
         self, account: str, key: str, stale: Stale | None, seen: Stored | None, lease_end: float
     ) -> Token | NeedsGrant:
         ledger = self.ledger
-        stored = await ledger.read(account, key, seen)
+        stored = ledger.read_kept(key, seen) or await ledger.read(account, key, seen)
         if isinstance(stored.content, Tombstone):  # signed out (or refused): never undone
             ledger.unsaved.pop(account, None)
             ledger.cache.forget(account)
@@ -316,11 +316,17 @@ class RefreshTransaction:
             return None  # nothing left to keep
         return held if held.newer_than(stored) else None
 
-    async def _bounded(self, write: Coroutine[Any, Any, Written], lease_end: float) -> Written:
+    def _bounded(
+        self, write: Coroutine[Any, Any, Written], lease_end: float
+    ) -> Coroutine[Any, Any, Written]:
         """``write``, given up (as a StoreError) if it outlasts the lease: a store that hangs
         must not hold aclose() forever; what the write was for is then kept as unsaved."""
         if not self.ledger.writes_wait:  # it cannot outlast the lease: no timer to set
-            return await write
+            return write
+        return self._timed(write, lease_end)
+
+    @staticmethod
+    async def _timed(write: Coroutine[Any, Any, Written], lease_end: float) -> Written:
         with anyio.move_on_after(max(0.0, lease_end - time.monotonic())):
             return await write
         raise StoreError("the store did not finish the write while the lock was held")

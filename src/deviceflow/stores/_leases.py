@@ -91,6 +91,15 @@ class LocalLeases:
                 self._forget_if_idle(key, slot)
             slot = self._slots.setdefault(key, slot)
 
+    def take(self, key: str, ttl: float) -> str | None:
+        """The lease on ``key`` and its token if nobody holds it (nor waits for it); else None."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            return None
+        token = f"lease-{next(_serial)}"
+        self._slots[key] = _Slot(token, time.monotonic() + ttl)
+        return token
+
     def renew(self, key: str, token: str, ttl: float) -> bool:
         """Restart the ttl of the lease ``token`` holds on ``key``; False if it lost the lease."""
         slot = self._slots.get(key)
@@ -131,11 +140,14 @@ class LocalLock(AbstractAsyncContextManager[Lease]):
         self._token: str | None = None
 
     async def __aenter__(self) -> Lease:
-        deadline = time.monotonic() + self._wait
-        self._token = await self._leases.acquire(
-            self._key, ttl=self._ttl, deadline=deadline, name=self._key
-        )
-        return Lease(key=self._key, owner=self._token, ttl=self._ttl)
+        token = self._leases.take(self._key, self._ttl)  # a free lock: no coroutine to wait in
+        if token is None:
+            deadline = time.monotonic() + self._wait
+            token = await self._leases.acquire(
+                self._key, ttl=self._ttl, deadline=deadline, name=self._key
+            )
+        self._token = token
+        return Lease(key=self._key, owner=token, ttl=self._ttl)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._token is not None:
