@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -182,14 +182,15 @@ class Endpoints:
     async def _retrying(
         self,
         request: Request,
-        interpret: Callable[[Response], _T],
-        *,
+        interpret: Callable[..., _T],
+        *args: Any,
         budget: float,
         until: float | None = None,
         dpop_key: DPoPKey | None = None,
     ) -> _T:
-        """Send ``request`` until ``interpret`` accepts an answer or ``budget`` seconds (on the
-        client's clock) are spent; ``until`` (time.monotonic()) bounds it in real time too."""
+        """Send ``request`` until ``interpret(response, *args)`` accepts an answer or ``budget``
+        seconds (on the client's clock) are spent; ``until`` (time.monotonic()) bounds it in
+        real time too."""
         clock = self.clock
         deadline = clock.monotonic() + budget
         delay = 0.25
@@ -198,7 +199,8 @@ class Endpoints:
             if until is not None:
                 remaining = min(remaining, until - time.monotonic())
             try:
-                return interpret(await self.send(request, timeout=remaining, dpop_key=dpop_key))
+                response = await self.send(request, timeout=remaining, dpop_key=dpop_key)
+                return interpret(response, *args)
             except GateClosed:
                 raise
             except TransportError as exc:
@@ -233,30 +235,34 @@ class Endpoints:
                 "client_id": self.client_id,
             },
         )
-        dialect = self.provider.dialect
-        gate = self.gate
-
-        def interpret(response: Response) -> Token:
-            wall = self.clock.wall()
-            try:
-                new = interpret_token_response(response, dialect, wall, previous=token)
-            except ProtocolError as exc:
-                raise ProtocolError(f"account {account!r}: {exc}") from None
-            except TransportError as exc:
-                wait = retry_after(response, wall) if response.status in (429, 503) else None
-                if wait is None or wait <= 0:
-                    raise
-                gate.close_for(wait)
-                raise GateClosed(f"{exc}; asked to wait {wait:.0f} s") from None
-            # Not check_token_type: a token of the wrong type still carries the rotated refresh
-            # token, which the refresh transaction must keep (_refresh.py).
-            return new
-
-        if gate.closed_for() > 0:
+        if self.gate.closed_for() > 0:
             raise GateClosed("the token endpoint asked to wait; not sent")
         return await self._retrying(
-            request, interpret, budget=self.http_timeout, until=until, dpop_key=token.dpop_key
+            request,
+            self._refreshed,
+            token,
+            account,
+            budget=self.http_timeout,
+            until=until,
+            dpop_key=token.dpop_key,
         )
+
+    def _refreshed(self, response: Response, token: Token, account: str) -> Token:
+        """The answer to a refresh of ``token``: the new token as the server gave it."""
+        wall = self.clock.wall()
+        try:
+            new = interpret_token_response(response, self.provider.dialect, wall, previous=token)
+        except ProtocolError as exc:
+            raise ProtocolError(f"account {account!r}: {exc}") from None
+        except TransportError as exc:
+            wait = retry_after(response, wall) if response.status in (429, 503) else None
+            if wait is None or wait <= 0:
+                raise
+            self.gate.close_for(wait)
+            raise GateClosed(f"{exc}; asked to wait {wait:.0f} s") from None
+        # Not check_token_type: a token of the wrong type still carries the rotated refresh
+        # token, which the refresh transaction must keep (_refresh.py).
+        return new
 
     async def revoke(self, token: Token) -> bool:
         """RFC 7009: revoke ``token``'s grant (its refresh token, else its access token); True

@@ -424,7 +424,8 @@ class Request:
 
 @attrs.frozen(kw_only=True)
 class Response:
-    """An HTTP response: status, headers with lower-case names, and the (capped) body."""
+    """An HTTP response: status, headers, and the (capped) body. ``headers`` has lower-case
+    names, or looks names up case-insensitively (aiohttp's own); :meth:`header` reads either."""
 
     status: int
     headers: Mapping[str, str] = attrs.field(factory=dict)

@@ -197,7 +197,9 @@ class AiohttpTransport:
         if request.kind not in _PUBLIC_KINDS:
             self._auth.apply(params, headers)
         names = self._dialect.request_names
-        return {names.get(k, k): v for k, v in params.items()}, headers
+        if names:
+            params = {names.get(k, k): v for k, v in params.items()}
+        return params, headers
 
     async def send(self, request: Request, *, timeout: float | None = None) -> Response:
         if request.url not in self._secure_urls:
@@ -227,8 +229,9 @@ class AiohttpTransport:
                 **kwargs,
             ) as resp:
                 body = await self._read(resp)
-                response_headers = {k.lower(): v for k, v in reversed(list(resp.headers.items()))}
-                return Response(status=resp.status, headers=response_headers, body=body)
+                # aiohttp's own headers: looked up case-insensitively, the first of a repeated
+                # name winning, as Response.header() asks; no copy made.
+                return Response(status=resp.status, headers=resp.headers, body=body)
         except (ProtocolError, TransportError):
             raise
         except asyncio.TimeoutError:
