@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -22,7 +23,9 @@ from deviceflow import (
     Provider,
     RequestKind,
     StoreError,
+    SystemClock,
     Token,
+    _clock,
 )
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import Lease, MemoryStore, Versioned
@@ -491,3 +494,39 @@ async def test_a_store_returning_bytearrays_works(virtual_clock: VirtualClock) -
         await a.save_token("a", token)
     async with DeviceFlowClient(provider, client_id="svc", clock=virtual_clock, store=store) as b:
         assert token == await b.get_token("a")
+
+
+@pytest.mark.skipif(
+    _clock._MONOTONIC_ID is None,
+    reason="this platform's time.monotonic() already counts the time the machine sleeps",
+)
+@pytest.mark.authorization_server(clock=SystemClock(), access_token_lifetime=300)
+async def test_a_machine_that_slept_past_the_expiry_is_not_handed_the_dead_token(
+    authorization_server: AuthorizationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """time.monotonic() stops while a Linux or macOS machine sleeps, but tokens expire all the
+    same: the real clock's monotonic time must count the sleep, or a laptop that slept through
+    a token's expiry gets the dead token from the cache for as long again as it slept."""
+    slept = 0.0
+    real_gettime = time.clock_gettime
+
+    def gettime(clock_id: int) -> float:
+        return real_gettime(clock_id) + (slept if clock_id == _clock._MONOTONIC_ID else 0.0)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return datetime.now(tz) + timedelta(seconds=slept)
+
+    monkeypatch.setattr(time, "clock_gettime", gettime)
+    monkeypatch.setattr(_clock, "datetime", Later)
+    async with make_client(authorization_server, clock=SystemClock()) as client:
+        first = await seed(client, authorization_server)
+        assert first.access_token == (await client.get_token()).access_token  # cached
+        slept = 3600.0  # time.monotonic() does not move: the machine was suspended
+        after = await client.get_token()
+    assert after.access_token != first.access_token
+    assert after.expires_at is not None
+    assert after.expires_at > datetime.now(timezone.utc) + timedelta(seconds=slept)
+    assert authorization_server.is_valid_access_token(after.access_token)
+    assert 1 == authorization_server.stats.refreshes

@@ -7,6 +7,7 @@ spacing can still be checked exactly.
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
 from typing import Protocol, runtime_checkable
@@ -31,11 +32,32 @@ class Clock(Protocol):
         ...
 
 
+def _awake_and_asleep() -> int | None:
+    """The id of a monotonic clock that goes on while the machine sleeps, where there is one.
+
+    ``time.monotonic()`` stops while a Linux or macOS machine is suspended, but tokens expire
+    all the same: a laptop that slept through a token's expiry would be handed the dead token
+    from the cache, for as long again as it slept. Linux's CLOCK_BOOTTIME and macOS's
+    CLOCK_MONOTONIC count the time asleep. (Windows' ``time.monotonic()`` does already.)
+    """
+    for platform, name in (("linux", "CLOCK_BOOTTIME"), ("darwin", "CLOCK_MONOTONIC")):
+        if sys.platform.startswith(platform):
+            clock_id: int | None = getattr(time, name, None)
+            return clock_id
+    return None
+
+
+_MONOTONIC_ID = _awake_and_asleep()
+
+
 class SystemClock:
-    """The real clock: ``time.monotonic``, ``datetime.now(timezone.utc)`` and ``anyio.sleep``."""
+    """The real clock: a monotonic clock that counts time asleep (see ``_awake_and_asleep``;
+    ``time.monotonic`` elsewhere), ``datetime.now(timezone.utc)`` and ``anyio.sleep``."""
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        if _MONOTONIC_ID is None:
+            return time.monotonic()
+        return time.clock_gettime(_MONOTONIC_ID)
 
     def wall(self) -> datetime:
         return datetime.now(timezone.utc)
