@@ -195,3 +195,20 @@ def test_first_requests_in_two_threads_bind_one_origin() -> None:
     assert [True] == [v for v in carried.values() if v]
     (winner,) = [h for h, v in carried.items() if v]
     assert {winner} == {h for h in ("a.test", "b.test") if scope.carries_token("https", h, None)}
+
+
+def test_a_first_request_in_cleartext_binds_the_https_origin_of_its_host() -> None:
+    """It carries no token, and it binds: a redirect answering it cannot pick the origin (an
+    https hop to another host gets nothing), the https origin of the same host can."""
+    scope = TokenScope()
+    assert not scope.carries_token("http", "api.example.com", None)
+    assert not scope.carries_token("https", "attacker.example", 443)
+    assert not scope.carries_token("http", "api.example.com", 80)
+    assert scope.carries_token("https", "API.example.com", None)
+    assert scope.carries_token("https", "api.example.com", 443)  # aiohttp names default ports
+    assert not scope.carries_token("https", "api.example.com", 8443)
+
+    on_a_port = TokenScope()
+    assert not on_a_port.carries_token("http", "api.example.com", 8080)
+    assert on_a_port.carries_token("https", "api.example.com", 8080)
+    assert not on_a_port.carries_token("https", "api.example.com", None)

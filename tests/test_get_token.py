@@ -16,16 +16,17 @@ import aiohttp
 import pytest
 from yarl import URL
 
+import deviceflow._clock as clock_module
 from deviceflow import (
     AiohttpTransport,
     ClientAuth,
     DeviceFlowClient,
+    ProtocolError,
     Provider,
     RequestKind,
     StoreError,
     SystemClock,
     Token,
-    _clock,
 )
 from deviceflow.aiohttp import BearerAuth
 from deviceflow.stores import Lease, MemoryStore, Versioned
@@ -497,7 +498,7 @@ async def test_a_store_returning_bytearrays_works(virtual_clock: VirtualClock) -
 
 
 @pytest.mark.skipif(
-    _clock._MONOTONIC_ID is None,
+    clock_module._MONOTONIC_ID is None,
     reason="this platform's time.monotonic() already counts the time the machine sleeps",
 )
 @pytest.mark.authorization_server(clock=SystemClock(), access_token_lifetime=300)
@@ -511,7 +512,7 @@ async def test_a_machine_that_slept_past_the_expiry_is_not_handed_the_dead_token
     real_gettime = time.clock_gettime
 
     def gettime(clock_id: int) -> float:
-        return real_gettime(clock_id) + (slept if clock_id == _clock._MONOTONIC_ID else 0.0)
+        return real_gettime(clock_id) + (slept if clock_id == clock_module._MONOTONIC_ID else 0.0)
 
     class Later(datetime):
         @classmethod
@@ -519,7 +520,7 @@ async def test_a_machine_that_slept_past_the_expiry_is_not_handed_the_dead_token
             return datetime.now(tz) + timedelta(seconds=slept)
 
     monkeypatch.setattr(time, "clock_gettime", gettime)
-    monkeypatch.setattr(_clock, "datetime", Later)
+    monkeypatch.setattr(clock_module, "datetime", Later)
     async with make_client(authorization_server, clock=SystemClock()) as client:
         first = await seed(client, authorization_server)
         assert first.access_token == (await client.get_token()).access_token  # cached
@@ -530,3 +531,32 @@ async def test_a_machine_that_slept_past_the_expiry_is_not_handed_the_dead_token
     assert after.expires_at > datetime.now(timezone.utc) + timedelta(seconds=slept)
     assert authorization_server.is_valid_access_token(after.access_token)
     assert 1 == authorization_server.stats.refreshes
+
+
+async def test_save_token_refuses_a_token_of_a_type_no_client_can_use(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """RFC 6749 7.1: a token of a type the client does not understand is not used, whoever hands
+    it over; save_token says so and stores nothing."""
+    expires = datetime.now(timezone.utc) + timedelta(hours=1)
+    async with make_client(authorization_server) as client:
+        with pytest.raises(ProtocolError, match=r"'imported'.*'N_A'.*not stored"):
+            await client.save_token(
+                "imported", Token(access_token="abc", token_type="N_A", expires_at=expires)
+            )
+        assert await stored_token(client, "imported") is None
+
+
+async def test_save_token_refuses_a_token_its_store_could_not_hold(
+    authorization_server: AuthorizationServer,
+) -> None:
+    """A MemoryStore keeps a record unrendered, but a token whose record cannot be written (an
+    ``extra`` value JSON cannot hold) is refused at save_token, as by every other store: nothing
+    stored, and the account can still be signed out."""
+    expires = datetime.now(timezone.utc) + timedelta(hours=1)
+    token = Token(access_token="abc", expires_at=expires, extra={"when": expires})
+    async with make_client(authorization_server) as client:
+        with pytest.raises(TypeError, match=r"'imported'.*cannot be stored"):
+            await client.save_token("imported", token)
+        assert await stored_token(client, "imported") is None
+        assert not await client.logout("imported")

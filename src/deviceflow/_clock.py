@@ -41,8 +41,12 @@ def _awake_and_asleep() -> int | None:
     CLOCK_MONOTONIC count the time asleep. (Windows' ``time.monotonic()`` does already.)
     """
     for platform, name in (("linux", "CLOCK_BOOTTIME"), ("darwin", "CLOCK_MONOTONIC")):
-        if sys.platform.startswith(platform):
-            clock_id: int | None = getattr(time, name, None)
+        clock_id: int | None = getattr(time, name, None)
+        if sys.platform.startswith(platform) and clock_id is not None:
+            try:
+                time.clock_gettime(clock_id)  # a sandbox may refuse a clock the build knows
+            except OSError:
+                return None
             return clock_id
     return None
 

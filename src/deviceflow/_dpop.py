@@ -279,10 +279,11 @@ def check_token_type(
 
 
 def check_saved_token(token: Token, account: str, *, dpop: bool) -> None:
-    """ProtocolError for a token ``save_token`` must not store: a DPoP token without the key it
-    is bound to (it cannot make a proof), a key on a token of another type, and in a
-    ``dpop=True`` client any token but a DPoP one (RFC 9449 5: a client asking for DPoP uses no
-    token the server did not bind, whoever hands it over)."""
+    """ProtocolError for a token ``save_token`` must not store: a token of a type the client
+    cannot use (neither Bearer nor DPoP), a DPoP token without the key it is bound to (it
+    cannot make a proof), a key on a token of another type, and in a ``dpop=True`` client any
+    token but a DPoP one (RFC 9449 5: a client asking for DPoP uses no token the server did not
+    bind, whoever hands it over)."""
     is_dpop = token.token_type.lower() == "dpop"
     kind = repr(token.token_type[:32])
     if is_dpop and token.dpop_key is None:
@@ -300,6 +301,11 @@ def check_saved_token(token: Token, account: str, *, dpop: bool) -> None:
             f"account {account!r}: dpop=True, but the token to save is a {kind} token, not "
             "bound to a key; it is not stored (sign the account in with a device flow for a "
             "DPoP token)"
+        )
+    if token.token_type.lower() not in ("bearer", "dpop"):
+        raise ProtocolError(
+            f"account {account!r}: the token to save is of type {kind}; only Bearer and DPoP "
+            "tokens can be used (RFC 6749 7.1); it is not stored"
         )
 
 

@@ -251,6 +251,15 @@ class TokenLedger:
                     version = None if current is None else current.version
                     stored = Stored(version=version, content=None)
                 record = Record(token=token, obtained=self.clock.wall(), seq=stored.seq + 1)
+                # A MemoryStore keeps the record unrendered (write()); a token handed in that
+                # cannot be rendered (an ``extra`` value JSON cannot hold) is refused now, not
+                # at the first read of its bytes.
+                try:
+                    self.codec.encode(account, record)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(
+                        f"account {account!r}: the token cannot be stored: {exc}"
+                    ) from None
                 written = await self.write(key, account, record, stored.version, overwrite=True)
         except StoreError as exc:
             if not keep_on_failure or isinstance(exc, ConflictError):

@@ -19,7 +19,6 @@ from typing import Any
 from ._models import (
     DEFAULT_ERROR_ALIASES,
     DEFAULT_RESPONSE_ALIASES,
-    NO_EXTRA,
     DeviceCode,
     Dialect,
     ProviderMetadata,
@@ -358,8 +357,7 @@ def parse_token(
         refresh_token=refresh_token or None,
         scope=scope,
         id_token=id_token,
-        # Most answers carry nothing else: those tokens share one empty mapping.
-        extra={k: v for k, v in fields.items() if k not in _TOKEN_FIELDS} or NO_EXTRA,
+        extra={k: v for k, v in fields.items() if k not in _TOKEN_FIELDS},
     )
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "RenderedRecord",
     "Stored",
     "Tombstone",
+    "Written",
     "record_key",
     "stamp",
 ]

@@ -38,9 +38,10 @@ class BearerAuth:
 
     Where the token goes:
 
-    - by default, only to one origin (scheme, host and port): that of the first request it is
-      added to. Requests to any other origin, redirects included (a CDN, a presigned URL, an
-      open redirect), go without it, and without a DPoP proof. aiohttp drops the header on a
+    - by default, only to one origin (scheme, host and port): that of the first request (for
+      one in plain http, the https origin of its host). Requests to any other origin, redirects
+      included (a CDN, a presigned URL, an open redirect), go without it, and without a DPoP
+      proof. aiohttp drops the header on a
       redirect to another origin, but runs the middleware again for the next hop, which must
       not put it back;
     - with ``hosts``, to https requests for those host names (any port), and to no other:
@@ -51,7 +52,10 @@ class BearerAuth:
 
     Each hop of a redirect is a request of its own here: aiohttp runs the middleware for it and
     does not copy the headers the middleware added to the hop before, so a hop the token may go
-    to gets a DPoP proof made for its own method and URL (RFC 9449 4.2).
+    to gets a DPoP proof made for its own method and URL (RFC 9449 4.2). aiohttp tells the
+    middleware nothing of the hops before, so a redirect from another origin back to the bound
+    one gets the token too: send requests to other origins through a session without this
+    middleware, or with ``allow_redirects=False``.
     """
 
     def __init__(

@@ -51,6 +51,24 @@ _T = TypeVar("_T")
 _Started = tuple[AuthorizedRequest, dict[str, str]]
 
 
+class _Chain:
+    """The hops of one request, redirects followed by the auth included: once a hop has gone
+    without the token, the hops after it go without it too. A redirect from an origin the token
+    does not go to is that origin's choice, and may point at the API (a forged request)."""
+
+    __slots__ = ("_left",)
+
+    def __init__(self) -> None:
+        self._left = False
+
+    def carries_token(self, auth: DeviceFlowAuth, hop: httpx.Request) -> bool:
+        if not self._left and auth._carries_token(hop):
+            return True
+        hop.headers.pop(PROOF, None)
+        self._left = True
+        return False
+
+
 class DeviceFlowAuth(httpx.Auth):
     """An ``httpx.Auth`` that adds ``account``'s token to requests.
 
@@ -71,8 +89,9 @@ class DeviceFlowAuth(httpx.Auth):
 
     Where the token goes, as with :class:`deviceflow.aiohttp.BearerAuth`:
 
-    - by default, only to one origin (scheme, host and port): that of the first request it is
-      added to; requests to any other origin go without it (and without a ``DPoP`` header);
+    - by default, only to one origin (scheme, host and port): that of the first request (for
+      one in plain http, the https origin of its host); requests to any other origin go
+      without it (and without a ``DPoP`` header);
     - with ``hosts``, to https requests for those host names (any port), and no other;
     - never over plain http, loopback addresses excepted (tests).
 
@@ -185,10 +204,11 @@ class DeviceFlowAuth(httpx.Auth):
                 "(or use httpx.AsyncClient with this asyncio client)"
             )
         hop: httpx.Request | None = request
+        chain = _Chain()
         while hop is not None:
             attempt: AuthorizedRequest | None = None
             sent: dict[str, str] = {}
-            if self._carries_token(hop):
+            if chain.carries_token(self, hop):
                 hop.read()  # in memory: a request sent again sends its body again
                 attempt, sent = client._call(self._start(hop))
                 hop.headers.update(sent)
@@ -208,10 +228,11 @@ class DeviceFlowAuth(httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """The flow ``httpx.AsyncClient`` runs."""
         hop: httpx.Request | None = request
+        chain = _Chain()
         while hop is not None:
             attempt: AuthorizedRequest | None = None
             sent: dict[str, str] = {}
-            if self._carries_token(hop):
+            if chain.carries_token(self, hop):
                 await hop.aread()  # in memory: a request sent again sends its body again
                 attempt, sent = await self._run(self._start(hop))
                 hop.headers.update(sent)
