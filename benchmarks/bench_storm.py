@@ -278,7 +278,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=20_000)
     parser.add_argument("--lifetime", type=int, default=60, help="access token lifetime, s")
-    parser.add_argument("--rounds", type=int, default=3, help="(a) rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="(a) rounds")
     parser.add_argument("--busy", type=float, default=10.0, help="(c) 429 window, s")
     parser.add_argument("--retry-after", type=int, default=3, help="(c) Retry-After, s")
     asyncio.run(main(parser.parse_args()))
