@@ -425,7 +425,7 @@ class Request:
 @attrs.frozen(kw_only=True)
 class Response:
     """An HTTP response: status, headers, and the (capped) body. ``headers`` has lower-case
-    names, or looks names up case-insensitively (aiohttp's own); :meth:`header` reads either."""
+    names, or looks names up case-insensitively (aiohttp's own); ``header()`` reads either."""
 
     status: int
     headers: Mapping[str, str] = attrs.field(factory=dict)
