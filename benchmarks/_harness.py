@@ -1,4 +1,4 @@
-"""Shared by bench_flows.py and bench_get_token.py: the test server in its own process, stats.
+"""Shared by the benchmarks: the test server in its own process, stats, resident memory.
 
 The server runs as ``python -m deviceflow.testing`` in a child process so the benchmark's own
 CPU time (``time.process_time``) is the client's alone. Its stdout goes to a file, not a pipe:
@@ -7,6 +7,9 @@ it prints a line per device code, and a pipe nobody drains would block it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import platform
 import statistics
@@ -75,6 +78,19 @@ def server_process(*args: str) -> Iterator[ServerProcess]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def rss() -> int:
+    """This process's resident memory now, in bytes (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def settle() -> None:
+    """A full collection, and freed memory handed back (glibc), before reading rss()."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: RSS keeps what it holds
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def median(values: Sequence[float]) -> float:

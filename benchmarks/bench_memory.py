@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
-import gc
 import json
 import os
 import secrets
@@ -30,22 +27,11 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from _harness import machine, server_process, table
+from _harness import machine, rss, server_process, settle, table
 
 TARGET_MEMORY = 1.6
 TARGET_STARTUP = 12.0
 BATCH = 1000
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def settle() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: RSS keeps what it holds
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 async def one_size(n: int) -> dict[str, float]:

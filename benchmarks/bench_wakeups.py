@@ -11,6 +11,11 @@ this process, each with its own RedisStore (its own connections):
 - the *waiter*, a DeviceFlowClient, calls get_token() for every account and parks on the
   runner's claims.
 
+What a parked waiter holds: resident memory and the objects the garbage collector tracks, each
+after a full collection and glibc's malloc_trim, just before the get_token() calls and once every
+waiter is parked, divided by N (the caller's own task of each get_token() included; with
+--census, the types that grew, per waiter).
+
 Once every waiter is parked (Redis reports its channels subscribed), Redis's command counts
 (INFO commandstats) are read before and after a window of W seconds: the commands per second
 that N waiting accounts cost. Each waiter also reads its two keys at a safety poll, once in 5
@@ -22,7 +27,8 @@ starts storing its token to the moment the waiter's get_token() returns it.
 The same is run with the waiter's store hiding its watches (it then polls every 2 s, as every
 store did before, and as the file store does) for comparison, at --poll-accounts.
 
-Run: ``python benchmarks/bench_wakeups.py [--accounts N] [--poll-accounts M] [--window W]``
+Run: ``python benchmarks/bench_wakeups.py [--accounts N] [--poll-accounts M] [--window W]
+[--census]``
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import secrets
@@ -47,7 +54,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from _harness import machine, table
+from _harness import machine, rss, settle, table
 from deviceflow import DeviceCode, DeviceFlowClient, Provider, Token
 from deviceflow._claim import Claim
 from deviceflow.stores import Lease, RedisStore, Versioned, generate_key
@@ -150,7 +157,12 @@ async def stores(url: str, key: str) -> AsyncIterator[tuple[RedisStore, RedisSto
         await runner.aclose()
 
 
-async def run(url: str, n: int, window: float, watched: bool) -> dict[str, Any]:
+def census() -> Counter[str]:
+    """The objects the garbage collector tracks, by type."""
+    return Counter(type(o).__qualname__ for o in gc.get_objects())
+
+
+async def run(url: str, n: int, window: float, watched: bool, types: bool) -> dict[str, Any]:
     key = generate_key()
     raw = Redis.from_url(url)
     async with stores(url, key) as (runner_store, waiter_store):
@@ -185,6 +197,8 @@ async def run(url: str, n: int, window: float, watched: bool) -> dict[str, Any]:
             returned[account] = time.perf_counter()
             return token
 
+        settle()
+        rss_before, objects_before = rss(), census() if types else len(gc.get_objects())
         started = time.perf_counter()
         locks = (await commands(raw)).get("set", 0)
         tasks = [asyncio.ensure_future(wait(a)) for a in accounts]
@@ -209,6 +223,16 @@ async def run(url: str, n: int, window: float, watched: bool) -> dict[str, Any]:
         else:
             await asyncio.sleep(2.5)
         parked = time.perf_counter() - started
+        settle()
+        held = (rss() - rss_before) / n
+        if isinstance(objects_before, Counter):
+            grown = census()
+            grown.subtract(objects_before)
+            objects = grown.total() / n
+            top = ", ".join(f"{t} {c / n:.2f}" for t, c in grown.most_common(16))
+            print(f"  objects per parked waiter, by type: {top}")
+        else:
+            objects = (len(gc.get_objects()) - objects_before) / n
         rss_parked = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
         before = await commands(raw)
@@ -250,6 +274,8 @@ async def run(url: str, n: int, window: float, watched: bool) -> dict[str, Any]:
         "by_command": {c: v / window for c, v in sorted(spent.items(), key=lambda x: -x[1])},
         "cpu_share": cpu_window / window,
         "rss_mb": rss_parked / 1024,
+        "held": held,
+        "objects": objects,
         "landed": landed,
         "failed": failed,
         "p50": statistics.median(latencies) if latencies else float("nan"),
@@ -264,6 +290,7 @@ def row(name: str, found: dict[str, Any]) -> list[str]:
         name,
         f"{found['n']:,}",
         f"{found['parked']:.0f} s",
+        f"{found['held']:,.0f} B, {found['objects']:.0f} objects",
         f"{found['per_s']:,.1f} ({top})",
         f"{found['cpu_share']:.0%}",
         f"{found['p50'] * 1000:.1f} / {found['p99'] * 1000:.0f} / {found['max'] * 1000:.0f} ms",
@@ -277,10 +304,10 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     with redis_server() as url:
         if args.poll_accounts:
-            polled = await run(url, args.poll_accounts, args.window, watched=False)
+            polled = await run(url, args.poll_accounts, args.window, False, args.census)
             print(f"  polling: {polled}")
             rows.append(row("polling (2 s)", polled))
-        woken = await run(url, args.accounts, args.window, watched=True)
+        woken = await run(url, args.accounts, args.window, True, args.census)
         print(f"  woken: {woken}")
         rows.append(row("woken (pub/sub)", woken))
     print()
@@ -290,6 +317,7 @@ async def main(args: argparse.Namespace) -> None:
                 "waiters",
                 "accounts",
                 "parked in",
+                "held per waiter",
                 "Redis commands/s while waiting",
                 "client CPU",
                 "wake-up p50 / p99 / max",
@@ -306,4 +334,5 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--poll-accounts", type=int, default=10_000, help="0: skip polling")
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured")
+    parser.add_argument("--census", action="store_true", help="objects per waiter, by type")
     asyncio.run(main(parser.parse_args()))

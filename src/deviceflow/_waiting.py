@@ -27,10 +27,10 @@ and a virtual clock in tests would otherwise race ahead while this one waits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager
 
 from ._claim import Claim, FlowClaim
 from ._clock import Clock
@@ -66,19 +66,23 @@ class _Polling:
 
     live = False
 
+    async def __aenter__(self) -> _Polling:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
     async def changed(self, timeout: float) -> frozenset[str]:
         await asyncio.sleep(max(0.0, timeout))
         return frozenset()
 
 
-@contextlib.asynccontextmanager
-async def watching(store: TokenStore, keys: Collection[str]) -> AsyncIterator[KeyWatch]:
+_POLLING = _Polling()  # it holds nothing: every waiter on such a store shares it
+
+
+def watching(store: TokenStore, keys: Collection[str]) -> AbstractAsyncContextManager[KeyWatch]:
     """A watch of ``keys`` in ``store`` (one that never reports, when the store cannot)."""
-    if isinstance(store, WatchableStore):
-        async with store.watch(keys) as watch:
-            yield watch
-    else:
-        yield _Polling()
+    return store.watch(keys) if isinstance(store, WatchableStore) else _POLLING
 
 
 async def wait_for_flow(

@@ -123,6 +123,66 @@ async def test_a_burst_of_watches_is_subscribed(pair: tuple[TokenStore, TokenSto
     assert {key: frozenset([key]) for key in keys} == heard
 
 
+async def test_a_cancelled_wait_leaves_the_watch_as_it_was() -> None:
+    """changed() cancelled while it waits: the watch still reports, to the next call."""
+    store = MemoryStore()
+    async with store.watch(["k"]) as watch:
+        waiting = asyncio.ensure_future(watch.changed(SOON * time_factor()))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await store.put("k", b"1", expected_version=None)
+        assert {"k"} == await watch.changed(SOON * time_factor())
+
+
+async def test_a_watch_has_one_waiter() -> None:
+    """A second changed() while one waits is refused (it would miss the reports), and the first
+    still hears the next one."""
+    store = MemoryStore()
+    async with store.watch(["k"]) as watch:
+        waiting = asyncio.ensure_future(watch.changed(SOON * time_factor()))
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="already"):
+            await watch.changed(0)
+        await store.put("k", b"1", expected_version=None)
+        assert {"k"} == await waiting
+
+
+@pytest.mark.redis
+async def test_a_watch_cancelled_while_subscribing_leaves_nothing_behind(
+    redis_factory: RedisFactory,
+) -> None:
+    """A watch whose entry is cancelled before Redis confirms its channel (Redis frozen) is
+    forgotten: once Redis answers, its channel is unsubscribed, and the key can be watched
+    again."""
+    server = redis_factory()
+    raw = Redis.from_url(server.url)
+    try:
+        async with open_redis_store(server, prefix="c:", timeout=SOON * time_factor()) as store:
+            async with store.watch(["other"]):  # the subscription is up
+                server.pause()
+                try:
+                    entering = asyncio.ensure_future(store.watch(["k"]).__aenter__())
+                    await asyncio.sleep(0.2)
+                    assert not entering.done()
+                    entering.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await entering
+                finally:
+                    server.resume()
+                async with store.watch(["k"]) as watch:
+                    await eventually(lambda: live(watch))
+                    await store.put("k", b"1", expected_version=None)
+                    seen: set[str] = set()
+                    while not seen:
+                        seen |= await watch.changed(SOON * time_factor())
+                    assert {"k"} == seen
+            await eventually(lambda: _count(raw, "c:*", 1))  # the store's own channel
+    finally:
+        await raw.aclose()
+
+
 async def test_the_file_store_does_not_watch(tmp_path: object) -> None:
     """EncryptedFileStore reports nothing: its waiters poll."""
     assert not isinstance(EncryptedFileStore(str(tmp_path), key=generate_key()), WatchableStore)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 
@@ -12,7 +12,7 @@ from deviceflow.exceptions import ConflictError
 
 from ._leases import LocalLeases, LocalLock, check_lock_args, check_ttl
 from ._protocol import KeyWatch, Lease, Versioned
-from ._watch import Watchers
+from ._watch import LocalWatch, Watchers
 
 __all__ = ["MemoryStore"]
 
@@ -134,12 +134,7 @@ class MemoryStore:
     def watch(self, keys: Collection[str]) -> AbstractAsyncContextManager[KeyWatch]:
         """Report every put and delete of ``keys`` while the block runs (see
         :class:`~deviceflow.stores.WatchableStore`)."""
-        return self._watch(keys)
-
-    @asynccontextmanager
-    async def _watch(self, keys: Collection[str]) -> AsyncIterator[KeyWatch]:
-        with self._watchers.watching(keys) as watch:
-            yield watch
+        return LocalWatch(self._watchers, keys)
 
     async def aclose(self) -> None:
         """Nothing to release; the values stay until the store is dropped."""

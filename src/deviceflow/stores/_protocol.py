@@ -75,7 +75,8 @@ class KeyWatch(Protocol):
     async def changed(self, timeout: float) -> frozenset[str]:
         """The watched keys changed since the last call (or since the watch began), waiting up
         to ``timeout`` seconds for one; empty after the timeout, or early when :attr:`live`
-        changes."""
+        changes. A watch has one waiter: MemoryStore's and RedisStore's refuse a second call
+        while one waits (RuntimeError)."""
         ...
 
 

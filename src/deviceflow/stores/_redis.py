@@ -506,16 +506,16 @@ class RedisStore:
         Writes are published on Redis pub/sub; every watch of one store shares one connection
         (taken from the client's pool while anyone watches), which is opened again if it fails.
         """
-        return self._watch(keys)
-
-    @asynccontextmanager
-    async def _watch(self, keys: Collection[str]) -> AsyncIterator[KeyWatch]:
-        sealer = self._sealer or await self._ready()
-        channels = {key: self._record_key(sealer.record_id(key)) for key in keys}
         if self._subscriber is None:
-            self._subscriber = Subscriber(self._client, f"{self._prefix}watch", self._timeout)
-        async with self._subscriber.watch(channels) as watch:
-            yield watch
+            self._subscriber = Subscriber(
+                self._client, f"{self._prefix}watch", self._timeout, self._channels
+            )
+        return self._subscriber.watch(keys)
+
+    async def _channels(self, keys: Collection[str]) -> dict[str, str]:
+        """The channel of each store key: its record's Redis key (what its writes publish on)."""
+        sealer = self._sealer or await self._ready()
+        return {key: self._record_key(sealer.record_id(key)) for key in keys}
 
     # -- maintenance ---------------------------------------------------------------------------
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any, Union
 
 import anyio
@@ -35,7 +37,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoPermissionError
 
 from ._protocol import KeyWatch
-from ._watch import Watchers
+from ._watch import LocalWatch, Watchers
 
 __all__ = ["KEEPALIVE", "Subscriber"]
 
@@ -56,13 +58,22 @@ _RETRY_DENIED = 60.0
 class Subscriber:
     """The pub/sub side of one RedisStore: channels subscribed while someone watches them."""
 
-    def __init__(self, client: RedisClient, home: str, timeout: float) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        home: str,
+        timeout: float,
+        channels_of: Callable[[Collection[str]], Awaitable[Mapping[str, str]]],
+    ) -> None:
         self._client = client
+        self._channels_of = channels_of  # {store key: its channel's name}
         self._home = home.encode()  # always subscribed: a connection with no channel is idle
         self._timeout = timeout
         self._watchers = Watchers()
         self._keys: dict[bytes, str] = {}  # channel -> store key, while watched
-        self._confirmed: set[bytes] = set()  # channels confirmed on the current connection
+        # Watched channels not (yet) confirmed on the current connection: empty while all is
+        # well, so that 100,000 watched channels cost no set of their own.
+        self._unconfirmed: set[bytes] = set()
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
         self._joins: set[bytes] = set()  # to SUBSCRIBE, UNSUBSCRIBE: sent by one task
         self._leaves: set[bytes] = set()
@@ -81,46 +92,51 @@ class Subscriber:
             self._live = live
             self._watchers.nudge_all()  # waiters choose between waiting and polling again
 
-    @contextlib.asynccontextmanager
-    async def watch(self, channels: Mapping[str, str]) -> AsyncIterator[KeyWatch]:
-        """Watch store keys, given as {store key: channel}; entered once subscribed."""
+    def watch(self, keys: Collection[str]) -> AbstractAsyncContextManager[KeyWatch]:
+        """A watch of store ``keys``, entered once their channels are subscribed."""
+        return _ChannelWatch(self, keys)
+
+    async def _enter(self, watch: _ChannelWatch) -> None:
+        names = await self._channels_of(watch.keys)
+        watch.channels = tuple(names[key].encode() for key in watch.keys)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
         wanted = []
-        for key, name in channels.items():
-            channel = name.encode()
-            if key not in self._watchers:
+        for key, channel in zip(watch.keys, watch.channels, strict=True):
+            if key not in self._watchers:  # the first watch of the key
                 self._keys[channel] = key
+                self._unconfirmed.add(channel)
                 self._leaves.discard(channel)
-                if channel not in self._confirmed:
-                    self._joins.add(channel)
-            if channel not in self._confirmed:
+                self._joins.add(channel)
+            if channel in self._unconfirmed:
                 wanted.append(self._confirmation(channel))
         self._send_soon()
-        subscribed = [name.encode() for name in channels.values()]
+        self._watchers.add(watch)
+        if wanted:
+            try:
+                # Not cancelled by a timeout or a cancellation: other watches share them.
+                await asyncio.wait(wanted, timeout=self._timeout)
+            except BaseException:
+                self._leave(watch)
+                raise
+        watch.reset()  # reports from before the entry: the caller reads anyway
 
-        def live() -> bool:  # its channels are subscribed, on a connection that is up
-            return self._live and all(c in self._confirmed for c in subscribed)
+    def _leave(self, watch: _ChannelWatch) -> None:
+        self._watchers.discard(watch)
+        for key, channel in zip(watch.keys, watch.channels, strict=True):
+            if key not in self._watchers:  # the last watch of the key has left
+                del self._keys[channel]
+                self._confirming.pop(channel, None)
+                self._unconfirmed.discard(channel)
+                if channel in self._joins:
+                    self._joins.discard(channel)  # never sent
+                else:
+                    self._leaves.add(channel)
+        self._send_soon()
 
-        try:
-            with self._watchers.watching(channels, live) as watch:
-                if wanted:
-                    with anyio.move_on_after(self._timeout):
-                        await asyncio.gather(*(asyncio.shield(f) for f in wanted))
-                watch.reset()  # reports from before the entry: the caller reads anyway
-                yield watch
-        finally:
-            for key, name in channels.items():
-                if key not in self._watchers:  # the last watch of the key has left
-                    channel = name.encode()
-                    del self._keys[channel]
-                    self._confirming.pop(channel, None)
-                    self._confirmed.discard(channel)
-                    if channel in self._joins:
-                        self._joins.discard(channel)  # never sent
-                    else:
-                        self._leaves.add(channel)
-            self._send_soon()
+    def _subscribed(self, channels: tuple[bytes, ...]) -> bool:
+        """True while ``channels`` are subscribed, on a connection that is up."""
+        return self._live and not any(channel in self._unconfirmed for channel in channels)
 
     def _confirmation(self, channel: bytes) -> asyncio.Future[None]:
         future = self._confirming.get(channel)
@@ -184,7 +200,7 @@ class Subscriber:
                 )
             finally:
                 self._pubsub = None
-                self._confirmed.clear()
+                self._unconfirmed = set(self._keys)
                 self._set_live(False)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
                     await pubsub.aclose()
@@ -219,7 +235,7 @@ class Subscriber:
         key = self._keys.get(channel)
         if key is None:  # no longer watched: the UNSUBSCRIBE is on its way
             return
-        self._confirmed.add(channel)
+        self._unconfirmed.discard(channel)
         future = self._confirming.pop(channel, None)
         if future is not None and not future.done():
             future.set_result(None)
@@ -235,6 +251,34 @@ class Subscriber:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._sender = None
+
+
+class _ChannelWatch(LocalWatch):
+    """A watch of store keys, live while their channels are subscribed (Subscriber.watch())."""
+
+    __slots__ = ("_subscriber", "channels")
+
+    def __init__(self, subscriber: Subscriber, keys: Collection[str]) -> None:
+        super().__init__(subscriber._watchers, keys)
+        self._subscriber = subscriber
+        self.channels: tuple[bytes, ...] = ()  # in the order of ``keys``, once entered
+
+    async def __aenter__(self) -> _ChannelWatch:
+        await self._subscriber._enter(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._subscriber._leave(self)
+
+    @property
+    def live(self) -> bool:
+        """True while this watch's channels are subscribed, on a connection that is up."""
+        return self._subscriber._subscribed(self.channels)
 
 
 def _take(channels: set[bytes]) -> list[bytes]:

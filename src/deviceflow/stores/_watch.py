@@ -4,60 +4,96 @@ MemoryStore wakes the watches of a key on every put and delete; RedisStore wakes
 subscription hears that a key changed (see _redis_watch.py). A watch keeps the keys reported
 since its last :meth:`LocalWatch.changed`, so a change that lands while its waiter is busy
 reading is not lost.
+
+A process may park 100,000 waiters at once, each with a watch, so a watch is kept small: no
+``asyncio.Event`` (its deque of waiters alone is 760 bytes) and no cancel scope; a future and a
+timer exist only while :meth:`LocalWatch.changed` waits, and nothing else is made per waiter
+(see benchmarks/README.md, "Waiting replicas").
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
-
-import anyio
+from collections.abc import Collection
+from types import TracebackType
 
 __all__ = ["LocalWatch", "Watchers"]
 
+_NOTHING: frozenset[str] = frozenset()
 
-def _always() -> bool:
-    return True
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class LocalWatch:
-    """One waiter's watch of some keys (a :class:`~deviceflow.stores.KeyWatch`)."""
+    """One waiter's watch of some keys (a :class:`~deviceflow.stores.KeyWatch`), and the async
+    context manager that registers it with ``watchers`` for the duration of the block."""
 
-    __slots__ = ("_event", "_live", "_pending", "keys")
+    __slots__ = ("_pending", "_waiter", "_watchers", "_woken", "keys")
 
-    def __init__(self, keys: frozenset[str], live: Callable[[], bool]) -> None:
-        self.keys = keys
-        self._live = live
-        self._pending: set[str] = set()
-        self._event = asyncio.Event()
+    def __init__(self, watchers: Watchers, keys: Collection[str]) -> None:
+        self.keys = frozenset(keys)  # the same object when given a frozenset
+        self._watchers = watchers
+        self._pending = _NOTHING  # the keys reported since the last changed()
+        self._woken = False  # a report (or a nudge) since the last changed()
+        self._waiter: asyncio.Future[None] | None = None  # while changed() waits
+
+    async def __aenter__(self) -> LocalWatch:
+        self._watchers.add(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._watchers.discard(self)
 
     @property
     def live(self) -> bool:
         """True while changes are being reported."""
-        return self._live()
+        return True
 
     def mark(self, key: str) -> None:
         """Report ``key`` as changed."""
-        self._pending.add(key)
-        self._event.set()
+        if key not in self._pending:
+            self._pending = self._pending | {key}
+        self.nudge()
 
     def reset(self) -> None:
         """Forget the reports so far."""
-        self._pending.clear()
-        self._event.clear()
+        self._pending = _NOTHING
+        self._woken = False
 
     def nudge(self) -> None:
-        """Wake the waiter with nothing changed (``live`` did)."""
-        self._event.set()
+        """Wake the waiter, with nothing changed when nothing was reported (``live`` did)."""
+        self._woken = True
+        if self._waiter is not None:
+            _wake(self._waiter)
 
-    async def changed(self, timeout: float) -> frozenset[str]:  # noqa: ASYNC109
-        """The keys reported since the last call, waiting up to ``timeout`` s for one."""
-        if not self._event.is_set():
-            with anyio.move_on_after(max(0.0, timeout)):
-                await self._event.wait()
-        self._event.clear()
-        found, self._pending = frozenset(self._pending), set()
+    async def changed(self, timeout: float) -> frozenset[str]:
+        """The keys reported since the last call, waiting up to ``timeout`` s for one.
+
+        One waiter per watch: a second call while one waits raises RuntimeError.
+        """
+        if self._waiter is not None:
+            raise RuntimeError("this watch's changed() is already being awaited")
+        if not self._woken:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            # The timer always ends the wait: a report, a nudge or a cancellation may end it
+            # sooner, never later.
+            timer = loop.call_later(max(0.0, timeout), _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._woken = False
+        found, self._pending = self._pending, _NOTHING
         return found
 
 
@@ -67,28 +103,28 @@ class Watchers:
     __slots__ = ("_by_key",)
 
     def __init__(self) -> None:
-        self._by_key: dict[str, set[LocalWatch]] = {}
+        # A tuple, not a set: a key is nearly always watched by one waiter of this process
+        # (its client's flight for that account), and a tuple of one is 48 bytes, a set 216.
+        self._by_key: dict[str, tuple[LocalWatch, ...]] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._by_key
 
-    @contextmanager
-    def watching(
-        self, keys: Collection[str], live: Callable[[], bool] = _always
-    ) -> Iterator[LocalWatch]:
-        """A watch of ``keys`` for the duration of the block."""
-        watch = LocalWatch(frozenset(keys), live)
+    def add(self, watch: LocalWatch) -> None:
+        """Wake ``watch`` at every report of its keys from now on."""
         for key in watch.keys:
-            self._by_key.setdefault(key, set()).add(watch)
-        try:
-            yield watch
-        finally:
-            for key in watch.keys:
-                watches = self._by_key.get(key)
-                if watches is not None:
-                    watches.discard(watch)
-                    if not watches:
-                        del self._by_key[key]
+            self._by_key[key] = (*self._by_key.get(key, ()), watch)
+
+    def discard(self, watch: LocalWatch) -> None:
+        """Stop waking ``watch`` (nothing happens if it is not here)."""
+        for key in watch.keys:
+            watches = self._by_key.get(key, ())
+            if any(w is watch for w in watches):
+                left = tuple(w for w in watches if w is not watch)
+                if left:
+                    self._by_key[key] = left
+                else:
+                    del self._by_key[key]
 
     def notify(self, key: str) -> None:
         """Wake every watch of ``key``."""
