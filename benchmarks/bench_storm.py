@@ -14,8 +14,9 @@ own process (benchmarks/_storm_server.py).
     while its gate was closed: after it had read a 429, sooner than R later (timed in the
     client's transport; target 0). For information, requests that reached the server sooner
     than R after a 429 it had answered at least 50 ms before: these include requests the
-    client had sent before it read that 429, still waiting in the server's queue. No refresh can succeed inside the window, so the whole cohort must be refreshed
-    between its end and the expiry (L/2 - W seconds: 20 s by default); at (a)'s rate of
+    client had sent before it read that 429, still waiting in the server's queue. No refresh
+    can succeed inside the window, so the whole cohort must be refreshed between its end and
+    the expiry (L/2 - W seconds: 20 s by default); at (a)'s rate of
     refreshes, the benchmark prints how many of them cannot make it (the least possible
     refreshes after expiry on this machine).
 
